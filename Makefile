@@ -1,0 +1,45 @@
+# crisiscomms: the two set-up commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test check lint typecheck pytest bench chaos clean format
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+## demo: install, then run the bundled Essex flood drill on the local simulator (no credentials)
+demo: $(STAMP)
+	$(BIN)/crisiscomms drill playbooks/drills/essex-flood.yaml --speed 0 --report demo-report.html
+
+## test: install, lint, type-check and run the whole suite
+test: $(STAMP) check pytest
+
+check: lint typecheck
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests
+
+## bench: every benchmark, one table (also bench-results.json)
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+## chaos: the fault tests at full scale
+chaos: $(STAMP)
+	CRISISCOMMS_CHAOS_SCALE=full $(BIN)/pytest -q -m chaos tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-report.* .hypothesis

@@ -1,0 +1,5 @@
+"""``python -m crisiscomms``."""
+
+from crisiscomms.cli import main
+
+main()

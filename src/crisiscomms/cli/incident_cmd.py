@@ -1,0 +1,109 @@
+"""activate, deactivate, status: the crisis flag."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from crisiscomms import incidents as uc
+from crisiscomms.app import default_operator
+from crisiscomms.cli.state import echo_json, get_app
+from crisiscomms.clock import isoformat
+from crisiscomms.models import Incident
+
+
+def incident_json(inc: Incident) -> dict[str, Any]:
+    return {
+        "id": inc.id, "playbook": inc.playbook, "hashtags": list(inc.hashtags), "lead": inc.lead,
+        "active": inc.active, "activated_at": isoformat(inc.activated_at),
+        "activated_by": inc.activated_by, "reason": inc.reason,
+        "deactivated_at": isoformat(inc.deactivated_at) if inc.deactivated_at else None,
+        "deactivated_by": inc.deactivated_by, "deactivation_reason": inc.deactivation_reason,
+    }
+
+
+def activate(
+    playbook: Annotated[str, typer.Argument(help="Playbook name (file name without .yaml).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why: goes on the audit record.")],
+    hashtag: Annotated[list[str] | None, typer.Option(
+        "--hashtag", help="Incident hashtag (repeatable); default: the playbook's.")] = None,
+    lead: Annotated[str | None, typer.Option(
+        "--lead", help="Lead agency source id; default: the playbook's default_lead.")] = None,
+    operator: Annotated[str | None, typer.Option(
+        "--operator", help="Who is activating (default: your login name).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Turn the crisis flag on: create an incident of PLAYBOOK and print its id."""
+    app = get_app()
+    inc = uc.activate(app.store, app.catalog, app.clock, playbook=playbook, reason=reason,
+                      operator=operator or default_operator(), hashtags=hashtag or [],
+                      lead=lead)
+    if json_out:
+        echo_json(incident_json(inc))
+        return
+    typer.echo(f"incident {inc.id} active: playbook {inc.playbook}, lead {inc.lead}, "
+               f"hashtags {' '.join(inc.hashtags)}, by {inc.activated_by}")
+
+
+def deactivate(
+    incident: Annotated[int | None, typer.Argument(
+        help="Incident id; may be left out when exactly one is active.")] = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why: goes on the audit record.")] = "",
+    operator: Annotated[str | None, typer.Option(
+        "--operator", help="Who is standing down (default: your login name).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Stand an incident down; the crisis flag goes off with the last active incident."""
+    app = get_app()
+    inc = uc.deactivate(app.store, app.catalog, app.clock, incident_id=incident, reason=reason,
+                        operator=operator or default_operator())
+    remaining = app.store.active_incidents()
+    if json_out:
+        echo_json({**incident_json(inc), "crisis_flag": bool(remaining)})
+        return
+    flag = "on" if remaining else "off"
+    typer.echo(f"incident {inc.id} stood down by {inc.deactivated_by}; crisis flag {flag}")
+
+
+def status(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the crisis flag, active incidents, queue counts and failing sources."""
+    app = get_app()
+    active = app.store.active_incidents()
+    counts = app.store.queue_counts()
+    sources = [
+        {"source": s.source_id, "failures": s.failures, "errors": s.error_count,
+         "last_error_class": s.last_error_class, "last_error": s.last_error,
+         "last_ok_at": isoformat(s.last_ok_at) if s.last_ok_at else None}
+        for s in app.store.source_states()
+    ]
+    channels = {k: {**v, "paused_until": isoformat(v["paused_until"])
+                    if v["paused_until"] else None}
+                for k, v in app.store.channel_states().items()}
+    data = {"crisis_flag": bool(active), "at": isoformat(app.clock.now()),
+            "incidents": [incident_json(i) for i in active], "queue": counts,
+            "sources": sources, "channels": channels}
+    if json_out:
+        echo_json(data)
+        return
+    typer.echo(f"crisis flag: {'ON' if active else 'off'}")
+    for i in active:
+        typer.echo(f"  incident {i.id}: {i.playbook}  lead {i.lead}  {' '.join(i.hashtags)}")
+        typer.echo(f"    since {isoformat(i.activated_at)} by {i.activated_by}: {i.reason}")
+    typer.echo("queue: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+                            or "empty"))
+    failing = [s for s in sources if s["failures"]]
+    for s in failing:
+        typer.echo(f"  source {s['source']} failing ({s['failures']}x): "
+                   f"{s['last_error_class']}: {s['last_error']}")
+    for cid, c in channels.items():
+        if c["paused_until"]:
+            typer.echo(f"  channel {cid} rate limited until {c['paused_until']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(activate)
+    app.command()(deactivate)
+    app.command()(status)

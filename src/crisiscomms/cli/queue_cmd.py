@@ -1,0 +1,212 @@
+"""queue list|show|approve|reject|hold|retry|edit, window add|list|remove, policy explain."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+
+from crisiscomms import operations as ops
+from crisiscomms.app import default_operator
+from crisiscomms.cli.state import echo_json, get_app
+from crisiscomms.clock import isoformat, parse_instant
+from crisiscomms.errors import ConfigError
+from crisiscomms.models import OutboxItem
+
+app = typer.Typer(help="Inspect the outbox and act on items (every action is audited).",
+                  no_args_is_help=True)
+window_app = typer.Typer(help="Live-event windows that extend staffed hours (policy s.7).",
+                         no_args_is_help=True)
+policy_app = typer.Typer(help="Ask the policy about an item.", no_args_is_help=True)
+
+Operator = Annotated[str | None, typer.Option(
+    "--operator", help="Who is acting (default: your login name).")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+ItemId = Annotated[int, typer.Argument(help="Outbox item id (see 'queue list').")]
+
+
+def _instant(option: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_instant(text)
+    except ValueError:
+        raise ConfigError(f"{option}: {text!r} is not an ISO-8601 instant") from None
+
+
+def item_json(item: OutboxItem) -> dict[str, Any]:
+    return {
+        "id": item.id, "channel": item.channel_id, "action": str(item.action),
+        "state": str(item.state), "reason": item.reason, "text": item.text,
+        "edited_text": item.edited_text, "incident": item.incident_id,
+        "source": item.source_id, "update": item.update_id, "lead": item.is_lead,
+        "approval": item.approval, "approved_by": item.approved_by,
+        "not_before": isoformat(item.not_before) if item.not_before else None,
+        "attempts": item.attempts, "last_error": item.last_error,
+        "post_id": item.platform_post_id, "post_url": item.platform_url,
+        "created_at": isoformat(item.created_at),
+        "done_at": isoformat(item.done_at) if item.done_at else None,
+    }
+
+
+def _line(item: OutboxItem) -> str:
+    text = item.body.replace("\n", " ")
+    text = text if len(text) <= 60 else text[:59] + "…"
+    mode = f"i{item.incident_id}" if item.incident_id else "normal"
+    return (f"{item.id:>6} {item.state:<15} {item.channel_id:<12} {item.action:<8} {mode:<7} "
+            f"{text}  [{item.reason}]")
+
+
+@app.command("list")
+def list_(
+    state: Annotated[list[str] | None, typer.Option(
+        "--state", help="Only items in this state (repeatable).")] = None,
+    channel: Annotated[str | None, typer.Option("--channel", help="Only this channel.")] = None,
+    incident: Annotated[int | None, typer.Option("--incident", help="Only this incident.")
+                        ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many.")] = 200,
+    json_out: Json = False,
+) -> None:
+    """List outbox items."""
+    items = get_app().store.items(states=state, channel_id=channel, incident_id=incident,
+                                  limit=limit)
+    if json_out:
+        echo_json([item_json(i) for i in items])
+        return
+    for i in items:
+        typer.echo(_line(i))
+    if not items:
+        typer.echo("no items")
+
+
+@app.command()
+def show(item: ItemId, json_out: Json = False) -> None:
+    """Show one item and its history."""
+    store = get_app().store
+    it = store.get_item(item)
+    events = store.item_events(item)
+    if json_out:
+        echo_json({**item_json(it), "history": events})
+        return
+    for k, v in item_json(it).items():
+        typer.echo(f"{k:>12}: {v}")
+    typer.echo("     history:")
+    for e in events:
+        typer.echo(f"   {isoformat(e['at'])} {e['state']:<15} {e['actor']:<14} {e['reason']}")
+
+
+def _done(item: OutboxItem, json_out: bool) -> None:
+    if json_out:
+        echo_json(item_json(item))
+    else:
+        typer.echo(_line(item))
+
+
+@app.command()
+def approve(item: ItemId, operator: Operator = None,
+            reason: Annotated[str, typer.Option("--reason", help="Why (audited).")] = "approved",
+            json_out: Json = False) -> None:
+    """Approve an item that needs approval; the policy then decides when it goes."""
+    a = get_app()
+    _done(ops.approve(a.store, a.catalog, a.clock, item, operator or default_operator(),
+                      reason), json_out)
+
+
+@app.command()
+def reject(item: ItemId, reason: Annotated[str, typer.Option("--reason", help="Why (audited).")],
+           operator: Operator = None, json_out: Json = False) -> None:
+    """Reject an item: it will never be sent."""
+    a = get_app()
+    _done(ops.reject(a.store, a.catalog, a.clock, item, operator or default_operator(),
+                     reason), json_out)
+
+
+@app.command()
+def hold(item: ItemId, reason: Annotated[str, typer.Option("--reason", help="Why (audited).")],
+         until: Annotated[str | None, typer.Option(
+             "--until", help="Hold until this instant (default: until 'queue retry').")] = None,
+         operator: Operator = None, json_out: Json = False) -> None:
+    """Hold an item (until a time, or until released with 'queue retry')."""
+    a = get_app()
+    _done(ops.hold(a.store, a.catalog, a.clock, item, operator or default_operator(), reason,
+                   _instant("--until", until)), json_out)
+
+
+@app.command()
+def retry(item: ItemId, operator: Operator = None,
+          force: Annotated[bool, typer.Option(
+              "--force", help="For needs-review items: send again even if the platform "
+              "cannot confirm the earlier attempt (may duplicate).")] = False,
+          json_out: Json = False) -> None:
+    """Put a failed, held or needs-review item back in the queue. Safe: an item whose earlier
+    attempt may have reached the platform is checked on the platform before any resend."""
+    a = get_app()
+    _done(ops.retry(a.store, a.catalog, a.clock, item, operator or default_operator(), force),
+          json_out)
+
+
+@app.command()
+def edit(item: ItemId, text: Annotated[str, typer.Option("--text", help="The new text.")],
+         operator: Operator = None, json_out: Json = False) -> None:
+    """Edit an item's text before it is approved or sent; the original is kept."""
+    a = get_app()
+    _done(ops.edit(a.store, a.catalog, a.clock, item, operator or default_operator(), text),
+          json_out)
+
+
+@window_app.command("add")
+def window_add(
+    from_: Annotated[str, typer.Option("--from", help="Start (ISO-8601).")],
+    to: Annotated[str, typer.Option("--to", help="End (ISO-8601).")],
+    reason: Annotated[str, typer.Option("--reason", help="The live event.")],
+    operator: Operator = None,
+) -> None:
+    """Add a live-event window: staffed hours extend over its span."""
+    a = get_app()
+    start, end = _instant("--from", from_), _instant("--to", to)
+    assert start is not None and end is not None
+    w = ops.add_window(a.store, a.catalog, a.clock, start, end, reason,
+                       operator or default_operator())
+    typer.echo(f"window {w.id}: {isoformat(w.start)} to {isoformat(w.end)}: {w.reason}")
+
+
+@window_app.command("list")
+def window_list(json_out: Json = False) -> None:
+    """List live-event windows."""
+    ws = get_app().store.windows()
+    if json_out:
+        echo_json([{"id": w.id, "from": isoformat(w.start), "to": isoformat(w.end),
+                    "reason": w.reason, "by": w.created_by} for w in ws])
+        return
+    for w in ws:
+        typer.echo(f"{w.id:>4} {isoformat(w.start)} {isoformat(w.end)} {w.reason}")
+
+
+@window_app.command("remove")
+def window_remove(window: Annotated[int, typer.Argument(help="Window id.")],
+                  reason: Annotated[str, typer.Option("--reason", help="Why.")] = "removed",
+                  operator: Operator = None) -> None:
+    """Remove a live-event window."""
+    a = get_app()
+    a.store.remove_window(window, operator=operator or default_operator(), reason=reason,
+                          now=a.clock.now())
+    typer.echo(f"window {window} removed")
+
+
+@policy_app.command()
+def explain(item: ItemId,
+            at: Annotated[str | None, typer.Option(
+                "--at", help="As of this instant (default: now or the global --at).")] = None,
+            json_out: Json = False) -> None:
+    """Print why an item is where it is and when it would go."""
+    a = get_app()
+    when = _instant("--at", at) or a.clock.now()
+    info = ops.explain(a.store, a.catalog, item, when)
+    if json_out:
+        echo_json(info)
+        return
+    typer.echo(f"item {item} on {info['channel']} is {info['state']}: {info['stored_reason']}")
+    typer.echo(f"at {info['at']}: {info['decision']}: {info['reason']}")
+    if info["would_go_at"]:
+        typer.echo(f"would go at {info['would_go_at']} (if nothing else changes)")

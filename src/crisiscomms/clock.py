@@ -1,0 +1,57 @@
+"""Clocks. The only place that reads the system time is ``SystemClock``.
+
+Everything else receives ``now`` as a parameter or a ``Clock`` from the composition root.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+
+def utc(dt: datetime) -> datetime:
+    """Return ``dt`` as an aware UTC datetime (naive input is taken as UTC)."""
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def parse_instant(text: str) -> datetime:
+    """Parse an ISO-8601 instant; naive values are UTC. Raises ValueError."""
+    value = text.strip()
+    if value.endswith("Z"):
+        value = value[:-1] + "+00:00"
+    return utc(datetime.fromisoformat(value))
+
+
+def isoformat(dt: datetime) -> str:
+    """Canonical UTC ISO-8601 text used in the store and in JSON output."""
+    return utc(dt).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class SystemClock:
+    """The real wall clock."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class FixedClock:
+    """A clock frozen at one instant (``--at``), optionally advanced by hand."""
+
+    def __init__(self, at: datetime) -> None:
+        self._at = utc(at)
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._at
+
+    def set(self, at: datetime) -> None:
+        with self._lock:
+            self._at = utc(at)
+
+    def advance(self, delta: timedelta) -> datetime:
+        with self._lock:
+            self._at = self._at + delta
+            return self._at

@@ -1,0 +1,148 @@
+"""Ordered schema migrations. Append only: never edit a released migration.
+
+Each migration runs in one transaction together with its row in ``schema_migrations``, so an
+interrupted upgrade leaves the previous version intact and is simply re-run.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "initial",
+        """
+CREATE TABLE incidents (
+    id INTEGER PRIMARY KEY,
+    playbook TEXT NOT NULL,
+    hashtags TEXT NOT NULL,
+    lead TEXT NOT NULL,
+    activated_at TEXT NOT NULL,
+    activated_by TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    deactivated_at TEXT,
+    deactivated_by TEXT,
+    deactivation_reason TEXT
+);
+CREATE UNIQUE INDEX incidents_one_active_per_playbook
+    ON incidents(playbook) WHERE deactivated_at IS NULL;
+
+CREATE TABLE source_state (
+    key TEXT PRIMARY KEY,
+    cursor TEXT,
+    etag TEXT,
+    last_modified TEXT,
+    baseline_done INTEGER NOT NULL DEFAULT 0,
+    last_polled_at TEXT,
+    next_poll_at TEXT,
+    last_ok_at TEXT,
+    failures INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    last_error_class TEXT,
+    error_count INTEGER NOT NULL DEFAULT 0,
+    extra TEXT NOT NULL DEFAULT '{}'
+);
+
+CREATE TABLE updates (
+    id INTEGER PRIMARY KEY,
+    source_id TEXT NOT NULL,
+    external_id TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    content_hash TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    agency TEXT NOT NULL,
+    url TEXT NOT NULL,
+    title TEXT NOT NULL,
+    text TEXT NOT NULL,
+    published_at TEXT NOT NULL,
+    fetched_at TEXT NOT NULL,
+    cap TEXT,
+    native TEXT,
+    baseline INTEGER NOT NULL DEFAULT 0,
+    disposition TEXT NOT NULL DEFAULT '',
+    UNIQUE (source_id, external_id, revision)
+);
+CREATE INDEX updates_by_source_time ON updates(source_id, published_at);
+
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    dedupe_key TEXT NOT NULL UNIQUE,
+    channel_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    text TEXT NOT NULL,
+    edited_text TEXT,
+    state TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    update_id INTEGER REFERENCES updates(id),
+    incident_id INTEGER REFERENCES incidents(id),
+    source_id TEXT,
+    is_lead INTEGER NOT NULL DEFAULT 0,
+    severity_rank INTEGER NOT NULL DEFAULT 0,
+    published_at TEXT,
+    approval TEXT NOT NULL DEFAULT 'auto',
+    approved_by TEXT,
+    approved_at TEXT,
+    not_before TEXT,
+    lease_owner TEXT,
+    lease_until TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    reason TEXT NOT NULL DEFAULT '',
+    last_error TEXT,
+    platform_post_id TEXT,
+    platform_url TEXT,
+    sent_at TEXT,
+    done_at TEXT,
+    out_of_hours INTEGER NOT NULL DEFAULT 0,
+    over_cap INTEGER NOT NULL DEFAULT 0,
+    native TEXT,
+    url TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX outbox_by_state ON outbox(state, channel_id);
+CREATE INDEX outbox_by_done ON outbox(channel_id, done_at) WHERE state = 'published';
+
+CREATE TABLE outbox_events (
+    id INTEGER PRIMARY KEY,
+    item_id INTEGER NOT NULL REFERENCES outbox(id),
+    at TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    actor TEXT NOT NULL DEFAULT 'system',
+    details TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX outbox_events_by_item ON outbox_events(item_id, id);
+
+CREATE TABLE channel_state (
+    channel_id TEXT PRIMARY KEY,
+    paused_until TEXT,
+    last_error TEXT,
+    rate_limit_waits INTEGER NOT NULL DEFAULT 0,
+    rate_limit_wait_seconds REAL NOT NULL DEFAULT 0
+);
+
+CREATE TABLE live_windows (
+    id INTEGER PRIMARY KEY,
+    starts_at TEXT NOT NULL,
+    ends_at TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+
+CREATE TABLE audit_events (
+    seq INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    details TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE audit_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);
+""",
+    ),
+]

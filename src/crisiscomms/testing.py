@@ -1,0 +1,104 @@
+"""Fakes of the ports, shipped with the package (like ``structlog.testing``).
+
+They satisfy the Protocols in ``crisiscomms.ports`` structurally and keep their state in
+plain attributes, so tests assert on state rather than on mock calls.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from crisiscomms.clock import FixedClock
+from crisiscomms.errors import OutcomeUnknownError, PublishError, SourceError
+from crisiscomms.models import OutboxItem, PollResult, PublishResult, SourceState, Update
+
+__all__ = ["FakeClock", "FakePublisher", "FakeSource", "SentPost"]
+
+FakeClock = FixedClock
+
+
+class FakeSource:
+    """A source that returns scripted snapshots (the whole feed as it is now) or errors."""
+
+    def __init__(self, key: str, source_ids: Iterable[str] | None = None) -> None:
+        self.key = key
+        self.source_ids = tuple(source_ids or (key,))
+        self.snapshot: list[Update] = []
+        self.errors: deque[SourceError] = deque()
+        self.polls = 0
+
+    def set_snapshot(self, updates: Iterable[Update]) -> None:
+        self.snapshot = [u.with_hash() if not u.content_hash else u for u in updates]
+
+    def fail_next(self, error: SourceError) -> None:
+        self.errors.append(error)
+
+    async def poll(self, state: SourceState, now: datetime) -> PollResult:
+        self.polls += 1
+        if self.errors:
+            raise self.errors.popleft()
+        return PollResult(updates=tuple(self.snapshot))
+
+    async def aclose(self) -> None:
+        return None
+
+
+@dataclass
+class SentPost:
+    """What a FakePublisher accepted."""
+
+    item_id: int
+    dedupe_key: str
+    action: str
+    text: str
+    post_id: str
+
+
+@dataclass
+class FakePublisher:
+    """Accepts posts into ``posts``; ``script`` can make the next calls fail.
+
+    ``script`` holds errors (or the string ``"sent-then-unknown"``, which records the post and
+    then raises ``OutcomeUnknownError``, as a timeout after the platform accepted it would).
+    ``on_publish`` runs before each call (e.g. to kill a worker mid-send in a crash test).
+    """
+
+    channel_id: str
+    posts: list[SentPost] = field(default_factory=list)
+    script: deque[PublishError | str] = field(default_factory=deque)
+    find_fails: bool = False
+    on_publish: Callable[[OutboxItem], None] | None = None
+    calls: int = 0
+
+    def publish(self, item: OutboxItem, update: Update | None) -> PublishResult:
+        self.calls += 1
+        if self.on_publish is not None:
+            self.on_publish(item)
+        if self.script:
+            step = self.script.popleft()
+            if step == "sent-then-unknown":
+                self._record(item)
+                raise OutcomeUnknownError("timed out after sending", channel_id=self.channel_id)
+            assert isinstance(step, PublishError)
+            raise step
+        return self._record(item)
+
+    def _record(self, item: OutboxItem) -> PublishResult:
+        post_id = f"{self.channel_id}-{len(self.posts) + 1}"
+        self.posts.append(SentPost(item.id, item.dedupe_key, str(item.action), item.body,
+                                   post_id))
+        return PublishResult(post_id=post_id, url=f"https://example.test/{post_id}")
+
+    def find_existing(self, item: OutboxItem, update: Update | None) -> PublishResult | None:
+        if self.find_fails:
+            raise OutcomeUnknownError("cannot tell", channel_id=self.channel_id)
+        for p in self.posts:
+            if p.dedupe_key == item.dedupe_key:
+                return PublishResult(post_id=p.post_id, url=f"https://example.test/{p.post_id}")
+        return None
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,70 @@
+"""Shared fixtures: an isolated data dir, a pinned copy of the bundled playbooks, a CLI runner."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crisiscomms import retry
+from crisiscomms.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+PINNED = {"essex-police-x": "1000001", "eeast-x": "1000002", "ecfrs-x": "1000003"}
+
+
+@pytest.fixture(autouse=True)
+def _no_retry_waits() -> Iterator[None]:
+    with retry.no_waits():
+        yield
+
+
+@pytest.fixture
+def playbooks_dir(tmp_path: Path) -> Path:
+    """A copy of the bundled playbooks with the X ids pinned (they are empty in the repo)."""
+    dest = tmp_path / "playbooks"
+    shutil.copytree(REPO / "playbooks", dest, ignore=shutil.ignore_patterns("drills"))
+    data = yaml.safe_load((dest / "sources.yaml").read_text())
+    for s in data["sources"]:
+        if s["id"] in PINNED:
+            s["x_user_id"] = PINNED[s["id"]]
+    (dest / "sources.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return dest
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, playbooks_dir: Path) -> Path:
+    h = tmp_path / "home"
+    monkeypatch.setenv("CRISISCOMMS_HOME", str(h))
+    monkeypatch.setenv("CRISISCOMMS_PLAYBOOKS_DIR", str(playbooks_dir))
+    monkeypatch.delenv("CRISISCOMMS_DATABASE_URL", raising=False)
+    monkeypatch.delenv("CRISISCOMMS_AT", raising=False)
+    monkeypatch.delenv("CRISISCOMMS_CONFIG", raising=False)
+    monkeypatch.setenv("CRISISCOMMS_LOG_LEVEL", "warning")
+    monkeypatch.chdir(tmp_path)
+    return h
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(home: Path, capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
+    """Run the real entry point in-process; returns exit code, stdout and stderr."""
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main(list(args))
+        captured = capsys.readouterr()
+        return Result(int(exc.value.code or 0), captured.out, captured.err)
+
+    return run
