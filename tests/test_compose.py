@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crisiscomms.compose import (
+    ELLIPSIS,
+    LIMITS,
+    collapse_whitespace,
+    compose,
+    fits,
+    truncate,
+    url_spans,
+    weighted_length,
+)
+from crisiscomms.errors import ConfigError
+from crisiscomms.models import Platform
+
+URL = "https://www.metoffice.gov.uk/weather/warnings-and-advice/uk-warnings?id=7d1c9e2f-1111-4a4a"
+TAGS = ["#Flood", "#StaySafe"]
+TEMPLATE = "{title} {url} {hashtags}"
+
+
+@pytest.mark.parametrize(
+    ("text", "platform", "expected"),
+    [
+        ("hello", Platform.X, 5),
+        ("水", Platform.X, 2),  # CJK weighs 2 on X
+        ("é", Platform.X, 1),
+        ("👩‍👩‍👧", Platform.X, 2),  # one emoji sequence
+        ("🇬🇧", Platform.X, 2),
+        ("https://example.com/" + "a" * 100, Platform.X, 23),
+        ("see https://a.co/x.", Platform.X, 4 + 23 + 1),  # trailing dot is not the URL
+        ("http://localhost/abc", Platform.X, 20),  # no dotted host: not a link for X
+        ("https://example.com/" + "a" * 100, Platform.MASTODON, 23),
+        ("👩‍👩‍👧 ok", Platform.MASTODON, 4),
+        ("👩‍👩‍👧 ok", Platform.BLUESKY, 4),
+        ("https://example.com/abc", Platform.BLUESKY, 23),
+        ("https://example.com/abcdefghijklmnop", Platform.BLUESKY, 36),  # full URL on Bluesky
+        ("👩‍👩‍👧", Platform.FACEBOOK, 5),  # code points
+    ],
+)
+def test_weighted_length(text: str, platform: Platform, expected: int) -> None:
+    assert weighted_length(text, platform) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "platform", "ok"),
+    [
+        ("a" * 280, Platform.X, True),
+        ("a" * 281, Platform.X, False),
+        ("水" * 140, Platform.X, True),
+        ("水" * 141, Platform.X, False),
+        ("a" * 500, Platform.MASTODON, True),
+        ("a" * 501, Platform.MASTODON, False),
+        ("a" * 300, Platform.BLUESKY, True),
+        ("a" * 301, Platform.BLUESKY, False),
+        ("e" + "\u0301" * 20, Platform.BLUESKY, True),
+        (("e" + "\u0301" * 20) * 100, Platform.BLUESKY, False),  # 100 graphemes, 4,100 bytes
+        ("a" * 63_206, Platform.FACEBOOK, True),
+        ("a" * 63_207, Platform.FACEBOOK, False),
+    ],
+)
+def test_fits(text: str, platform: Platform, ok: bool) -> None:
+    assert fits(text, platform) is ok
+
+
+def test_url_spans_trims_trailing_punctuation() -> None:
+    text = "Read (https://example.com/a?b=1), then go."
+    [(start, end)] = url_spans(text)
+    assert text[start:end] == "https://example.com/a?b=1"
+
+
+@pytest.mark.parametrize(
+    ("template", "fields", "expected"),
+    [
+        (
+            TEMPLATE,
+            {"title": "Flood alert", "url": "https://a.co/x"},
+            "Flood alert https://a.co/x #Flood #StaySafe",
+        ),
+        ("{title}\n\n{text}   {url}", {"title": " A\tB ", "text": "c\nd", "url": "u"}, "A B c d u"),
+        (
+            "{agency}: {title} ({area}) {hashtags}",
+            {"agency": "EA", "title": "T"},
+            "EA: T () #Flood #StaySafe",
+        ),
+        (
+            "{title.__class__} {nope} {0} {title:>30}",
+            {"title": "T"},
+            "T",
+        ),  # never evaluated, no padding
+        ("{{literal}} {title}", {"title": "T"}, "{literal} T"),
+    ],
+)
+def test_compose_renders(template: str, fields: dict[str, str], expected: str) -> None:
+    assert compose(template, fields, TAGS, Platform.X) == expected
+
+
+def test_compose_hashtags_from_fields_when_none_given() -> None:
+    assert compose(TEMPLATE, {"title": "T", "hashtags": "#A"}, [], Platform.X) == "T #A"
+
+
+def test_bad_template_is_config_error() -> None:
+    with pytest.raises(ConfigError):
+        compose("{title", {"title": "T"}, [], Platform.X)
+
+
+@pytest.mark.parametrize("platform", list(Platform))
+def test_long_title_is_shortened_but_url_and_tags_kept(platform: Platform) -> None:
+    title = "Severe flood warning for the River Ouse at York " * 2000
+    text = compose(TEMPLATE, {"title": title, "url": URL}, TAGS, platform)
+    assert fits(text, platform)
+    assert text.endswith(f"{ELLIPSIS} {URL} #Flood #StaySafe")
+    # Close to the limit: we did not throw away more than a word's worth.
+    assert weighted_length(text, platform) > LIMITS[platform] - 20
+
+
+def test_text_shortened_before_title() -> None:
+    fields = {"title": "Flood warning", "text": "word " * 200, "url": URL}
+    text = compose("{title}: {text} {url} {hashtags}", fields, TAGS, Platform.X)
+    assert text.startswith("Flood warning: word word")
+    assert f"{ELLIPSIS} {URL}" in text
+    assert fits(text, Platform.X)
+
+
+def test_url_counts_23_on_x_so_long_url_leaves_room() -> None:
+    long_url = "https://example.com/" + "p" * 400
+    text = compose(TEMPLATE, {"title": "x" * 250, "url": long_url}, [], Platform.X)
+    assert long_url in text
+    assert text.startswith("x" * 250)  # 250 + 1 + 23 = 274 fits
+
+
+def test_hashtags_dropped_last_first_when_they_cannot_fit() -> None:
+    tags = [f"#Tag{i:02d}" + "x" * 30 for i in range(20)]
+    text = compose(TEMPLATE, {"title": "T", "url": URL}, tags, Platform.X)
+    assert fits(text, Platform.X)
+    assert URL in text
+    assert tags[0] in text and tags[-1] not in text
+
+
+def test_truncate() -> None:
+    assert truncate("short", 10) == "short"
+    assert truncate("anything", 0) == ""
+    assert truncate("alpha beta gamma", 13) == "alpha beta" + ELLIPSIS
+    assert truncate("abcdefghij", 4) == "abcd" + ELLIPSIS
+    assert truncate("👩‍👩‍👧👩‍👩‍👧👩‍👩‍👧", 2) == "👩‍👩‍👧👩‍👩‍👧" + ELLIPSIS  # never splits a grapheme
+
+
+def test_collapse_whitespace() -> None:
+    assert collapse_whitespace("  a \n\t b\u00a0 c ") == "a b c"
+
+
+free_text = st.text(max_size=2000)
+hashtag = st.from_regex(r"#[A-Za-z][A-Za-z0-9_]{0,20}", fullmatch=True)
+url = st.from_regex(r"https://[a-z]{1,20}\.[a-z]{2,3}/[A-Za-z0-9/_\-]{0,120}", fullmatch=True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    title=free_text,
+    body=free_text,
+    link=url,
+    tags=st.lists(hashtag, max_size=6),
+    platform=st.sampled_from(list(Platform)),
+    template=st.sampled_from(
+        [TEMPLATE, "{title}: {text} {url} {hashtags}", "{text} — {title} {hashtags} {url}"]
+    ),
+)
+def test_property_result_fits_and_keeps_url_and_tags(
+    title: str, body: str, link: str, tags: list[str], platform: Platform, template: str
+) -> None:
+    text = compose(template, {"title": title, "text": body, "url": link}, tags, platform)
+    assert fits(text, platform)
+    bare = compose(template, {"url": link}, tags, platform)
+    if link in bare and all(tag in bare for tag in tags):  # they fit on their own
+        assert link in text
+        for tag in tags:
+            assert tag in text
