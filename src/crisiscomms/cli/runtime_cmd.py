@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from crisiscomms.app import run_watch
 from crisiscomms.cli.state import echo_json, get_app
+from crisiscomms.clock import parse_instant
+from crisiscomms.errors import ConfigError, NotFoundError
 
 
 def watch(
@@ -37,5 +44,80 @@ def watch(
                 typer.echo(f"  source {src}: {err}")
 
 
+
+
+def report(
+    incident: Annotated[int | None, typer.Argument(help="Incident id.")] = None,
+    last: Annotated[bool, typer.Option("--last", help="The most recent incident.")] = False,
+    fmt: Annotated[str | None, typer.Option(
+        "--format", help="md, html, json or csv (default: from --output's extension, else md)."
+    )] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write here (atomically) instead of stdout.")] = None,
+    from_: Annotated[str | None, typer.Option(
+        "--from", help="Normal-mode period report: start (ISO-8601).")] = None,
+    to: Annotated[str | None, typer.Option(
+        "--to", help="Normal-mode period report: end (ISO-8601, default now).")] = None,
+) -> None:
+    """The post-incident audit report (or, with --from/--to, a normal-mode period report)."""
+    from crisiscomms.report import FORMATS, build_incident_report, build_period_report, render
+
+    fmt = fmt or (output.suffix.lstrip(".").replace("markdown", "md") if output else "md")
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    app = get_app()
+    now = app.clock.now()
+    if from_ is not None:
+        if incident is not None or last:
+            raise ConfigError("--from: give either an incident or a period, not both")
+        start = _instant("--from", from_)
+        end = _instant("--to", to) or now
+        if end <= start:
+            raise ConfigError("--to: must be after --from")
+        data = build_period_report(app.store, app.catalog, start, end, now)
+    else:
+        if incident is None:
+            all_incidents = app.store.incidents()
+            if not all_incidents:
+                raise NotFoundError("no incidents recorded yet; use --from/--to for a "
+                                    "normal-mode period")
+            if not last and len(all_incidents) > 1:
+                ids = ", ".join(str(i.id) for i in all_incidents[-5:])
+                raise ConfigError(f"name an incident (recent: {ids}) or use --last")
+            incident = all_incidents[-1].id
+        data = build_incident_report(app.store, app.catalog, app.store.get_incident(incident),
+                                     now)
+    text = render(data, fmt)
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    write_atomically(output, text)
+    typer.echo(f"report written: {output}", err=True)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path`` and rename: never a half-written report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _instant(option: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_instant(text)
+    except ValueError:
+        raise ConfigError(f"{option}: {text!r} is not an ISO-8601 instant") from None
+
+
 def register(app: typer.Typer) -> None:
     app.command()(watch)
+    app.command()(report)

@@ -1,0 +1,8 @@
+"""The post-incident audit report (and the normal-mode period report)."""
+
+from __future__ import annotations
+
+from crisiscomms.report.build import build_incident_report, build_period_report
+from crisiscomms.report.render import FORMATS, render
+
+__all__ = ["FORMATS", "build_incident_report", "build_period_report", "render"]
