@@ -80,7 +80,11 @@ def test_url_spans_trims_trailing_punctuation() -> None:
             {"title": "Flood alert", "url": "https://a.co/x"},
             "Flood alert https://a.co/x #Flood #StaySafe",
         ),
-        ("{title}\n\n{text}   {url}", {"title": " A\tB ", "text": "c\nd", "url": "u"}, "A B c d u"),
+        (
+            "{title}\n\n{text}   {url}",
+            {"title": " A\tB ", "text": "c\nd", "url": "u"},
+            "A B c d u #Flood #StaySafe",
+        ),
         (
             "{agency}: {title} ({area}) {hashtags}",
             {"agency": "EA", "title": "T"},
@@ -89,9 +93,9 @@ def test_url_spans_trims_trailing_punctuation() -> None:
         (
             "{title.__class__} {nope} {0} {title:>30}",
             {"title": "T"},
-            "T",
+            "T #Flood #StaySafe",
         ),  # never evaluated, no padding
-        ("{{literal}} {title}", {"title": "T"}, "{literal} T"),
+        ("{{literal}} {title}", {"title": "T"}, "{literal} T #Flood #StaySafe"),
     ],
 )
 def test_compose_renders(template: str, fields: dict[str, str], expected: str) -> None:
@@ -100,6 +104,30 @@ def test_compose_renders(template: str, fields: dict[str, str], expected: str) -
 
 def test_compose_hashtags_from_fields_when_none_given() -> None:
     assert compose(TEMPLATE, {"title": "T", "hashtags": "#A"}, [], Platform.X) == "T #A"
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("We are responding to flooding.", "We are responding to flooding. #Flood #StaySafe"),
+        (
+            "Flooding: stay away from rivers #flood",
+            "Flooding: stay away from rivers #flood #StaySafe",
+        ),
+        ("#Flood #StaySafe response stood down", "#Flood #StaySafe response stood down"),
+        ("{title} {url}", "T https://a.co/x #Flood #StaySafe"),
+    ],
+)
+def test_template_without_hashtags_field_gets_missing_tags_appended(
+    template: str, expected: str
+) -> None:
+    fields = {"title": "T", "url": "https://a.co/x"}
+    assert compose(template, fields, TAGS, Platform.X) == expected
+
+
+def test_appended_tags_survive_truncation() -> None:
+    text = compose("{title} {url}", {"title": "word " * 100, "url": URL}, TAGS, Platform.X)
+    assert text.endswith(f"{URL} #Flood #StaySafe") and fits(text, Platform.X)
 
 
 def test_bad_template_is_config_error() -> None:

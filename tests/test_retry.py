@@ -35,6 +35,17 @@ class Flaky:
         return "ok"
 
 
+@pytest.fixture(autouse=True)
+def _waits_on() -> Iterator[None]:
+    # The suite's root conftest switches waits off; these tests check the switch itself.
+    # Logs are captured so that a logging set-up left behind by another test cannot interfere.
+    previous = retry.is_testing()
+    retry.set_testing(False)
+    with capture_logs():
+        yield
+    retry.set_testing(previous)
+
+
 @pytest.fixture
 def waits() -> list[float]:
     return []

@@ -12,7 +12,7 @@ from crisiscomms import incidents, operations
 from crisiscomms.errors import PermanentPublishError, RateLimitedError, TransientPublishError
 from crisiscomms.models import ActionKind, ItemState, NewOutboxItem
 
-from .helpers import FRI_EVENING, WED_MORNING, make_world, update
+from tests.core.helpers import FRI_EVENING, WED_MORNING, make_world, update
 
 
 @pytest.fixture

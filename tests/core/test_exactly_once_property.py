@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from crisiscomms import incidents
 from crisiscomms.store import open_store
 
-from .helpers import make_world, update
+from tests.core.helpers import make_world, update
 
 POOL = [f"u{i}" for i in range(12)]
 

@@ -11,7 +11,7 @@ from crisiscomms import incidents
 from crisiscomms.errors import TransientSourceError
 from crisiscomms.models import CapInfo
 
-from .helpers import FRI_EVENING, make_world, update
+from tests.core.helpers import FRI_EVENING, make_world, update
 
 
 @pytest.fixture

@@ -10,8 +10,18 @@ import pytest
 import requests
 import responses
 import respx
-from publisher_fakes import FakeBluesky, FakeFacebook, FakeMastodon, FakeX
-from publisher_support import (
+
+from crisiscomms.clock import FixedClock
+from crisiscomms.publishers import (
+    BlueskyPublisher,
+    DryRunPublisher,
+    FacebookPublisher,
+    MastodonPublisher,
+    XPublisher,
+)
+
+from .publisher_fakes import FakeBluesky, FakeFacebook, FakeMastodon, FakeX
+from .publisher_support import (
     BLUESKY_CREDENTIALS,
     CHANNEL,
     FB_CREDENTIALS,
@@ -21,15 +31,6 @@ from publisher_support import (
     Harness,
     epoch,
     requests_connect_error,
-)
-
-from crisiscomms.clock import FixedClock
-from crisiscomms.publishers import (
-    BlueskyPublisher,
-    DryRunPublisher,
-    FacebookPublisher,
-    MastodonPublisher,
-    XPublisher,
 )
 
 

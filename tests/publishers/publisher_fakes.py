@@ -32,7 +32,7 @@ class Failure:
 
 class Faults:
     def __init__(self) -> None:
-        self.queues: dict[str, list[Failure]] = {"write": [], "read": []}
+        self.queues: dict[str, list[Failure]] = {"write": [], "read": [], "login": []}
 
     def add(self, kind: str, failure: Failure) -> None:
         self.queues[kind].append(failure)
@@ -365,6 +365,9 @@ class FakeBluesky:
 
     def _login(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        failure = self.faults.take("login")
+        if failure:
+            return httpx_failure(failure)
         self.sessions += 1
         return httpx.Response(200, json=self._new_tokens())
 

@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 import requests
-from publisher_fakes import Faults
 from pydantic import SecretStr
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from crisiscomms.models import ActionKind, ItemState, NativeRef, OutboxItem
 from crisiscomms.ports import Publisher
+
+from .publisher_fakes import Faults
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 CHANNEL = "nhs-main"

@@ -5,8 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from publisher_fakes import Failure
-from publisher_support import BODY, CHANNEL, NOW, Harness, make_item
 
 from crisiscomms.errors import (
     OutcomeUnknownError,
@@ -16,6 +14,9 @@ from crisiscomms.errors import (
 )
 from crisiscomms.models import PublishResult
 from crisiscomms.ports import Publisher
+
+from .publisher_fakes import Failure
+from .publisher_support import BODY, CHANNEL, NOW, Harness, make_item
 
 
 def test_is_a_publisher(harness: Harness) -> None:

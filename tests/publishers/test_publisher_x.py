@@ -10,14 +10,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
-from publisher_fakes import Failure, FakeX
-from publisher_support import BODY, CHANNEL, NOW, X_CREDENTIALS, make_item
 from urllib3.exceptions import ProtocolError
 
 from crisiscomms.clock import FixedClock
 from crisiscomms.errors import OutcomeUnknownError, PermanentPublishError, RateLimitedError
 from crisiscomms.models import ActionKind, NativeRef, Platform
 from crisiscomms.publishers.x import XPublisher
+
+from .publisher_fakes import Failure, FakeX
+from .publisher_support import BODY, CHANNEL, NOW, X_CREDENTIALS, make_item
 
 Fixture = tuple[FakeX, XPublisher]
 OFFICIAL = NativeRef(

@@ -37,7 +37,7 @@ def test_url_for(sim: RunningSimulator) -> None:
     assert sim.url_for("cap", "mo") == f"{base}/sources/cap/mo"
     assert sim.url_for("ea-floods", "West Sussex") == f"{base}{FLOODS}?county=West%20Sussex"
     assert sim.url_for("x") == f"{base}/x"
-    assert sim.url_for("bluesky") == f"{base}/bluesky/xrpc"
+    assert sim.url_for("bluesky") == f"{base}/bluesky"
     with pytest.raises(ValueError):
         sim.url_for("myspace")
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import httpx
 
 from crisiscomms.clock import FixedClock
-from crisiscomms.simulator import World
+from crisiscomms.simulator import Faults, World
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 M = "/mastodon/api"
@@ -225,3 +226,12 @@ def test_facebook_feed_post_duplicate_and_auth(world: World, client: httpx.Clien
     assert world.posts[0].ref == "https://example.org/a"
     world.set_valid_tokens("facebook", {"good"})
     assert client.post(url, data={"message": "y", "access_token": "bad"}).status_code == 401
+
+
+def test_facebook_throttle_is_graph_code_32(world: World, client: httpx.Client) -> None:
+    world.set_faults(Faults(burst_429=[("facebook", T0, T0 + timedelta(minutes=10))]))
+    resp = client.post("/facebook/v19.0/12345/feed", data={"message": "m", "access_token": "t"})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == 32
+    usage = json.loads(resp.headers["x-business-use-case-usage"])
+    assert usage["simulator"][0]["estimated_time_to_regain_access"] == 10
+    assert world.posts == []

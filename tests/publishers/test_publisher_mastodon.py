@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from crisiscomms.models import ActionKind, NativeRef, Platform
+from crisiscomms.publishers.mastodon import MastodonPublisher, idempotency_key, instance_url
+
+from .publisher_fakes import FakeMastodon
+from .publisher_support import BODY, make_item
+
+Fixture = tuple[FakeMastodon, MastodonPublisher]
+
+
+def test_post_has_a_stable_idempotency_key(mastodon_fake: Fixture) -> None:
+    fake, pub = mastodon_fake
+    item = make_item(1)
+    first = pub.publish(item, None)
+    again = pub.publish(item, None)  # a resend after a lost answer
+    other = pub.publish(make_item(2, body="Stand down " + BODY), None)
+    keys = [r.headers["Idempotency-Key"] for r in fake.requests]
+    assert keys[0] == keys[1] == idempotency_key(item)
+    assert keys[2] != keys[0]
+    assert keys[0].startswith("crisiscomms-")
+    assert item.dedupe_key not in keys[0]  # a hash, not the key itself
+    assert again.post_id == first.post_id
+    assert other.post_id != first.post_id
+    assert len(fake.statuses) == 2
+    sent = json.loads(fake.requests[0].content)
+    assert sent == {"status": BODY, "visibility": "public"}
+    assert fake.requests[0].headers["Authorization"] == "Bearer mastodon-SECRET-token"
+
+
+def test_idempotency_key_depends_only_on_the_dedupe_key() -> None:
+    a = make_item(1, dedupe_key="k")
+    b = make_item(2, dedupe_key="k", body="other")
+    assert idempotency_key(a) == idempotency_key(b)
+    assert len(idempotency_key(a)) == len("crisiscomms-") + 32
+
+
+def test_boost_of_a_local_status(mastodon_fake: Fixture) -> None:
+    fake, pub = mastodon_fake
+    native = NativeRef(Platform.MASTODON, id="555", url="https://m.test/@police/555")
+    item = make_item(action=ActionKind.BOOST, native=native)
+    assert pub.find_existing(item, None) is None
+    result = pub.publish(item, None)
+    assert result.post_id == "rb555"
+    assert result.url == "https://m.test/@police/555"
+    assert any(r.url.path == "/api/v1/statuses/555/reblog" for r in fake.requests)
+    found = pub.find_existing(item, None)
+    assert found is not None and found.post_id == "reblog:555"
+
+
+def test_boost_of_a_remote_status_resolves_it_first(mastodon_fake: Fixture) -> None:
+    fake, pub = mastodon_fake
+    remote = "https://police.social/@force/111"
+    fake.remote[remote] = "777"
+    native = NativeRef(Platform.MASTODON, id="111", url=remote)
+    result = pub.publish(make_item(action=ActionKind.BOOST, native=native), None)
+    assert result.post_id == "rb777"
+    search = next(r for r in fake.requests if r.url.path == "/api/v2/search")
+    assert search.url.params["q"] == remote
+    assert search.url.params["resolve"] == "true"
+    assert search.url.params["type"] == "statuses"
+
+
+def test_unresolvable_remote_status_falls_back_to_a_post(mastodon_fake: Fixture) -> None:
+    fake, pub = mastodon_fake
+    native = NativeRef(Platform.MASTODON, id="111", url="https://gone.social/@x/111")
+    result = pub.publish(make_item(action=ActionKind.BOOST, native=native), None)
+    assert result.post_id == fake.statuses[0]["id"]
+
+
+def test_boost_of_a_non_mastodon_update_is_a_post(mastodon_fake: Fixture) -> None:
+    fake, pub = mastodon_fake
+    native = NativeRef(Platform.X, id="1", url="https://x.com/police/status/1")
+    pub.publish(make_item(action=ActionKind.BOOST, native=native), None)
+    assert [r.url.path for r in fake.requests] == ["/api/v1/statuses"]
+
+
+def test_find_existing_reads_html_content_and_caches_the_account(mastodon_fake: Fixture) -> None:
+    fake, pub = mastodon_fake
+    result = pub.publish(make_item(), None)
+    assert "<span" in fake.statuses[0]["content"]
+    assert pub.find_existing(make_item(), None) == result
+    pub.find_existing(make_item(), None)
+    paths = [r.url.path for r in fake.requests]
+    assert paths.count("/api/v1/accounts/verify_credentials") == 1
+
+
+@pytest.mark.parametrize(
+    ("account", "expected"),
+    [
+        ("@nhs@mastodon.social", "https://mastodon.social"),
+        ("nhs@m.test", "https://m.test"),
+        ("@nhs", None),
+        ("", None),
+    ],
+)
+def test_instance_url(account: str, expected: str | None) -> None:
+    assert instance_url(account) == expected
