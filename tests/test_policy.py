@@ -190,7 +190,7 @@ WEDNESDAY = ldn(2026, 12, 2, 10)
     ],
 )
 def test_weekly_cap_calendar(channel: str, count: int, action: DecisionAction) -> None:
-    decision = run(item(channel), WEDNESDAY, counters=ChannelCounters(week_count=count))
+    decision = run(item(channel), WEDNESDAY, counters=ChannelCounters(normal_week_count=count))
     assert decision.action is action
     assert decision.over_cap is (action is HOLD)
     if action is HOLD:
@@ -201,11 +201,11 @@ def test_weekly_cap_calendar(channel: str, count: int, action: DecisionAction) -
 
 def test_weekly_cap_rolling_rechecks_next_opening() -> None:
     policy = POLICY.model_copy(update={"week": "rolling"})
-    decision = run(item(), WEDNESDAY, policy=policy, counters=ChannelCounters(week_count=25))
+    decision = run(item(), WEDNESDAY, policy=policy, counters=ChannelCounters(normal_week_count=25))
     assert (decision.action, decision.until) == (HOLD, z(2026, 12, 3, 8))
     assert "weekly cap 25 reached for x" in decision.reason
     assert (
-        run(item(), WEDNESDAY, policy=policy, counters=ChannelCounters(week_count=24)).action
+        run(item(), WEDNESDAY, policy=policy, counters=ChannelCounters(normal_week_count=24)).action
         is PUBLISH
     )
 
@@ -231,7 +231,7 @@ PACED = POLICY.model_copy(update={"pacing": True})
 def test_pacing_calendar(
     channel: str, now: datetime, count: int, action: DecisionAction, until: datetime | None
 ) -> None:
-    decision = run(item(channel), now, policy=PACED, counters=ChannelCounters(week_count=count))
+    decision = run(item(channel), now, policy=PACED, counters=ChannelCounters(normal_week_count=count))
     assert (decision.action, decision.until) == (action, until)
     if action is HOLD:
         assert decision.reason.startswith("pacing: ")
@@ -240,7 +240,7 @@ def test_pacing_calendar(
 @pytest.mark.parametrize(("day_count", "action"), [(4, PUBLISH), (5, HOLD)])
 def test_pacing_rolling_uses_the_day_count(day_count: int, action: DecisionAction) -> None:
     policy = PACED.model_copy(update={"week": "rolling"})
-    counters = ChannelCounters(week_count=10, day_count=day_count)
+    counters = ChannelCounters(normal_week_count=10, normal_day_count=day_count)
     decision = run(item(), WEDNESDAY, policy=policy, counters=counters)
     assert decision.action is action  # 25 over 5 working days in the last 7: 5 a day
 

@@ -117,10 +117,59 @@ class App:
             publishers[channel.id] = pub
         return publishers
 
-    def build_sources(self) -> tuple[list[Source], Any]:
-        from crisiscomms.sources import build_sources
+    def build_sources(self, *, catalog: Catalog | None = None,
+                      base_urls: dict[str, str] | None = None) -> tuple[list[Source], Any]:
+        """The source adapters and a closer for the resources they share."""
+        from crisiscomms.sources import (
+            FeedParserPool,
+            FetchLimits,
+            build_sources,
+            make_async_client,
+        )
 
-        return build_sources(self.catalog, self.settings)
+        catalog = catalog or self.catalog
+        polling = self.settings.polling
+        client = make_async_client(timeout=polling.timeout_seconds)
+        parser = FeedParserPool()
+        configs = list(catalog.sources.values())
+        if self.settings.allow_private_sources:
+            configs = [c.model_copy(update={"allow_private_network": True}) for c in configs]
+        x_token = self.settings.x_bearer_token
+        if x_token is not None:
+            from crisiscomms.logs import register_secrets
+
+            register_secrets([x_token])
+
+        def x_factory() -> Any:
+            import requests
+            import tweepy
+
+            if x_token is None:
+                raise ConfigError("CRISISCOMMS_X_BEARER_TOKEN is not set: X sources cannot "
+                                  "be polled")
+            return tweepy.Client(bearer_token=x_token.get_secret_value(),
+                                 return_type=requests.Response, wait_on_rate_limit=False)
+
+        has_x = any(str(c.kind) == "x" for c in configs)
+        try:
+            sources = build_sources(
+                [c for c in configs if str(c.kind) != "x" or x_token is not None],
+                client=client, parser=parser, x_client_factory=x_factory,
+                limits=FetchLimits(per_host=polling.per_host, total=polling.concurrency),
+                base_urls=base_urls or self.settings.source_base_urls)
+        except BaseException:
+            parser.close()
+            raise
+        if has_x and x_token is None:
+            sources.append(MissingCredentialSource(
+                "x", tuple(c.id for c in configs if str(c.kind) == "x"),
+                "CRISISCOMMS_X_BEARER_TOKEN is not set: X sources cannot be polled"))
+
+        async def close() -> None:
+            await client.aclose()
+            parser.close()
+
+        return sources, close
 
     def watcher(self, sources: list[Source]) -> Watcher:
         return Watcher(store=self.store, catalog=self.catalog, sources=sources,
@@ -129,6 +178,25 @@ class App:
     def dispatcher(self, publishers: dict[str, Publisher]) -> Dispatcher:
         return Dispatcher(store=self.store, catalog=self.catalog, publishers=publishers,
                           settings=self.settings.dispatch, worker_id=self.worker_id)
+
+
+class MissingCredentialSource:
+    """Stands in for a source that cannot run (no credentials): every poll fails clearly,
+    so ``status`` shows it and the other sources keep flowing."""
+
+    def __init__(self, key: str, source_ids: tuple[str, ...], message: str) -> None:
+        self.key = key
+        self.source_ids = source_ids
+        self.message = message
+
+    async def poll(self, state: Any, now: datetime) -> Any:
+        from crisiscomms.errors import PermanentSourceError
+
+        raise PermanentSourceError(self.message, source_id=self.key,
+                                   error_class="no_credentials")
+
+    async def aclose(self) -> None:
+        return None
 
 
 def build_app(settings: Settings | None = None, clock: Clock | None = None) -> App:

@@ -74,6 +74,15 @@ class DispatchStats:
     decision_seconds: list[float] = field(default_factory=list)
 
 
+def channel_counters(store: SQLiteStore, catalog: Catalog, channel_id: str,
+                     now: datetime) -> ChannelCounters:
+    """A channel's counters for the policy week and local day containing ``now``."""
+    policy = catalog.policy
+    day_start = local(now, policy).replace(hour=0, minute=0, second=0, microsecond=0)
+    return store.channel_counters(channel_id, now=now, week_start=week_start(now, policy),
+                                  day_start=day_start)
+
+
 def sort_key(item: OutboxItem) -> tuple[int, int, str, int]:
     """Lead agency first, then CAP severity, then age: who gets a scarce quota first."""
     published = item.published_at.isoformat() if item.published_at else ""
@@ -120,10 +129,7 @@ class Dispatcher:
         return stats
 
     def counters(self, channel_id: str, now: datetime) -> ChannelCounters:
-        policy = self.catalog.policy
-        c = self.store.channel_counters(channel_id, now=now, week_start=week_start(now, policy))
-        day_start = local(now, policy).replace(hour=0, minute=0, second=0, microsecond=0)
-        return replace(c, day_count=self.store.published_count(channel_id, day_start))
+        return channel_counters(self.store, self.catalog, channel_id, now)
 
     def _channel_tick(self, channel_id: str, items: Sequence[OutboxItem], now: datetime,
                       incidents: Sequence[Incident], windows: Sequence[LiveWindow],
@@ -145,8 +151,7 @@ class Dispatcher:
             stats.decided += 1
             if decision.action is not DecisionAction.PUBLISH:
                 self.store.set_decision(item.id, state=_STATE_FOR[decision.action],
-                                        reason=decision.reason, now=now,
-                                        not_before=decision.until)
+                                        reason=decision.reason, now=now)
                 stats.held += decision.action is DecisionAction.HOLD
                 continue
             if item.update_id is not None:
@@ -160,9 +165,11 @@ class Dispatcher:
             outcome = self._send(item, publisher, now, decision.out_of_hours,
                                  decision.over_cap, stats)
             if outcome == "published":
+                normal = int(item.incident_id is None)
                 counters = replace(counters, week_count=counters.week_count + 1,
                                    last_hour_count=counters.last_hour_count + 1,
-                                   day_count=counters.day_count + 1)
+                                   normal_week_count=counters.normal_week_count + normal,
+                                   normal_day_count=counters.normal_day_count + normal)
             elif outcome == "rate_limited":
                 counters = self.counters(channel_id, now)  # carries the new paused_until
 

@@ -79,10 +79,12 @@ class AuditChainError(CrisisCommsError):
 class SourceError(CrisisCommsError):
     """A source could not be polled. Scoped to that source."""
 
-    def __init__(self, message: str, *, source_id: str = "", error_class: str = "") -> None:
+    def __init__(self, message: str, *, source_id: str = "", error_class: str = "",
+                 retry_at: datetime | None = None) -> None:
         super().__init__(message)
         self.source_id = source_id
         self.error_class = error_class or type(self).__name__
+        self.retry_at = retry_at  # the source said "not before" (429, Retry-After)
 
 
 class TransientSourceError(SourceError):

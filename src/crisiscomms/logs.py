@@ -108,9 +108,11 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
     root.setLevel(lvl)
     for name in _NOISY:
         # These libraries log full request headers (bearer tokens, OAuth signatures) at
-        # DEBUG; they are never allowed below INFO, whatever --log-level says.
-        logging.getLogger(name).setLevel(max(lvl, logging.INFO))
-        logging.getLogger(name).addFilter(_RedactingFilter())
+        # DEBUG and every request line at INFO; they are never allowed below WARNING,
+        # whatever --log-level says (our own events say what was fetched).
+        logging.getLogger(name).setLevel(max(lvl, logging.WARNING))
+        if not any(isinstance(f, _RedactingFilter) for f in logging.getLogger(name).filters):
+            logging.getLogger(name).addFilter(_RedactingFilter())
 
 
 def _isatty(stream: Any) -> bool:

@@ -229,9 +229,10 @@ class Decision:
 class ChannelCounters:
     """What a channel has published, as the policy needs it."""
 
-    week_count: int = 0  # normal-mode + crisis posts in the policy week containing now
-    last_hour_count: int = 0  # all posts in the last 60 minutes
-    day_count: int = 0  # posts on the current local day
+    week_count: int = 0  # every post (normal and crisis) in the policy week containing now
+    normal_week_count: int = 0  # normal-mode posts only: what the normal weekly cap counts
+    normal_day_count: int = 0  # normal-mode posts on the current local day (pacing)
+    last_hour_count: int = 0  # all posts in the last 60 minutes (hourly safety ceiling)
     paused_until: datetime | None = None  # platform rate-limit reset
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from crisiscomms.clock import isoformat
 from crisiscomms.compose import fits
+from crisiscomms.dispatcher import channel_counters
 from crisiscomms.errors import ConfigError
 from crisiscomms.incidents import check_operator
 from crisiscomms.models import DecisionAction, ItemState, LiveWindow, OutboxItem
@@ -19,7 +20,7 @@ from crisiscomms.playbooks import Catalog
 from crisiscomms.policy import decide
 from crisiscomms.ports import Clock
 from crisiscomms.store import SQLiteStore
-from crisiscomms.workcal import local, week_start
+from crisiscomms.workcal import local
 
 PENDING = ("queued", "held", "needs_approval")
 FOREVER = datetime(9999, 1, 1, tzinfo=UTC)
@@ -130,8 +131,7 @@ def explain(store: SQLiteStore, catalog: Catalog, item_id: int, at: datetime) ->
     if channel is None:
         info.update(decision="hold", reason=f"channel {item.channel_id!r} is not configured")
         return info
-    counters = store.channel_counters(item.channel_id, now=at,
-                                      week_start=week_start(at, catalog.policy))
+    counters = channel_counters(store, catalog, item.channel_id, at)
     d = decide(item, channel, at, counters, catalog.policy, store.incidents(),
                catalog.playbooks, store.windows())
     info.update(decision=str(d.action), reason=d.reason, out_of_hours=d.out_of_hours,

@@ -450,7 +450,7 @@ def load_catalog(directory: Path) -> Catalog:
             raise PlaybookError(f"{path}: name: {pb.name!r} must match the file name {path.stem!r}")
         if pb.name in playbooks:
             raise PlaybookError(f"{path}: name: duplicate playbook {pb.name!r}")
-        _cross_check(path, pb, source_map, channel_map)
+        cross_check(path, pb, source_map, channel_map)
         playbooks[pb.name] = pb
         files[f"playbook:{pb.name}"] = path
     return Catalog(directory, policy, source_map, channel_map, playbooks, files)
@@ -465,7 +465,7 @@ def _unique(path: Path, key: str, ids: Iterable[str]) -> set[str]:
     return seen
 
 
-def _cross_check(
+def cross_check(
     path: Path,
     pb: Playbook,
     sources: dict[str, SourceConfig],

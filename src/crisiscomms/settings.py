@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     channel_base_urls: dict[str, str] = {}
     # Private/loopback feed hosts allowed for every source (the simulator sets this).
     allow_private_sources: bool = False
+    # API roots for source adapters ("x", "mastodon", "bluesky"), e.g. a simulator.
+    source_base_urls: dict[str, str] = {}
+    # App-only bearer token for reading X sources.
+    x_bearer_token: SecretStr | None = None
 
     @classmethod
     def settings_customise_sources(

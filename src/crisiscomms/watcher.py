@@ -33,6 +33,13 @@ from crisiscomms.store import SQLiteStore
 
 log = structlog.get_logger(__name__)
 
+NOT_BEFORE = "not_before"  # in SourceState.extra: a reset the source named (429)
+
+
+def _respecting_reset(state: SourceState, now: datetime) -> bool:
+    value = state.extra.get(NOT_BEFORE)
+    return bool(value) and datetime.fromisoformat(str(value)) > now
+
 
 @dataclass
 class CycleStats:
@@ -101,6 +108,7 @@ class Watcher:
                 # Newly in an incident: do not wait out a long normal interval.
                 if not (any(sid in incident_ids for sid in src.source_ids)
                         and st.last_polled_at is not None and st.failures == 0
+                        and not _respecting_reset(st, now)
                         and now - st.last_polled_at
                         >= timedelta(seconds=self.settings.incident_interval_seconds)):
                     continue
@@ -137,7 +145,13 @@ class Watcher:
         failures = st.failures + 1
         wait = backoff_delay(failures, base=self.settings.interval_seconds,
                              cap=self.settings.max_backoff_seconds, rng=self.rng)
-        new = replace(st, last_polled_at=now, next_poll_at=now + timedelta(seconds=wait),
+        next_at = now + timedelta(seconds=wait)
+        extra = {k: v for k, v in st.extra.items() if k != NOT_BEFORE}
+        if exc.retry_at is not None:
+            # The source named its reset: nothing goes to it before then.
+            next_at = max(next_at, exc.retry_at)
+            extra[NOT_BEFORE] = exc.retry_at.isoformat()
+        new = replace(st, last_polled_at=now, next_poll_at=next_at, extra=extra,
                       failures=failures, last_error=str(exc)[:500],
                       last_error_class=exc.error_class, error_count=st.error_count + 1)
         self.store.save_source_state(new)
@@ -155,8 +169,10 @@ class Watcher:
                         interval: float, incidents: Sequence[Incident],
                         stats: CycleStats) -> None:
         next_at = now + timedelta(seconds=interval + self._jitter())
+        extra = {k: v for k, v in {**st.extra, **result.extra}.items() if k != NOT_BEFORE}
         if result.rate_limited_until is not None:
             next_at = max(next_at, result.rate_limited_until)
+            extra[NOT_BEFORE] = result.rate_limited_until.isoformat()
         if st.failures >= self.settings.failure_alert_after:
             self.store.append_audit(actor="watcher", action="source.recovered",
                                     subject=f"source:{src.key}",
@@ -168,7 +184,7 @@ class Watcher:
             last_modified=result.last_modified if result.last_modified is not None
             else st.last_modified,
             cursor=result.cursor if result.cursor is not None else st.cursor,
-            extra={**st.extra, **result.extra}, baseline_done=True)
+            extra=extra, baseline_done=True)
         if result.not_modified or not result.updates:
             stats.not_modified += int(result.not_modified)
             self.store.save_source_state(new)

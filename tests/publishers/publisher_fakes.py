@@ -279,7 +279,10 @@ class FakeMastodon:
         local_id = request.url.path.split("/")[-2]
         self.reblogged.add(local_id)
         original = {"id": local_id, "url": f"{self.base}/@police/{local_id}", "reblogged": True}
-        return httpx.Response(200, json={"id": f"rb{local_id}", "reblog": original})
+        boost = {"id": f"rb{local_id}", "reblog": original, "content": ""}
+        if all(s["id"] != boost["id"] for s in self.statuses):
+            self.statuses.append(boost)
+        return httpx.Response(200, json=boost)
 
     def _status(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -308,7 +311,10 @@ class FakeMastodon:
         failure = self.faults.take("read")
         if failure:
             return httpx_failure(failure)
-        return httpx.Response(200, json=list(reversed(self.statuses)))
+        statuses = list(reversed(self.statuses))
+        if request.url.params.get("exclude_reblogs") == "true":
+            statuses = [s for s in statuses if not s.get("reblog")]
+        return httpx.Response(200, json=statuses)
 
     def _search(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)

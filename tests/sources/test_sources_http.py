@@ -150,6 +150,12 @@ async def test_429_carries_retry_at(fetcher: HttpFetcher, mock: respx.MockRouter
     assert isinstance(err, SourceRateLimitedError)
     assert err.retry_at == NOW + timedelta(hours=1)
 
+    mock.get(FEED_URL).mock(return_value=httpx.Response(
+        429, headers={"X-RateLimit-Reset": "2026-02-10T15:05:00.000Z"}))
+    err = await fetch_error(fetcher, now=NOW)
+    assert isinstance(err, SourceRateLimitedError)
+    assert err.retry_at == NOW + timedelta(minutes=5)
+
 
 async def test_same_host_relative_redirect_is_followed(
     fetcher: HttpFetcher, mock: respx.MockRouter

@@ -28,6 +28,15 @@ BSKY = "https://public.api.bsky.app/xrpc/app.bsky.feed.getAuthorFeed"
 # ------------------------------------------------------------------ Environment Agency
 
 
+async def test_ea_query_in_url_is_kept(fetcher: HttpFetcher, mock: respx.MockRouter) -> None:
+    route = mock.get(EA_URL).mock(return_value=httpx.Response(200, json={"items": []}))
+    config = make_config(SourceKind.EA_FLOODS, url=EA_URL + "?min-severity=3")
+    result = await EaFloodsSource(config, fetcher).poll(state_for(config.id), NOW)
+    assert result.updates == ()
+    params = route.calls[0].request.url.params
+    assert (params["min-severity"], params["county"]) == ("3", "Essex")
+
+
 async def test_ea_floods_fixture(fetcher: HttpFetcher, mock: respx.MockRouter) -> None:
     route = mock.get(EA_URL).mock(
         return_value=httpx.Response(200, content=fixture_bytes("ea_floods_essex.json"),
@@ -112,9 +121,12 @@ async def test_mastodon_lookup_then_statuses(fetcher: HttpFetcher, mock: respx.M
     assert result.cursor == "111000000000000003"
     assert result.extra[ACCOUNT_ID_KEY] == "109876543210"
 
-    mock.get(M_STATUSES).mock(return_value=httpx.Response(200, json=[]))
+    mock.get(M_STATUSES).mock(return_value=httpx.Response(
+        200, json=[], headers={"X-RateLimit-Remaining": "0",
+                               "X-RateLimit-Reset": "2026-02-10T15:05:00.000Z"}))
     again = await src.poll(state_for(src.key, cursor=result.cursor, extra=result.extra), NOW)
     assert again.updates == () and again.cursor == "111000000000000003"
+    assert again.rate_limited_until == datetime(2026, 2, 10, 15, 5, tzinfo=UTC)
     assert lookup.call_count == 1  # the account id was remembered
     assert mock.routes[-1].calls[-1].request.url.params["since_id"] == "111000000000000003"
 

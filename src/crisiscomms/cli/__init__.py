@@ -18,6 +18,7 @@ from typer.exceptions import TyperException
 
 from crisiscomms.cli import (
     audit_cmd,
+    drill_cmd,
     incident_cmd,
     playbooks_cmd,
     queue_cmd,
@@ -37,6 +38,7 @@ app = typer.Typer(
 app.callback()(state.global_options)
 incident_cmd.register(app)
 runtime_cmd.register(app)
+drill_cmd.register(app)
 app.add_typer(playbooks_cmd.app, name="playbooks")
 app.add_typer(audit_cmd.app, name="audit")
 app.add_typer(queue_cmd.app, name="queue")

@@ -264,14 +264,17 @@ class SQLiteStore(AuditMixin):
         return {r["state"]: r["n"] for r in
                 self.query("SELECT state, count(*) AS n FROM outbox GROUP BY state")}
 
-    def set_decision(self, item_id: int, *, state: ItemState, reason: str, now: datetime,
-                     not_before: datetime | None = None) -> bool:
-        """Record a policy decision for a pending item (only if it changed)."""
+    def set_decision(self, item_id: int, *, state: ItemState, reason: str,
+                     now: datetime) -> bool:
+        """Record a policy decision for a pending item (only if it changed).
+
+        The decision's "hold until" is not stored as the item's schedule: the policy decides
+        again on every tick, so a hold ends as soon as its cause does."""
         with self.tx("decision") as c:
             cur = self.execute(
-                c, "UPDATE outbox SET state = ?, reason = ?, not_before = ? WHERE id = ? AND "
+                c, "UPDATE outbox SET state = ?, reason = ? WHERE id = ? AND "
                 "state IN ('queued','held','needs_approval') AND (state != ? OR reason != ?)",
-                (str(state), reason, ts(not_before), item_id, str(state), reason))
+                (str(state), reason, item_id, str(state), reason))
             if cur.rowcount:
                 self._event(c, item_id, now, str(state), reason)
                 if state is ItemState.SKIPPED:
@@ -398,22 +401,27 @@ class SQLiteStore(AuditMixin):
 
     # -- counters and channel state -------------------------------------------------
     def published_count(self, channel_id: str, since: datetime,
-                        until: datetime | None = None) -> int:
+                        until: datetime | None = None, *, normal_only: bool = False) -> int:
         sql = "SELECT count(*) AS n FROM outbox WHERE state = 'published' AND channel_id = ? " \
               "AND done_at >= ?"
         params: list[Any] = [channel_id, ts(since)]
         if until is not None:
             sql += " AND done_at < ?"
             params.append(ts(until))
+        if normal_only:
+            sql += " AND incident_id IS NULL"
         row = self.query_one(sql, params)
         return int(row["n"]) if row else 0
 
-    def channel_counters(self, channel_id: str, *, now: datetime,
-                         week_start: datetime) -> ChannelCounters:
+    def channel_counters(self, channel_id: str, *, now: datetime, week_start: datetime,
+                         day_start: datetime) -> ChannelCounters:
+        """What the policy needs to know about a channel's recent posts."""
         paused = self.query_one("SELECT paused_until FROM channel_state WHERE channel_id = ?",
                                 (channel_id,))
         return ChannelCounters(
             week_count=self.published_count(channel_id, week_start),
+            normal_week_count=self.published_count(channel_id, week_start, normal_only=True),
+            normal_day_count=self.published_count(channel_id, day_start, normal_only=True),
             last_hour_count=self.published_count(channel_id, now - timedelta(hours=1)),
             paused_until=dt(paused["paused_until"]) if paused else None,
         )

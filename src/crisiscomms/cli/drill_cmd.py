@@ -1,0 +1,135 @@
+"""drill and simulate: rehearse a crisis against the loopback simulator."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from crisiscomms.cli.state import echo_json, get_app
+from crisiscomms.clock import isoformat
+
+
+def _progress_table(p: object) -> Table:
+    from crisiscomms.drill import Progress
+
+    assert isinstance(p, Progress)
+    t = Table(title="drill in progress", show_header=True)
+    for col in ("simulated clock", "updates seen", "queued", "published", "held", "failed",
+                "events"):
+        t.add_column(col)
+    local = p.now.astimezone(__import__("zoneinfo").ZoneInfo("Europe/London"))
+    t.add_row(local.strftime("%a %d %b %H:%M"), str(p.seen), str(p.queued), str(p.published),
+              str(p.held), str(p.failed), f"{p.events_done}/{p.events_total} {p.last_event}")
+    return t
+
+
+def drill(
+    scenario: Annotated[Path, typer.Argument(help="Scenario file (playbooks/drills/*.yaml).")],
+    speed: Annotated[float, typer.Option(
+        "--speed", help="Simulated seconds per real second (0 = as fast as possible).")] = 0.0,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Write the post-incident report here (HTML; .md and .json beside it)."
+    )] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Run a drill end to end (real watcher and dispatcher, simulated platforms and clock);
+    print the expectation table and the report's path. Exit 1 if any expectation fails."""
+    from crisiscomms.drill import Progress, run_drill
+
+    if speed < 0:
+        from crisiscomms.errors import ConfigError
+
+        raise ConfigError("--speed: must be 0 (as fast as possible) or more")
+    from crisiscomms.cli import state
+
+    # A drill prints its own progress; routine INFO events would drown it.
+    if "log_level" not in state._overrides and "CRISISCOMMS_LOG_LEVEL" not in __import__(
+            "os").environ:
+        state._overrides["log_level"] = "warning"
+    get_app()
+    console = Console(stderr=True)
+    live = console.is_terminal and not json_out
+    last_hour: list[int] = [-1]
+
+    def show(p: Progress) -> None:
+        if live:
+            view.update(_progress_table(p))
+            return
+        hour = int(p.now.timestamp() // 21600)  # a line every 6 simulated hours
+        if hour != last_hour[0]:
+            last_hour[0] = hour
+            console.print(f"[drill] {isoformat(p.now)} seen {p.seen} queued {p.queued} "
+                          f"published {p.published} held {p.held} failed {p.failed}",
+                          highlight=False)
+
+    if live:
+        with Live(_progress_table(Progress(now=__import__("datetime").datetime.now())),
+                  console=console, refresh_per_second=8) as view:
+            result = run_drill(scenario, speed=speed, report_path=report, on_progress=show)
+    else:
+        view = None
+        result = run_drill(scenario, speed=speed, report_path=report, on_progress=show)
+    if json_out:
+        echo_json({"scenario": result.scenario.name, "ok": result.ok,
+                   "report": str(result.report_path) if result.report_path else None,
+                   "home": str(result.home),
+                   "expectations": [{"name": o.name, "ok": o.ok, "detail": o.detail}
+                                    for o in result.outcomes],
+                   "published": [list(p) for p in result.published]})
+    else:
+        out = Console(file=sys.stdout, width=120)
+        t = Table(title=f"drill {result.scenario.name}: expectations")
+        t.add_column("expectation")
+        t.add_column("result")
+        t.add_column("detail")
+        for o in result.outcomes:
+            t.add_row(o.name, "[green]PASS[/green]" if o.ok else "[red]FAIL[/red]", o.detail)
+        out.print(t)
+        passed = sum(o.ok for o in result.outcomes)
+        out.print(f"{passed} passed, {len(result.outcomes) - passed} failed", highlight=False)
+        if result.report_path:
+            out.print(f"report: {result.report_path}", highlight=False)
+        out.print(f"drill data: {result.home}", highlight=False)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def simulate(
+    port: Annotated[int, typer.Option("--port", help="Loopback port (0 = any free port).")
+                    ] = 8765,
+    scenario: Annotated[Path | None, typer.Option(
+        "--scenario", help="Script the sources from this drill scenario.")] = None,
+) -> None:
+    """Serve the platform simulator on 127.0.0.1 until interrupted (official sources and our
+    platforms; see the README for the URL layout)."""
+    from crisiscomms.simulator import World, run_forever
+
+    app = get_app()
+    world = World(app.clock)
+    if scenario is not None:
+        from crisiscomms.drill.scenario import load_scenario
+
+        sc = load_scenario(scenario)
+        for e in sc.events:
+            if e.publish:
+                src = app.catalog.sources.get(e.publish.source)
+                kind = "cap" if src is None else {"x": "x", "rss": "rss", "cap": "cap",
+                                                  "ea-floods": "ea-floods"}.get(str(src.kind),
+                                                                                str(src.kind))
+                world.add_item(e.publish.source, kind, e.at, e.publish.item)
+
+    def ready(sim: object) -> None:
+        typer.echo(f"simulator listening on {getattr(sim, 'base_url', '')} (Ctrl-C to stop)")
+
+    run_forever(world, port=port, on_ready=ready)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(drill)
+    app.command()(simulate)

@@ -1,0 +1,331 @@
+"""Run a drill: the real watcher and dispatcher against the loopback simulator, on a
+simulated clock, then the expectations and the post-incident report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from crisiscomms import incidents, operations
+from crisiscomms.app import App
+from crisiscomms.clock import FixedClock
+from crisiscomms.dispatcher import Dispatcher
+from crisiscomms.drill.expectations import Outcome, check_all
+from crisiscomms.drill.scenario import Event, Scenario, load_scenario
+from crisiscomms.errors import ConfigError, CrisisCommsError
+from crisiscomms.models import ActionKind, NewOutboxItem, SourceKind
+from crisiscomms.playbooks import Catalog, cross_check, load_catalog
+from crisiscomms.settings import DispatchSettings, PollingSettings, Settings
+from crisiscomms.simulator import Faults, World, serve
+from crisiscomms.watcher import Watcher
+
+SIM_KIND = {SourceKind.RSS: "rss", SourceKind.CAP: "cap", SourceKind.X: "x",
+            SourceKind.MASTODON: "mastodon", SourceKind.BLUESKY: "bluesky",
+            SourceKind.EA_FLOODS: "ea-floods"}
+
+
+@dataclass
+class Progress:
+    """What the drill has done so far (shown while it runs)."""
+
+    now: datetime
+    seen: int = 0
+    queued: int = 0
+    published: int = 0
+    held: int = 0
+    failed: int = 0
+    events_done: int = 0
+    events_total: int = 0
+    last_event: str = ""
+
+
+@dataclass
+class DrillResult:
+    scenario: Scenario
+    outcomes: list[Outcome]
+    report_path: Path | None
+    home: Path
+    published: list[tuple[str, str, str]] = field(default_factory=list)
+    incidents: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outcomes)
+
+
+def sim_source_id(source: Any, pins: dict[str, str]) -> str:
+    """The simulator's id for a catalogued source (X: numeric id; Mastodon: acct; ...)."""
+    if source.kind is SourceKind.X:
+        return pins.get(source.id) or source.x_user_id or source.id
+    if source.kind is SourceKind.MASTODON:
+        return (source.account or "").rstrip("/").rsplit("/", 1)[-1].lstrip("@")
+    if source.kind is SourceKind.BLUESKY:
+        return (source.account or "").rstrip("/").rsplit("/", 1)[-1]
+    return str(source.id)
+
+
+def drill_catalog(base: Catalog, scenario: Scenario, sim: Any, path: Path) -> Catalog:
+    """The playbooks as they are, pointed at the simulator (and with the drill's X pins)."""
+    sources = dict(base.sources)
+    for extra in scenario.extra_sources:
+        sources[extra.id] = extra
+    playbooks = dict(base.playbooks)
+    for name, extra_srcs in scenario.playbook_sources.items():
+        if name not in playbooks:
+            raise ConfigError(f"{path}: playbook_sources.{name}: unknown playbook")
+        pb0 = playbooks[name]
+        pb1 = pb0.model_copy(update={"sources": [*pb0.sources, *extra_srcs]})
+        cross_check(path, pb1, sources, base.channels)
+        playbooks[name] = pb1
+    for pb in scenario.extra_playbooks:
+        cross_check(path, pb, sources, base.channels)
+        playbooks[pb.name] = pb
+    out = {}
+    for sid, s in sources.items():
+        upd: dict[str, Any] = {"allow_private_network": True}
+        kind = SIM_KIND[s.kind]
+        if s.kind is SourceKind.X:
+            upd["x_user_id"] = scenario.pin_x_ids.get(sid) or s.x_user_id
+        elif s.kind in (SourceKind.RSS, SourceKind.CAP):
+            upd["url"] = sim.url_for(kind, sid)
+        elif s.kind is SourceKind.EA_FLOODS:
+            upd["url"] = sim.url_for("ea-floods")
+        elif s.kind is SourceKind.MASTODON:
+            upd["account"] = f"{sim.url_for('mastodon')}/@{sim_source_id(s, {})}"
+        elif s.kind is SourceKind.BLUESKY:
+            upd["account"] = f"https://bsky.app/profile/{sim_source_id(s, {})}"
+        out[sid] = s.model_copy(update=upd)
+    channels = {cid: c.model_copy(update={"base_url": sim.url_for(str(c.platform))})
+                for cid, c in base.channels.items()}
+    return replace(base, sources=out, channels=channels, playbooks=playbooks)
+
+
+@contextlib.contextmanager
+def drill_credentials(catalog: Catalog, x_me_id: str) -> Iterator[None]:
+    """Give every channel drill credentials for the duration (the simulator accepts any)."""
+    saved: dict[str, str | None] = {}
+    try:
+        for ch in catalog.channels.values():
+            for role, env in ch.credentials.items():
+                saved[env] = os.environ.get(env)
+                # tweepy reads our user id from the access token's prefix.
+                os.environ[env] = f"{x_me_id}-drill-{role}" if role == "access_token" \
+                    else f"drill-{role}"
+        yield
+    finally:
+        for env, value in saved.items():
+            if value is None:
+                os.environ.pop(env, None)
+            else:
+                os.environ[env] = value
+
+
+class Drill:
+    """One run of a scenario."""
+
+    def __init__(self, scenario: Scenario, path: Path, *, home: Path | None = None,
+                 speed: float = 0.0, on_progress: Callable[[Progress], None] | None = None,
+                 playbooks_dir: Path | None = None) -> None:
+        self.scenario = scenario
+        self.path = path
+        self.speed = speed
+        self.on_progress = on_progress
+        self.home = home or Path(tempfile.mkdtemp(prefix=f"crisiscomms-drill-{scenario.name}-"))
+        self.playbooks_dir = playbooks_dir or (path.parent / scenario.playbooks_dir).resolve()
+        self.clock = FixedClock(scenario.start)
+        self.world = World(self.clock)
+        self.world.burst_history = []  # type: ignore[attr-defined]
+        self.post_seq = 0
+
+    def run(self, report_path: Path | None = None) -> DrillResult:
+        base = load_catalog(self.playbooks_dir)
+        for sid in self.scenario.pin_x_ids:
+            if sid not in base.sources:
+                raise ConfigError(f"{self.path}: pin_x_ids.{sid}: unknown source id")
+        for sid, s in base.sources.items():
+            if s.kind is SourceKind.X:
+                uid = self.scenario.pin_x_ids.get(sid) or s.x_user_id
+                if uid:
+                    self.world.add_x_user(uid, s.handle or sid)
+        with serve(self.world) as sim:
+            catalog = drill_catalog(base, self.scenario, sim, self.path)
+            self._check_events(catalog)
+            settings = Settings(
+                home=self.home, database_url=f"sqlite:///{self.home / 'drill.db'}",
+                playbooks_dir=self.playbooks_dir, allow_private_sources=True,
+                polling=PollingSettings(
+                    interval_seconds=self.scenario.polling.interval_seconds,
+                    incident_interval_seconds=self.scenario.polling.incident_interval_seconds,
+                    jitter_seconds=0, timeout_seconds=10),
+                dispatch=DispatchSettings(timeout_seconds=10),
+                x_bearer_token=SecretStr("drill-bearer-token"),
+                source_base_urls={"x": sim.url_for("x"), "mastodon": sim.url_for("mastodon"),
+                                  "bluesky": sim.url_for("bluesky")},
+                worker_id="drill")
+            app = App(settings=settings, clock=self.clock)
+            app.__dict__["catalog"] = catalog  # the cached property, pointed at the simulator
+            try:
+                with drill_credentials(catalog, self.world.accounts.x_me.id):
+                    asyncio.run(self._loop(app))
+                outcomes = check_all(self.scenario, app.store, catalog, self.world)
+                report = self._report(app, catalog, report_path)
+                published = sorted((i.channel_id, str(i.action), i.dedupe_key)
+                                   for i in app.store.items(states=["published"]))
+                return DrillResult(self.scenario, outcomes, report, self.home, published,
+                                   [i.id for i in app.store.incidents()])
+            finally:
+                app.close()
+
+    def _check_events(self, catalog: Catalog) -> None:
+        for i, e in enumerate(self.scenario.events):
+            where = f"{self.path}: events[{i}]"
+            if e.publish and e.publish.source not in catalog.sources:
+                raise ConfigError(f"{where}.publish.source: unknown source "
+                                  f"{e.publish.source!r}")
+            if e.activate and e.activate.playbook not in catalog.playbooks:
+                raise ConfigError(f"{where}.activate.playbook: unknown playbook "
+                                  f"{e.activate.playbook!r}")
+            if e.post and e.post.channel not in catalog.channels:
+                raise ConfigError(f"{where}.post.channel: unknown channel {e.post.channel!r}")
+
+    async def _loop(self, app: App) -> None:
+        sources, closer = app.build_sources()
+        publishers = app.build_publishers(dry_run=False)
+        rng = random.Random(self.scenario.seed)  # noqa: S311 - reproducible jitter
+        watcher = Watcher(store=app.store, catalog=app.catalog, sources=sources,
+                          settings=app.settings.polling, rng=rng)
+        dispatcher = Dispatcher(store=app.store, catalog=app.catalog, publishers=publishers,
+                                settings=app.settings.dispatch, worker_id="drill", rng=rng,
+                                sleep=lambda _s: None)
+        events = sorted(self.scenario.events, key=lambda e: e.at)
+        progress = Progress(now=self.clock.now(), events_total=len(events))
+        step = timedelta(seconds=self.scenario.step_seconds)
+        pending = list(events)
+        try:
+            for e in pending:
+                if e.publish:
+                    self._script_publish(app.catalog, e)
+            while self.clock.now() <= self.scenario.end:
+                now = self.clock.now()
+                while pending and pending[0].at <= now:
+                    e = pending.pop(0)
+                    self._apply(app, e)
+                    progress.events_done += 1
+                    progress.last_event = e.note or e.kind
+                cycle = await watcher.poll_cycle(now)
+                stats = await asyncio.to_thread(dispatcher.tick, now)
+                progress.now = now
+                progress.seen += cycle.new_updates
+                progress.queued += cycle.queued
+                progress.published += stats.published
+                progress.failed += stats.failed
+                progress.held = sum(1 for _ in app.store.items(states=["held"]))
+                if self.on_progress:
+                    self.on_progress(progress)
+                if self.speed > 0:
+                    await asyncio.sleep(step.total_seconds() / self.speed)
+                self.clock.set(now + step)
+        finally:
+            for src in sources:
+                with contextlib.suppress(Exception):
+                    await src.aclose()
+            await closer()
+
+    def _script_publish(self, catalog: Catalog, e: Event) -> None:
+        assert e.publish is not None
+        src = catalog.sources[e.publish.source]
+        kind = SIM_KIND[src.kind]
+        sid = sim_source_id(src, self.scenario.pin_x_ids)
+        item = dict(e.publish.item)
+        if src.kind is SourceKind.EA_FLOODS:
+            item.setdefault("county", src.county or "Essex")
+        if e.publish.edit:
+            key = str(item.get("guid") or item.get("identifier") or item.get("id")
+                      or item.get("floodAreaID"))
+            self.world.edit_item(sid, kind, key, item, at=e.at)
+        else:
+            self.world.add_item(sid, kind, e.at, item)
+
+    def _apply(self, app: App, e: Event) -> None:
+        store, catalog, clock = app.store, app.catalog, self.clock
+        try:
+            if e.activate:
+                a = e.activate
+                incidents.activate(store, catalog, clock, playbook=a.playbook, reason=a.reason,
+                                   operator=a.operator, hashtags=a.hashtags, lead=a.lead)
+            elif e.deactivate:
+                d = e.deactivate
+                incidents.deactivate(store, catalog, clock, incident_id=d.incident,
+                                     reason=d.reason, operator=d.operator)
+            elif e.approve:
+                ap = e.approve
+                for it in store.items(states=["needs_approval"]):
+                    if (ap.source and it.source_id != ap.source) or \
+                            (ap.channel and it.channel_id != ap.channel):
+                        continue
+                    operations.approve(store, catalog, clock, it.id, ap.operator, ap.reason)
+            elif e.reject:
+                rj = e.reject
+                for it in store.items(states=["needs_approval", "held", "queued"]):
+                    if it.incident_id is not None or \
+                            (rj.source and it.source_id != rj.source) or \
+                            (rj.channel and it.channel_id != rj.channel):
+                        continue
+                    operations.reject(store, catalog, clock, it.id, rj.operator, rj.reason)
+            elif e.post:
+                self.post_seq += 1
+                (new_id,) = store.enqueue([NewOutboxItem(
+                    dedupe_key=f"drill:{self.scenario.name}:post:{self.post_seq}",
+                    channel_id=e.post.channel, action=ActionKind.POST, text=e.post.text,
+                    approval="manual", reason="scheduled by the team")], now=clock.now(),
+                    actor=e.post.operator)
+                operations.approve(store, catalog, clock, new_id, e.post.operator,
+                                   "scheduled post")
+            elif e.faults:
+                f = e.faults
+                bursts: tuple[tuple[str, datetime, datetime], ...] = ()
+                if f.burst_429:
+                    bursts = ((f.burst_429.platform, e.at,
+                               e.at + timedelta(minutes=f.burst_429.minutes)),)
+                    self.world.burst_history.extend(bursts)  # type: ignore[attr-defined]
+                write_only = f.burst_429 is not None and f.burst_429.applies_to == "write"
+                self.world.set_faults(None if f.clear else Faults(
+                    error_rate_5xx=f.error_rate_5xx, drop_rate=f.drop_rate,
+                    burst_429=bursts, seed=self.scenario.seed,
+                    burst_methods=("POST",) if write_only else ()))
+        except CrisisCommsError as exc:
+            raise ConfigError(f"{self.path}: event at {e.at.isoformat()} ({e.kind}): {exc}") \
+                from None
+
+    def _report(self, app: App, catalog: Catalog, report_path: Path | None) -> Path | None:
+        from crisiscomms.cli.runtime_cmd import write_atomically
+        from crisiscomms.report import build_incident_report, render
+
+        incs = app.store.incidents()
+        if not incs:
+            return None
+        data = build_incident_report(app.store, catalog, incs[-1], self.clock.now())
+        path = report_path or self.home / f"{self.scenario.name}-report.html"
+        write_atomically(path, render(data, "html"))
+        for fmt in ("md", "json"):
+            write_atomically(path.with_suffix(f".{fmt}"), render(data, fmt))
+        return path
+
+
+def run_drill(path: Path, *, speed: float = 0.0, report_path: Path | None = None,
+              home: Path | None = None,
+              on_progress: Callable[[Progress], None] | None = None) -> DrillResult:
+    """Load a scenario and run it; see ``Drill``."""
+    scenario = load_scenario(path)
+    return Drill(scenario, path, home=home, speed=speed, on_progress=on_progress).run(
+        report_path)

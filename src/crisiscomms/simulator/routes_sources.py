@@ -1,0 +1,132 @@
+"""Official-source endpoints: RSS/Atom feeds, CAP index + documents, EA flood warnings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from urllib.parse import unquote
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from crisiscomms.clock import parse_instant, utc
+from crisiscomms.simulator import render
+from crisiscomms.simulator.common import conditional, limited, world_of
+from crisiscomms.simulator.world import VisibleItem
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _by_published(items: list[VisibleItem], field: str) -> list[VisibleItem]:
+    def key(vis: VisibleItem) -> tuple[Any, str]:
+        value = vis.item.get(field)
+        if isinstance(value, datetime):
+            when = utc(value)
+        elif isinstance(value, str) and value:
+            when = parse_instant(value)
+        else:
+            when = vis.first_at
+        return when, vis.key
+
+    return sorted(items, key=key, reverse=True)
+
+
+@limited("sources", "sources:rss")
+async def rss_feed(request: Request) -> Response:
+    """GET /sources/rss/{source_id}: RSS 2.0, newest first."""
+    world = world_of(request)
+    source_id = request.path_params["source_id"]
+    items = _by_published(world.visible_items("rss", source_id), "pubDate")
+    changed = world.last_changed("rss", source_id)
+    body = render.rss_document(
+        source_id, f"{_base(request)}/sources/rss/{source_id}", items, changed
+    )
+    return conditional(request, body, "application/rss+xml", changed)
+
+
+@limited("sources", "sources:atom")
+async def atom_feed(request: Request) -> Response:
+    """GET /sources/atom/{source_id}: the same items as Atom."""
+    world = world_of(request)
+    source_id = request.path_params["source_id"]
+    items = _by_published(world.visible_items("rss", source_id), "pubDate")
+    changed = world.last_changed("rss", source_id)
+    body = render.atom_document(
+        source_id, f"{_base(request)}/sources/atom/{source_id}", items, changed
+    )
+    return conditional(request, body, "application/atom+xml", changed)
+
+
+@limited("sources", "sources:cap")
+async def cap_index(request: Request) -> Response:
+    """GET /sources/cap/{source_id}: Atom index linking to each alert's CAP document."""
+    world = world_of(request)
+    source_id = request.path_params["source_id"]
+    items = _by_published(world.visible_items("cap", source_id), "sent")
+    changed = world.last_changed("cap", source_id)
+    url = f"{_base(request)}/sources/cap/{source_id}"
+    body = render.cap_index(source_id, url, url, items, changed)
+    return conditional(request, body, "application/atom+xml", changed)
+
+
+@limited("sources", "sources:cap")
+async def cap_doc(request: Request) -> Response:
+    """GET /sources/cap/{source_id}/{identifier}.xml: one CAP 1.2 alert (404 if not visible)."""
+    world = world_of(request)
+    source_id = request.path_params["source_id"]
+    identifier = unquote(request.path_params["doc"]).removesuffix(".xml")
+    for vis in world.visible_items("cap", source_id):
+        if vis.key == identifier:
+            return conditional(
+                request, render.cap_document(vis), "application/cap+xml", vis.changed_at
+            )
+    return Response("not found", 404, media_type="text/plain")
+
+
+@limited("sources", "sources:ea-floods")
+async def ea_floods(request: Request) -> Response:
+    """GET /ea/flood-monitoring/id/floods?county=&min-severity=: current warnings as JSON."""
+    world = world_of(request)
+    county = request.query_params.get("county", "").strip().lower()
+    min_severity = request.query_params.get("min-severity")
+    base = _base(request)
+    out: list[dict[str, Any]] = []
+    for vis in world.visible_items("ea-floods"):
+        item = dict(vis.item)
+        if county and county not in str(item.get("county", "")).lower():
+            continue
+        if min_severity and int(item.get("severityLevel", 4)) > int(min_severity):
+            continue
+        item.setdefault("@id", f"{base}/ea/flood-monitoring/id/floods/{item['floodAreaID']}")
+        item.setdefault("isTidal", False)
+        out.append(item)
+    out.sort(
+        key=lambda i: (str(i.get("timeMessageChanged", "")), str(i["floodAreaID"])), reverse=True
+    )
+    body = {
+        "@context": f"{base}/ea/flood-monitoring/meta/context.jsonld",
+        "meta": {
+            "publisher": "Environment Agency (simulated)",
+            "licence": "http://www.nationalarchives.gov.uk/doc/open-government-licence/version/3/",
+            "documentation": "http://environment.data.gov.uk/flood-monitoring/doc/reference",
+            "version": "0.9",
+            "comment": "Status: simulated",
+            "hasFormat": [],
+        },
+        "items": out,
+    }
+    return JSONResponse(body)
+
+
+def source_routes() -> list[BaseRoute]:
+    """Routes for official sources."""
+    return [
+        Route("/sources/rss/{source_id}", rss_feed, methods=["GET"]),
+        Route("/sources/atom/{source_id}", atom_feed, methods=["GET"]),
+        Route("/sources/cap/{source_id}", cap_index, methods=["GET"]),
+        Route("/sources/cap/{source_id}/{doc}", cap_doc, methods=["GET"]),
+        Route("/ea/flood-monitoring/id/floods", ea_floods, methods=["GET"]),
+    ]
