@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import structlog
 import yaml
 
 from crisiscomms import retry
@@ -21,6 +23,17 @@ PINNED = {"essex-police-x": "1000001", "eeast-x": "1000002", "ecfrs-x": "1000003
 def _no_retry_waits() -> Iterator[None]:
     with retry.no_waits():
         yield
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """A CLI test configures logging onto capsys's stream; never let the next test inherit it."""
+    yield
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_crisiscomms", False):
+            root.removeHandler(h)
 
 
 @pytest.fixture

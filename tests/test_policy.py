@@ -231,7 +231,9 @@ PACED = POLICY.model_copy(update={"pacing": True})
 def test_pacing_calendar(
     channel: str, now: datetime, count: int, action: DecisionAction, until: datetime | None
 ) -> None:
-    decision = run(item(channel), now, policy=PACED, counters=ChannelCounters(normal_week_count=count))
+    decision = run(
+        item(channel), now, policy=PACED, counters=ChannelCounters(normal_week_count=count)
+    )
     assert (decision.action, decision.until) == (action, until)
     if action is HOLD:
         assert decision.reason.startswith("pacing: ")

@@ -11,8 +11,8 @@ import pytest
 
 from crisiscomms.errors import RefusedError, StoreCorruptError, StoreError, StoreLockedError
 from crisiscomms.models import ActionKind, ItemState, NewOutboxItem
-from crisiscomms.store import open_store
 from crisiscomms.store import base as store_base
+from crisiscomms.store import open_store
 from crisiscomms.store.migrations import MIGRATIONS
 
 NOW = datetime(2026, 11, 27, 18, 0, tzinfo=UTC)
@@ -72,7 +72,7 @@ def test_read_only_connection_gives_a_clear_error(tmp_path: Path):
     open_store(f"sqlite:///{path}").close()
     s = open_store(f"sqlite:///{path}")
     s._conn.execute("PRAGMA query_only = ON")
-    with pytest.raises(StoreError, match="read-only|readonly"):
+    with pytest.raises(StoreError, match=r"read-only|readonly"):
         s.create_incident(playbook="p", hashtags=[], lead="l", reason="r", operator="o", now=NOW)
 
 

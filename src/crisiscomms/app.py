@@ -173,7 +173,7 @@ class App:
 
     def watcher(self, sources: list[Source]) -> Watcher:
         return Watcher(store=self.store, catalog=self.catalog, sources=sources,
-                       settings=self.settings.polling, rng=random.Random())  # noqa: S311
+                       settings=self.settings.polling, rng=random.Random())
 
     def dispatcher(self, publishers: dict[str, Publisher]) -> Dispatcher:
         return Dispatcher(store=self.store, catalog=self.catalog, publishers=publishers,

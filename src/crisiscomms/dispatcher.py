@@ -102,7 +102,7 @@ class Dispatcher:
         self.publishers = dict(publishers)
         self.settings = settings
         self.worker_id = worker_id
-        self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self.rng = rng or random.Random()
         self.sleep = sleep
         self.measure = measure
         self.lease = timedelta(seconds=settings.lease_seconds)
@@ -124,7 +124,7 @@ class Dispatcher:
                                    windows, stats)
             except StoreError:
                 raise
-            except Exception:  # noqa: BLE001 - one channel's bug never blocks another
+            except Exception:
                 log.exception("channel.tick_failed", channel=channel_id)
         return stats
 
@@ -207,7 +207,7 @@ class Dispatcher:
         except PublishError as exc:
             self._retry_later(claimed, now, str(exc), stats)
             return "retry"
-        except Exception as exc:  # noqa: BLE001 - an adapter bug: we may have sent it
+        except Exception as exc:
             log.exception("publisher.crashed", channel=item.channel_id, item=item.id)
             return self._resolve_unknown(claimed, publisher, update, now,
                                          f"unexpected {type(exc).__name__}", stats)

@@ -4,7 +4,7 @@ Every error the library raises on purpose is a ``CrisisCommsError``; the CLI tur
 each into one line and the exit code named on its class::
 
     CrisisCommsError                      exit 1 unless a subclass says otherwise
-    ├── ConfigError                       exit 2  bad settings, playbook, scenario (names file and key)
+    ├── ConfigError                       exit 2  bad settings, playbook, scenario (file, key)
     │   └── PlaybookError                 exit 2  a playbook file is invalid
     ├── NotFoundError                     exit 2  unknown playbook, incident, item, source, channel
     ├── RefusedError                      exit 3  an operator or action is not allowed (audited)

@@ -56,7 +56,9 @@ def _redact_value(key: str, value: Any) -> Any:
     return value
 
 
-def redact_processor(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def redact_processor(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """structlog processor: redact every field of every event."""
     for k in list(event_dict):
         event_dict[k] = _redact_value(k, event_dict[k])
@@ -69,7 +71,7 @@ class _RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a bad format string must not kill logging
+        except Exception:
             message = str(record.msg)
         record.msg = redact_text(message)
         record.args = None

@@ -405,7 +405,7 @@ def format_validation_error(path: Path, exc: ValidationError, data: Any = None) 
 
 
 def parse_model(model: type[M], path: Path, data: Any, error: type[ConfigError]) -> M:
-    """Validate ``data`` read from ``path`` as ``model``; raise ``error`` with a one-line message."""
+    """Validate ``data`` read from ``path`` as ``model``; raise ``error`` in one line."""
     if data is None:
         raise error(f"{path}: file is empty")
     if not isinstance(data, dict):
@@ -420,7 +420,8 @@ def load_catalog(directory: Path) -> Catalog:
     """Load and cross-check every playbook file in ``directory``."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ConfigError(f"{directory}: playbooks folder not found (set CRISISCOMMS_PLAYBOOKS_DIR)")
+        raise ConfigError(f"{directory}: playbooks folder not found "
+                          "(set CRISISCOMMS_PLAYBOOKS_DIR)")
     files = {
         "policy": directory / "policy.yaml",
         "sources": directory / "sources.yaml",
@@ -473,7 +474,8 @@ def cross_check(
 ) -> None:
     for s in pb.sources:
         if s.source not in sources:
-            raise PlaybookError(f"{path}: sources.{s.source}: unknown source id (not in sources.yaml)")
+            raise PlaybookError(
+                f"{path}: sources.{s.source}: unknown source id (not in sources.yaml)")
     _check_actions(path, "channels", pb.channels, channels, PlaybookError)
 
 

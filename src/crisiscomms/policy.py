@@ -60,10 +60,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from crisiscomms.clock import utc
-from crisiscomms.models import ChannelCounters, Decision, DecisionAction, Incident, OutboxItem
+from crisiscomms.models import (
+    ChannelCounters,
+    Decision,
+    DecisionAction,
+    Incident,
+    LiveWindow,
+    OutboxItem,
+)
 from crisiscomms.playbooks import ChannelConfig, Playbook, PolicyConfig
 from crisiscomms.workcal import (
-    LiveWindow,
     daily_allowance,
     fmt_local,
     in_regular_hours,

@@ -62,7 +62,7 @@ class Watcher:
         self.catalog = catalog
         self.sources = list(sources)
         self.settings = settings
-        self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self.rng = rng or random.Random()
 
     # -- scheduling -----------------------------------------------------------------
     def incident_source_ids(self, incidents: Sequence[Incident]) -> set[str]:
@@ -104,14 +104,9 @@ class Watcher:
             if not any(sid in watched for sid in src.source_ids):
                 continue
             st = states.get(src.key) or SourceState(source_id=src.key)
-            if st.next_poll_at is not None and st.next_poll_at > now:
-                # Newly in an incident: do not wait out a long normal interval.
-                if not (any(sid in incident_ids for sid in src.source_ids)
-                        and st.last_polled_at is not None and st.failures == 0
-                        and not _respecting_reset(st, now)
-                        and now - st.last_polled_at
-                        >= timedelta(seconds=self.settings.incident_interval_seconds)):
-                    continue
+            if st.next_poll_at is not None and st.next_poll_at > now and \
+                    not self._incident_fast_path(src, st, now, incident_ids):
+                continue
             due.append((src, st))
         stats = CycleStats()
         if not due:
@@ -132,10 +127,20 @@ class Watcher:
         except SourceError as exc:
             exc.source_id = exc.source_id or src.key
             return exc
-        except Exception as exc:  # noqa: BLE001 - a buggy adapter must not stop the others
+        except Exception as exc:
             log.exception("source.crashed", source=src.key)
             return SourceError(f"{src.key}: unexpected {type(exc).__name__}",
                                source_id=src.key, error_class="internal")
+
+    def _incident_fast_path(self, src: Source, st: SourceState, now: datetime,
+                            incident_ids: set[str]) -> bool:
+        """A source newly in an incident does not wait out its long normal interval (but a
+        failing or rate-limited one keeps its backoff)."""
+        return (any(sid in incident_ids for sid in src.source_ids)
+                and st.last_polled_at is not None and st.failures == 0
+                and not _respecting_reset(st, now)
+                and now - st.last_polled_at
+                >= timedelta(seconds=self.settings.incident_interval_seconds))
 
     def _jitter(self) -> float:
         return self.rng.uniform(0, self.settings.jitter_seconds)

@@ -10,8 +10,7 @@ import pytest
 
 from crisiscomms import incidents, operations
 from crisiscomms.errors import PermanentPublishError, RateLimitedError, TransientPublishError
-from crisiscomms.models import ActionKind, ItemState, NewOutboxItem
-
+from crisiscomms.models import ActionKind, NewOutboxItem
 from tests.core.helpers import FRI_EVENING, WED_MORNING, make_world, update
 
 

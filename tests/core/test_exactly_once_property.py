@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 
 from crisiscomms import incidents
 from crisiscomms.store import open_store
-
 from tests.core.helpers import make_world, update
 
 POOL = [f"u{i}" for i in range(12)]

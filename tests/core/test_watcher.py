@@ -10,7 +10,6 @@ import pytest
 from crisiscomms import incidents
 from crisiscomms.errors import TransientSourceError
 from crisiscomms.models import CapInfo
-
 from tests.core.helpers import FRI_EVENING, make_world, update
 
 

@@ -18,7 +18,6 @@ from crisiscomms import incidents, operations
 from crisiscomms.errors import PermanentPublishError, RateLimitedError
 from crisiscomms.report import build_incident_report, build_period_report, render
 from crisiscomms.report.build import percentile
-
 from tests.core.helpers import FRI_EVENING, make_world, update
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -73,7 +72,7 @@ def known(tmp_path: Path, playbooks_dir: Path):
 
 
 def test_figures_of_a_known_incident(known):
-    w, r = known
+    _, r = known
     f = r["figures"]
     assert r["header"]["activated_by"] == "alice" and r["header"]["deactivated_by"] == "bob"
     assert r["header"]["duration_s"] == 3600

@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = exc.exit_code
     except KeyboardInterrupt:
         code = 130
-    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, exit 1
+    except Exception as exc:
         if debug:
             traceback.print_exc()
         print(f"crisiscomms: internal error: {type(exc).__name__}: {exc} "

@@ -40,7 +40,7 @@ def drill(
 ) -> None:
     """Run a drill end to end (real watcher and dispatcher, simulated platforms and clock);
     print the expectation table and the report's path. Exit 1 if any expectation fails."""
-    from crisiscomms.drill import Progress, run_drill
+    from crisiscomms.drill import Progress, load_scenario, run_drill
 
     if speed < 0:
         from crisiscomms.errors import ConfigError
@@ -56,9 +56,10 @@ def drill(
     console = Console(stderr=True)
     live = console.is_terminal and not json_out
     last_hour: list[int] = [-1]
+    view: Live | None = None
 
     def show(p: Progress) -> None:
-        if live:
+        if view is not None:
             view.update(_progress_table(p))
             return
         hour = int(p.now.timestamp() // 21600)  # a line every 6 simulated hours
@@ -69,11 +70,10 @@ def drill(
                           highlight=False)
 
     if live:
-        with Live(_progress_table(Progress(now=__import__("datetime").datetime.now())),
+        with Live(_progress_table(Progress(now=load_scenario(scenario).start)),
                   console=console, refresh_per_second=8) as view:
             result = run_drill(scenario, speed=speed, report_path=report, on_progress=show)
     else:
-        view = None
         result = run_drill(scenario, speed=speed, report_path=report, on_progress=show)
     if json_out:
         echo_json({"scenario": result.scenario.name, "ok": result.ok,

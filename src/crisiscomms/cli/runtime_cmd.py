@@ -70,7 +70,7 @@ def report(
     if from_ is not None:
         if incident is not None or last:
             raise ConfigError("--from: give either an incident or a period, not both")
-        start = _instant("--from", from_)
+        start = _instant("--from", from_) or now
         end = _instant("--to", to) or now
         if end <= start:
             raise ConfigError("--to: must be after --from")

@@ -55,7 +55,7 @@ def lead_amplified(x: Expectation, store: SQLiteStore, catalog: Catalog,
         leads = lead_agency_sources(catalog, inc)
         end = inc.deactivated_at
         for u, disposition, baseline in store.updates(source_ids=sorted(leads)):
-            if baseline and not disposition.startswith("queued") or \
+            if (baseline and not disposition.startswith("queued")) or \
                     (u.cap is not None and not u.cap.amplifiable):
                 continue
             if u.fetched_at < inc.activated_at - timedelta(hours=2) or \
@@ -174,9 +174,9 @@ def held_outside_staffed_hours(x: Expectation, store: SQLiteStore, catalog: Cata
                                world: Any) -> Outcome:
     n = 0
     for it in store.items():
-        if it.incident_id is None and (x.source is None or it.source_id == x.source):
-            if any("outside staffed hours" in e["reason"] for e in store.item_events(it.id)):
-                n += 1
+        if it.incident_id is None and (x.source is None or it.source_id == x.source) and \
+                any("outside staffed hours" in e["reason"] for e in store.item_events(it.id)):
+            n += 1
     need = x.min if x.min is not None else 1
     return Outcome(f"held_outside_staffed_hours[{x.source or 'any'}]", n >= need,
                    f"{n} normal-mode items held outside staffed hours (need >= {need})")

@@ -201,7 +201,7 @@ class Drill:
     async def _loop(self, app: App) -> None:
         sources, closer = app.build_sources()
         publishers = app.build_publishers(dry_run=False)
-        rng = random.Random(self.scenario.seed)  # noqa: S311 - reproducible jitter
+        rng = random.Random(self.scenario.seed)
         watcher = Watcher(store=app.store, catalog=app.catalog, sources=sources,
                           settings=app.settings.polling, rng=rng)
         dispatcher = Dispatcher(store=app.store, catalog=app.catalog, publishers=publishers,

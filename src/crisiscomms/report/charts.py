@@ -8,10 +8,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.dates as mdates  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.dates as mdates
+import matplotlib.pyplot as plt
 
-from crisiscomms.clock import parse_instant  # noqa: E402
+from crisiscomms.clock import parse_instant
 
 # Deterministic SVG output: fixed ids, no creation date.
 matplotlib.rcParams["svg.hashsalt"] = "crisiscomms"
@@ -48,10 +48,12 @@ def timeline_svg(report: dict[str, Any]) -> str:
         colour = "#1f5fa8" if row.startswith("source") else "#2e8b57"
         ax.plot(points[row], [y] * len(points[row]), "|" if row.startswith("ours") else "o",
                 color=colour, markersize=9 if row.startswith("ours") else 4)
-    ax.axvspan(start, end or max((p for v in points.values() for p in v), default=start),
+    last = end or max((p for v in points.values() for p in v), default=start)
+    ax.axvspan(mdates.date2num(start), mdates.date2num(last),  # type: ignore[no-untyped-call]
                color="#f4c542", alpha=0.25, label="incident active")
     ax.set_yticks(range(len(rows)), rows)
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%a %H:%M", tz="Europe/London"))
+    ax.xaxis.set_major_formatter(
+        mdates.DateFormatter("%a %H:%M", tz="Europe/London"))  # type: ignore[no-untyped-call]
     ax.set_xlabel("time (Europe/London)")
     ax.set_title("Official updates and our posts")
     ax.legend(loc="upper left", fontsize=7)

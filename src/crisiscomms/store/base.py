@@ -105,7 +105,7 @@ class SQLiteBase:
                 ) from None
             if "readonly" in msg or "read-only" in msg:
                 raise StoreError(f"{self.path}: database is read-only ({what})") from None
-            if "disk" in msg and "full" in msg or "disk I/O" in msg:
+            if ("disk" in msg and "full" in msg) or "disk I/O" in msg:
                 raise StoreError(f"{self.path}: {msg} during {what}; nothing was written") \
                     from None
             if "unable to open" in msg:

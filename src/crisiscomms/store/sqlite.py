@@ -187,7 +187,7 @@ class SQLiteStore(AuditMixin):
                 seen_from: datetime | None = None, seen_to: datetime | None = None,
                 ) -> list[tuple[Update, str, bool]]:
         """Updates with their disposition and baseline flag, oldest first."""
-        sql, params = "SELECT * FROM updates WHERE 1=1", []
+        sql, params = "SELECT * FROM updates WHERE 1=1", list[Any]()
         if source_ids is not None:
             sql += f" AND source_id IN ({','.join('?' * len(source_ids))})"
             params += list(source_ids)
@@ -237,7 +237,7 @@ class SQLiteStore(AuditMixin):
 
     def items(self, *, states: Sequence[str] | None = None, channel_id: str | None = None,
               incident_id: int | None = None, limit: int | None = None) -> list[OutboxItem]:
-        sql, params = "SELECT * FROM outbox WHERE 1=1", []
+        sql, params = "SELECT * FROM outbox WHERE 1=1", list[Any]()
         if states:
             sql += f" AND state IN ({','.join('?' * len(states))})"
             params += [str(s) for s in states]
