@@ -140,7 +140,7 @@ class Watcher:
                 and st.last_polled_at is not None and st.failures == 0
                 and not _respecting_reset(st, now)
                 and now - st.last_polled_at
-                >= timedelta(seconds=self.settings.incident_interval_seconds))
+                >= timedelta(seconds=self._interval(src, incident_ids)))
 
     def _jitter(self) -> float:
         return self.rng.uniform(0, self.settings.jitter_seconds)

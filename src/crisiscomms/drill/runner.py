@@ -100,10 +100,8 @@ def drill_catalog(base: Catalog, scenario: Scenario, sim: Any, path: Path) -> Ca
             upd["url"] = sim.url_for(kind, sid)
         elif s.kind is SourceKind.EA_FLOODS:
             upd["url"] = sim.url_for("ea-floods")
-        elif s.kind is SourceKind.MASTODON:
-            upd["account"] = f"{sim.url_for('mastodon')}/@{sim_source_id(s, {})}"
-        elif s.kind is SourceKind.BLUESKY:
-            upd["account"] = f"https://bsky.app/profile/{sim_source_id(s, {})}"
+        # Mastodon and Bluesky accounts keep their URLs: the API roots are redirected to the
+        # simulator through Settings.source_base_urls.
         out[sid] = s.model_copy(update=upd)
     channels = {cid: c.model_copy(update={"base_url": sim.url_for(str(c.platform))})
                 for cid, c in base.channels.items()}

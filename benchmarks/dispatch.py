@@ -1,0 +1,137 @@
+"""``dispatch-10k``: 10,000 queued crisis-mode items through ``Dispatcher.tick`` with the
+dry-run publisher on every channel, on a SQLite store.
+
+Setup (not timed): the bundled playbooks copied to a temp dir with the X ids pinned (as
+``tests/conftest.py`` does); the ``flooding`` playbook's hourly ceiling raised to 100,000 and
+its per-channel ceilings removed so every item may go; the incident activated through
+``crisiscomms.incidents.activate``; 2,500 source updates recorded and matched into 4 channel
+items each (10,000 ``NewOutboxItem``), enqueued with one ``store.enqueue`` call (timed
+separately). Then ``Dispatcher(measure=True).tick(now)`` until nothing is pending.
+
+Reported: items/s (published / wall time of the ticks), p50/p99 of the per-item policy
+decision time (``DispatchStats.decision_seconds``) and the mean wall time per item.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.common import REPO, percentile, quiet_logging, self_peak_rss_mb, write_result
+
+PINNED = {"essex-police-x": "1000001", "eeast-x": "1000002", "ecfrs-x": "1000003"}
+NOW = datetime(2026, 11, 27, 18, 0, tzinfo=UTC)  # a Friday evening: out of hours
+
+
+def pinned_playbooks(dest: Path) -> Path:
+    """A copy of the bundled playbooks with the X ids pinned."""
+    shutil.copytree(REPO / "playbooks", dest, ignore=shutil.ignore_patterns("drills"))
+    data = yaml.safe_load((dest / "sources.yaml").read_text())
+    for s in data["sources"]:
+        if s["id"] in PINNED:
+            s["x_user_id"] = PINNED[s["id"]]
+    (dest / "sources.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return dest
+
+
+def run(items: int) -> dict[str, Any]:
+    from dataclasses import replace
+
+    from crisiscomms import incidents
+    from crisiscomms.clock import FixedClock
+    from crisiscomms.dispatcher import Dispatcher
+    from crisiscomms.matching import match
+    from crisiscomms.models import RecordedUpdate, SourceKind, SourceState, Update
+    from crisiscomms.playbooks import load_catalog
+    from crisiscomms.publishers import DryRunPublisher
+    from crisiscomms.settings import DispatchSettings
+    from crisiscomms.store import open_store
+
+    with tempfile.TemporaryDirectory(prefix="crisiscomms-bench-dispatch-") as tmp:
+        base = load_catalog(pinned_playbooks(Path(tmp) / "playbooks"))
+        pb = base.playbooks["flooding"]
+        pb = pb.model_copy(update={
+            "hourly_ceiling": 100_000,
+            "channels": [c.model_copy(update={"hourly_ceiling": None}) for c in pb.channels]})
+        catalog = replace(base, playbooks={**base.playbooks, "flooding": pb})
+        clock = FixedClock(NOW)
+        store = open_store(f"sqlite:///{tmp}/dispatch.db")
+        try:
+            incident = incidents.activate(store, catalog, clock, playbook="flooding",
+                                          reason="benchmark", operator="bench")
+            per_update = len(pb.channels)
+            n_updates = max(1, items // per_update)
+            sources = ["essex-police-x", "ecfrs-x", "eeast-x"]
+            recorded: list[RecordedUpdate] = []
+            for k, sid in enumerate(sources):
+                cfg = catalog.sources[sid]
+                batch = [
+                    Update(source_id=sid, agency=cfg.agency, kind=SourceKind.X,
+                           external_id=str(10_000_000 + j), url=f"https://example.org/{sid}/{j}",
+                           title=f"Flooding update {j}", text=f"Road closed near junction {j}.",
+                           published_at=NOW - timedelta(seconds=j), fetched_at=NOW).with_hash()
+                    for j in range(k, n_updates, len(sources))]
+                state = SourceState(source_id=sid, last_polled_at=NOW)
+                recorded += store.record_poll(state, batch, baseline=False)
+            new_items = [it for r in recorded
+                         for it in match(r, catalog=catalog, incidents=[incident]).items]
+            t0 = time.perf_counter()
+            store.enqueue(new_items, now=NOW, actor="bench")
+            enqueue_s = time.perf_counter() - t0
+            pending0 = sum(store.queue_counts().get(s, 0)
+                           for s in ("queued", "held", "needs_approval"))
+            publishers = {cid: DryRunPublisher(cid, clock) for cid in catalog.channels}
+            dispatcher = Dispatcher(store=store, catalog=catalog, publishers=publishers,
+                                    settings=DispatchSettings(), worker_id="bench",
+                                    rng=random.Random(1), sleep=lambda _s: None, measure=True)
+            decisions: list[float] = []
+            published = ticks = 0
+            c0, t0 = time.process_time(), time.perf_counter()
+            while ticks < 10:
+                stats = dispatcher.tick(clock.now())
+                ticks += 1
+                decisions += stats.decision_seconds
+                published += stats.published
+                if stats.published == 0:
+                    break
+            wall = time.perf_counter() - t0
+            cpu = time.process_time() - c0
+            counts = store.queue_counts()
+        finally:
+            store.close()
+    return {
+        "items_enqueued": len(new_items), "pending_at_start": pending0,
+        "enqueue_s": enqueue_s, "published": published, "ticks": ticks,
+        "wall_s": wall, "cpu_s": cpu,
+        "items_per_s": published / wall if wall else float("nan"),
+        "wall_per_item_ms": 1000 * wall / max(1, published),
+        "decision_p50_ms": 1000 * percentile(decisions, 50),
+        "decision_p99_ms": 1000 * percentile(decisions, 99),
+        "decision_max_ms": 1000 * max(decisions) if decisions else float("nan"),
+        "final_states": counts, "peak_rss_mb": self_peak_rss_mb(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="dispatch-10k benchmark")
+    p.add_argument("--items", type=int, default=10_000)
+    p.add_argument("--json-out")
+    args = p.parse_args(argv)
+    sink = quiet_logging()
+    try:
+        result = run(args.items)
+    finally:
+        sink.close()
+    write_result(args.json_out, result)
+
+
+if __name__ == "__main__":
+    main()
