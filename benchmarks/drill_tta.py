@@ -7,7 +7,9 @@ dispatcher share the drill's ``FixedClock``, so ``received_at`` equals the publi
 item's ``done_at``; the pairs are read from the drill's store (``drill.db``): published
 outbox items joined with their ``updates`` row (``published_at``). Crisis-mode relays
 (``incident_id`` set) are the headline; normal-mode relays (which wait for a person's
-approval and staffed hours by design) are counted separately.
+approval and staffed hours by design) are counted separately, and so are the "live" crisis
+relays: updates published after the incident was activated (the others are the backfill of
+the lead agency's earlier updates, whose TTA includes the wait for someone to activate).
 """
 
 from __future__ import annotations
@@ -35,15 +37,23 @@ def run(scenario: Path) -> dict[str, Any]:
         store = open_store(f"sqlite:///{result.home / 'drill.db'}")
         try:
             rows = store.query(
-                "SELECT o.done_at, o.incident_id, u.published_at FROM outbox o "
-                "JOIN updates u ON u.id = o.update_id WHERE o.state = 'published'")
+                "SELECT o.done_at, o.incident_id, u.published_at, i.activated_at FROM outbox o "
+                "JOIN updates u ON u.id = o.update_id "
+                "LEFT JOIN incidents i ON i.id = o.incident_id WHERE o.state = 'published'")
         finally:
             store.close()
     crisis: list[float] = []
+    live: list[float] = []  # crisis relays of updates published after activation
     normal: list[float] = []
     for r in rows:
-        tta = (parse_instant(r["done_at"]) - parse_instant(r["published_at"])).total_seconds()
-        (crisis if r["incident_id"] is not None else normal).append(tta)
+        published = parse_instant(r["published_at"])
+        tta = (parse_instant(r["done_at"]) - published).total_seconds()
+        if r["incident_id"] is None:
+            normal.append(tta)
+            continue
+        crisis.append(tta)
+        if published >= parse_instant(r["activated_at"]):
+            live.append(tta)
     return {
         "scenario": str(scenario.relative_to(REPO) if scenario.is_relative_to(REPO)
                         else scenario),
@@ -53,6 +63,9 @@ def run(scenario: Path) -> dict[str, Any]:
         "relays_crisis": len(crisis), "relays_normal": len(normal),
         "tta_p50_s": percentile(crisis, 50), "tta_p95_s": percentile(crisis, 95),
         "tta_p99_s": percentile(crisis, 99), "tta_max_s": max(crisis, default=float("nan")),
+        "relays_live": len(live), "tta_live_p50_s": percentile(live, 50),
+        "tta_live_p95_s": percentile(live, 95), "tta_live_p99_s": percentile(live, 99),
+        "tta_live_max_s": max(live, default=float("nan")),
         "tta_normal_p50_s": percentile(normal, 50),
         "tta_normal_max_s": max(normal, default=float("nan")),
         "peak_rss_mb": self_peak_rss_mb(),

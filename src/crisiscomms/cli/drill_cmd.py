@@ -113,16 +113,16 @@ def simulate(
     app = get_app()
     world = World(app.clock)
     if scenario is not None:
+        from crisiscomms.drill.runner import SIM_KIND, sim_source_id
         from crisiscomms.drill.scenario import load_scenario
 
         sc = load_scenario(scenario)
+        sources = {**app.catalog.sources, **{s.id: s for s in sc.extra_sources}}
         for e in sc.events:
-            if e.publish:
-                src = app.catalog.sources.get(e.publish.source)
-                kind = "cap" if src is None else {"x": "x", "rss": "rss", "cap": "cap",
-                                                  "ea-floods": "ea-floods"}.get(str(src.kind),
-                                                                                str(src.kind))
-                world.add_item(e.publish.source, kind, e.at, e.publish.item)
+            if e.publish and e.publish.source in sources:
+                src = sources[e.publish.source]
+                world.add_item(sim_source_id(src, sc.pin_x_ids), SIM_KIND[src.kind], e.at,
+                               e.publish.item)
 
     def ready(sim: object) -> None:
         typer.echo(f"simulator listening on {getattr(sim, 'base_url', '')} (Ctrl-C to stop)")
