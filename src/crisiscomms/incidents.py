@@ -121,3 +121,23 @@ def deactivate(store: SQLiteStore, catalog: Catalog, clock: Clock, *, incident_i
                                   now=clock.now(), then=stand_down)
     log.info("incident.deactivated", incident=closed.id, operator=operator)
     return closed
+
+
+def change_lead(store: SQLiteStore, catalog: Catalog, clock: Clock, *, lead: str, reason: str,
+                operator: str, incident_id: int | None = None) -> Incident:
+    """Hand an active incident's lead to another allowed lead agency."""
+    if not reason.strip():
+        raise ConfigError("--reason: a reason is required (it goes on the audit record)")
+    incident = resolve_incident(store, incident_id)
+    check_operator(store, catalog, clock, operator, "incident.lead_change",
+                   f"incident:{incident.id}")
+    pb = catalog.playbook(incident.playbook)
+    if lead not in pb.leads:
+        raise ConfigError(f"LEAD: {lead!r} is not an allowed lead of playbook {pb.name!r} "
+                          f"(allowed: {', '.join(pb.leads)})")
+    if lead == incident.lead:
+        raise RefusedError(f"{lead!r} already leads incident {incident.id}")
+    changed = store.change_lead(incident.id, lead=lead, reason=reason.strip(),
+                                operator=operator, now=clock.now())
+    log.info("incident.lead_changed", incident=changed.id, lead=lead, operator=operator)
+    return changed

@@ -66,6 +66,21 @@ def deactivate(
     typer.echo(f"incident {inc.id} stood down by {inc.deactivated_by}; crisis flag {flag}")
 
 
+def lead(
+    source: Annotated[str, typer.Argument(help="The new lead agency's source id.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why: goes on the audit record.")],
+    incident: Annotated[int | None, typer.Option(
+        "--incident", help="Incident id; may be left out when exactly one is active.")] = None,
+    operator: Annotated[str | None, typer.Option(
+        "--operator", help="Who is acting (default: your login name).")] = None,
+) -> None:
+    """Hand an active incident's lead to another allowed lead agency."""
+    app = get_app()
+    inc = uc.change_lead(app.store, app.catalog, app.clock, lead=source, reason=reason,
+                         operator=operator or default_operator(), incident_id=incident)
+    typer.echo(f"incident {inc.id}: lead is now {inc.lead}")
+
+
 def status(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -106,4 +121,5 @@ def status(
 def register(app: typer.Typer) -> None:
     app.command()(activate)
     app.command()(deactivate)
+    app.command()(lead)
     app.command()(status)

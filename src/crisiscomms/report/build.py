@@ -109,7 +109,10 @@ def build_incident_report(store: SQLiteStore, catalog: Catalog, incident: Incide
                          outs, strict=True):
             counts[(u.source_id, it.channel_id, o["state"])] += 1
             if o["state"] == "published" and it.done_at:
-                delay = max(0.0, (it.done_at - u.published_at).total_seconds())
+                # From the later of the source's publication and the activation: nothing
+                # could be relayed under an incident before it existed (backfilled items).
+                start = max(u.published_at, incident.activated_at)
+                delay = max(0.0, (it.done_at - start).total_seconds())
                 o["time_to_amplify_s"] = round(delay, 3)
                 tta_source[u.source_id].append(delay)
                 tta_channel[it.channel_id].append(delay)
@@ -139,7 +142,10 @@ def build_incident_report(store: SQLiteStore, catalog: Catalog, incident: Incide
             "hashtags": list(incident.hashtags), "lead": incident.lead,
             "lead_agency": catalog.sources[incident.lead].agency
             if incident.lead in catalog.sources else incident.lead,
-            "lead_changes": [e.details for e in window if e.action == "incident.lead_changed"],
+            "lead_changes": [{"at": isoformat(e.at), "by": e.actor, "from": e.details.get("from"),
+                              "to": e.details.get("to"), "reason": e.reason}
+                             for e in window if e.action == "incident.lead_changed"
+                             and e.subject == f"incident:{incident.id}"],
             "activated_at": _iso(incident.activated_at), "activated_by": incident.activated_by,
             "activation_reason": incident.reason,
             "deactivated_at": _iso(incident.deactivated_at),

@@ -86,6 +86,19 @@ class SQLiteStore(AuditMixin):
                 self.enqueue(then(self.get_incident(incident_id)), now=now, actor=operator)
         return self.get_incident(incident_id)
 
+    def change_lead(self, incident_id: int, *, lead: str, reason: str, operator: str,
+                    now: datetime) -> Incident:
+        """Hand the lead to another agency mid-incident (audited with the old and new lead)."""
+        with self.tx("lead change") as c:
+            inc = self.get_incident(incident_id)
+            if not inc.active:
+                raise RefusedError(f"incident {incident_id} is stood down; its lead is final")
+            self.execute(c, "UPDATE incidents SET lead = ? WHERE id = ?", (lead, incident_id))
+            self.append_audit(actor=operator, action="incident.lead_changed",
+                              subject=f"incident:{incident_id}", reason=reason, now=now,
+                              details={"from": inc.lead, "to": lead, "at": ts(now)})
+        return self.get_incident(incident_id)
+
     def get_incident(self, incident_id: int) -> Incident:
         r = self.query_one("SELECT * FROM incidents WHERE id = ?", (incident_id,))
         if r is None:

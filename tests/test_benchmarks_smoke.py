@@ -1,0 +1,64 @@
+"""The benchmark harness runs end to end at its smallest size and prints every row.
+
+No timing is asserted: the machine is shared and benchmarks are noisy. This only proves that
+``make bench`` still works after a change (loopback feed server, real watcher, dispatcher).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+WATCH_METRICS = [
+    "sources x steady cycles", "baseline cycle CPU (all 200)", "baseline cycle wall",
+    "steady CPU/cycle, mean (max)", "steady CPU per 1,000 sources",
+    "steady wall/cycle, mean (max)", "steady answers that were 304",
+    "peak RSS (watcher + parsers)", "detection latency p50", "detection latency p95",
+    "changes detected / missed",
+]
+DISPATCH_METRICS = [
+    "items (incl. activation msgs)", "throughput", "wall per item",
+    "decision latency p50 / p99", "enqueue (one call)",
+]
+
+
+@pytest.mark.slow
+def test_quick_benchmarks_print_every_row(tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--json", str(out_json)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
+    out = proc.stdout
+    assert out.startswith("machine: ")
+    for name in ("watch-1000", "dispatch-10k", "drill-tta", "feed2toot"):
+        assert name in out
+    for metric in WATCH_METRICS + DISPATCH_METRICS:
+        assert metric in out, metric
+    assert "ERROR" not in out
+
+    data = json.loads(out_json.read_text())
+    machine = data["machine"]
+    for key in ("cpu_model", "cores", "memory_gib", "python", "os"):
+        assert machine[key], key
+    assert data["quick"] is True
+    assert data["results"]["drill-tta"] == {"skipped": "--quick"}
+    assert data["results"]["feed2toot"] == {"skipped": "--quick"}
+    watch = data["results"]["watch-1000"]
+    assert watch["sources"] == 100
+    assert watch["changes_missed"] == 0 and watch["changes_detected"] > 0
+    assert watch["errors"] == {}
+    assert watch["steady_share_304"] > 0.9  # conditional GETs really answered 304
+    dispatch = data["results"]["dispatch-10k"]
+    assert dispatch["published"] == dispatch["pending_at_start"] > 500
+    rows = {(r["benchmark"], r["metric"]) for r in data["table"]}
+    assert {("watch-1000", m) for m in WATCH_METRICS} <= rows
+    assert {("dispatch-10k", m) for m in DISPATCH_METRICS} <= rows
