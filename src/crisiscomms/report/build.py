@@ -111,8 +111,8 @@ def build_incident_report(store: SQLiteStore, catalog: Catalog, incident: Incide
             if o["state"] == "published" and it.done_at:
                 # From the later of the source's publication and the activation: nothing
                 # could be relayed under an incident before it existed (backfilled items).
-                start = max(u.published_at, incident.activated_at)
-                delay = max(0.0, (it.done_at - start).total_seconds())
+                since = max(u.published_at, incident.activated_at)
+                delay = max(0.0, (it.done_at - since).total_seconds())
                 o["time_to_amplify_s"] = round(delay, 3)
                 tta_source[u.source_id].append(delay)
                 tta_channel[it.channel_id].append(delay)
