@@ -20,7 +20,7 @@ from crisiscomms.sources import (
     XSource,
     build_sources,
 )
-from crisiscomms.sources.x import X_API_HOST, BaseUrlAdapter
+from crisiscomms.xhttp import X_API_HOST, BaseUrlAdapter
 
 from .sources_helpers import make_config
 

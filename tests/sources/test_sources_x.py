@@ -16,7 +16,8 @@ import tweepy
 from crisiscomms.errors import PermanentSourceError, SourceError, TransientSourceError
 from crisiscomms.models import Platform, SourceKind
 from crisiscomms.sources.base import SourceRateLimitedError
-from crisiscomms.sources.x import RATE_LIMIT_KEY, XSource, build_queries, mount_base_url
+from crisiscomms.sources.x import RATE_LIMIT_KEY, XSource, build_queries
+from crisiscomms.xhttp import mount_base_url
 
 from .sources_helpers import NOW, make_config, state_for
 

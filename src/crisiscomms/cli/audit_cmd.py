@@ -6,9 +6,8 @@ from typing import Annotated
 
 import typer
 
-from crisiscomms.cli.state import echo_json, get_app
-from crisiscomms.clock import isoformat, parse_instant
-from crisiscomms.errors import ConfigError
+from crisiscomms.cli.state import echo_json, get_app, option_instant
+from crisiscomms.clock import isoformat
 
 app = typer.Typer(help="Verify and read the tamper-evident audit trail.", no_args_is_help=True)
 
@@ -35,10 +34,7 @@ def log(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List audit events, oldest first."""
-    try:
-        start = parse_instant(since) if since else None
-    except ValueError:
-        raise ConfigError(f"--since: {since!r} is not an ISO-8601 instant") from None
+    start = option_instant("--since", since)
     events = get_app().store.audit_events(since=start)
     if json_out:
         echo_json([{"seq": e.seq, "at": isoformat(e.at), "actor": e.actor, "action": e.action,

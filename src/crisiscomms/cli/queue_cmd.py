@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 import typer
 
 from crisiscomms import operations as ops
 from crisiscomms.app import default_operator
-from crisiscomms.cli.state import echo_json, get_app
-from crisiscomms.clock import isoformat, parse_instant
-from crisiscomms.errors import ConfigError
+from crisiscomms.cli.state import echo_json, get_app, option_instant
+from crisiscomms.clock import isoformat
 from crisiscomms.models import OutboxItem
 
 app = typer.Typer(help="Inspect the outbox and act on items (every action is audited).",
@@ -24,15 +22,6 @@ Operator = Annotated[str | None, typer.Option(
     "--operator", help="Who is acting (default: your login name).")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 ItemId = Annotated[int, typer.Argument(help="Outbox item id (see 'queue list').")]
-
-
-def _instant(option: str, text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        return parse_instant(text)
-    except ValueError:
-        raise ConfigError(f"{option}: {text!r} is not an ISO-8601 instant") from None
 
 
 def item_json(item: OutboxItem) -> dict[str, Any]:
@@ -130,7 +119,7 @@ def hold(item: ItemId, reason: Annotated[str, typer.Option("--reason", help="Why
     """Hold an item (until a time, or until released with 'queue retry')."""
     a = get_app()
     _done(ops.hold(a.store, a.catalog, a.clock, item, operator or default_operator(), reason,
-                   _instant("--until", until)), json_out)
+                   option_instant("--until", until)), json_out)
 
 
 @app.command()
@@ -164,7 +153,7 @@ def window_add(
 ) -> None:
     """Add a live-event window: staffed hours extend over its span."""
     a = get_app()
-    start, end = _instant("--from", from_), _instant("--to", to)
+    start, end = option_instant("--from", from_), option_instant("--to", to)
     assert start is not None and end is not None
     w = ops.add_window(a.store, a.catalog, a.clock, start, end, reason,
                        operator or default_operator())
@@ -201,7 +190,7 @@ def explain(item: ItemId,
             json_out: Json = False) -> None:
     """Print why an item is where it is and when it would go."""
     a = get_app()
-    when = _instant("--at", at) or a.clock.now()
+    when = option_instant("--at", at) or a.clock.now()
     info = ops.explain(a.store, a.catalog, item, when)
     if json_out:
         echo_json(info)

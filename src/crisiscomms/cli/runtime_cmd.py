@@ -6,15 +6,13 @@ import asyncio
 import contextlib
 import os
 import tempfile
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from crisiscomms.app import run_watch
-from crisiscomms.cli.state import echo_json, get_app
-from crisiscomms.clock import parse_instant
+from crisiscomms.cli.state import echo_json, get_app, option_instant
 from crisiscomms.errors import ConfigError, NotFoundError
 
 
@@ -70,8 +68,8 @@ def report(
     if from_ is not None:
         if incident is not None or last:
             raise ConfigError("--from: give either an incident or a period, not both")
-        start = _instant("--from", from_) or now
-        end = _instant("--to", to) or now
+        start = option_instant("--from", from_) or now
+        end = option_instant("--to", to) or now
         if end <= start:
             raise ConfigError("--to: must be after --from")
         data = build_period_report(app.store, app.catalog, start, end, now)
@@ -107,15 +105,6 @@ def write_atomically(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-def _instant(option: str, text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        return parse_instant(text)
-    except ValueError:
-        raise ConfigError(f"{option}: {text!r} is not an ISO-8601 instant") from None
 
 
 def register(app: typer.Typer) -> None:

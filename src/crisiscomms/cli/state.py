@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +12,7 @@ import typer
 from pydantic import ValidationError
 
 from crisiscomms.app import App, build_app
+from crisiscomms.clock import parse_instant
 from crisiscomms.errors import ConfigError
 from crisiscomms.logs import configure
 from crisiscomms.settings import Settings
@@ -71,6 +73,16 @@ def close() -> None:
     if _app is not None:
         _app.close()
         _app = None
+
+
+def option_instant(option: str, text: str | None) -> datetime | None:
+    """Parse an ISO-8601 option value, or fail naming the option."""
+    if text is None:
+        return None
+    try:
+        return parse_instant(text)
+    except ValueError:
+        raise ConfigError(f"{option}: {text!r} is not an ISO-8601 instant") from None
 
 
 def echo_json(value: Any) -> None:

@@ -37,7 +37,8 @@ from crisiscomms.publishers.facebook import DEFAULT_BASE_URL as FACEBOOK_BASE_UR
 from crisiscomms.publishers.facebook import FacebookPublisher
 from crisiscomms.publishers.mastodon import MastodonPublisher, instance_url
 from crisiscomms.publishers.x import DEFAULT_BASE_URL as X_BASE_URL
-from crisiscomms.publishers.x import XPublisher, mount_base_url
+from crisiscomms.publishers.x import XPublisher
+from crisiscomms.xhttp import mount_base_url
 
 __all__ = [
     "OPTIONAL_CREDENTIALS",

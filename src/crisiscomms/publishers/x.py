@@ -21,7 +21,6 @@ import requests
 import structlog
 import tweepy
 from pydantic import SecretStr
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from crisiscomms.errors import (
@@ -41,46 +40,16 @@ from crisiscomms.publishers._common import (
     secret_values,
     short_reason,
 )
+from crisiscomms.xhttp import X_API_HOST, mount_base_url
 
 log = structlog.get_logger(__name__)
 
 PLATFORM = "x"
-TWEEPY_HOST = "https://api.twitter.com"
-DEFAULT_BASE_URL = TWEEPY_HOST
+DEFAULT_BASE_URL = X_API_HOST
 CREDENTIAL_ROLES = ("consumer_key", "consumer_secret", "access_token", "access_token_secret")
 DEFAULT_TIMEOUT = (5.0, 15.0)  # (connect, read) seconds
 _NATIVE_ACTIONS = frozenset({ActionKind.RETWEET, ActionKind.BOOST, ActionKind.REPOST})
 _ALREADY_RETWEETED_CODE = 327  # v1.1 code, still seen in some v2 answers
-
-
-class _RebasingAdapter(HTTPAdapter):
-    """Sends requests for ``TWEEPY_HOST`` to ``base_url`` and enforces a timeout."""
-
-    def __init__(self, base_url: str, timeout: tuple[float, float]) -> None:
-        super().__init__()
-        self._base = base_url.rstrip("/")
-        self._timeout = timeout
-
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
-        if request.url and request.url.startswith(TWEEPY_HOST) and self._base != TWEEPY_HOST:
-            # The OAuth 1.0a signature was computed over the api.twitter.com URL; a staging
-            # proxy forwards it there unchanged, and the simulator does not check it.
-            request = request.copy()
-            request.url = self._base + str(request.url)[len(TWEEPY_HOST) :]
-        if kwargs.get("timeout") is None:
-            kwargs["timeout"] = self._timeout
-        return super().send(request, *args, **kwargs)
-
-
-def mount_base_url(
-    session: requests.Session,
-    base_url: str = DEFAULT_BASE_URL,
-    *,
-    timeout: tuple[float, float] = DEFAULT_TIMEOUT,
-) -> None:
-    """Route ``session``'s requests for ``https://api.twitter.com`` to ``base_url``
-    (e.g. ``http://127.0.0.1:8080/x``), with a ``(connect, read)`` timeout on each."""
-    session.mount(TWEEPY_HOST + "/", _RebasingAdapter(base_url, timeout))
 
 
 def _quiet_tweepy_logger() -> None:

@@ -38,7 +38,8 @@ from crisiscomms.sources.http import (
 from crisiscomms.sources.mastodon import MastodonSource
 from crisiscomms.sources.parsing import FeedParserPool, ParsedFeed
 from crisiscomms.sources.rss import RssSource
-from crisiscomms.sources.x import XSearchClient, XSource, mount_base_url
+from crisiscomms.sources.x import XSearchClient, XSource
+from crisiscomms.xhttp import mount_base_url
 
 __all__ = [
     "BlueskySource",

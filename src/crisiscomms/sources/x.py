@@ -34,7 +34,6 @@ from typing import Any, Protocol
 import requests
 import structlog
 import tweepy
-from requests.adapters import HTTPAdapter
 
 from crisiscomms.errors import PermanentSourceError, TransientSourceError
 from crisiscomms.models import NativeRef, Platform, PollResult, SourceKind, SourceState, Update
@@ -52,55 +51,17 @@ from crisiscomms.sources.text import tidy, title_from_text
 
 log = structlog.get_logger(__name__)
 
-X_API_HOST = "https://api.twitter.com"
 X_KEY = "x"
 RATE_LIMIT_KEY = "rate_limited_until"
 MAX_QUERY_LEN = 512
 QUERY_SUFFIX = " -is:reply -is:retweet"
 TWEET_FIELDS = ["created_at", "author_id", "referenced_tweets"]
-DEFAULT_TIMEOUT = (5.0, 20.0)
 
 
 class XSearchClient(Protocol):
     """The part of ``tweepy.Client`` we use (fakes in tests implement just this)."""
 
     def search_recent_tweets(self, query: str, **params: Any) -> Any: ...
-
-
-class BaseUrlAdapter(HTTPAdapter):
-    """Sends ``https://api.twitter.com/...`` requests to ``base_url`` instead, with a timeout.
-
-    tweepy passes no timeout to requests, so one is applied here whatever the base URL.
-    """
-
-    def __init__(
-        self, base_url: str | None = None, *, timeout: tuple[float, float] = DEFAULT_TIMEOUT
-    ) -> None:
-        super().__init__()
-        self.base_url = base_url.rstrip("/") if base_url else None
-        self.default_timeout = timeout
-
-    def send(
-        self, request: requests.PreparedRequest, stream: bool = False,
-        timeout: Any = None, verify: Any = True, cert: Any = None, proxies: Any = None,
-    ) -> requests.Response:
-        """Rewrite the host part of the URL, then send as usual."""
-        url = request.url or ""
-        if self.base_url and url.startswith(X_API_HOST):
-            request.url = self.base_url + url[len(X_API_HOST):]
-        return super().send(
-            request, stream=stream, timeout=timeout or self.default_timeout, verify=verify,
-            cert=cert, proxies=proxies,
-        )
-
-
-def mount_base_url(
-    session: requests.Session, base_url: str | None = None, *,
-    timeout: tuple[float, float] = DEFAULT_TIMEOUT,
-) -> None:
-    """Route tweepy's ``https://api.twitter.com`` traffic to ``base_url`` (e.g. a simulator
-    at ``http://127.0.0.1:PORT/x``); with ``base_url=None`` only add request timeouts."""
-    session.mount(X_API_HOST, BaseUrlAdapter(base_url, timeout=timeout))
 
 
 def build_queries(user_ids: Sequence[str], max_len: int = MAX_QUERY_LEN) -> list[str]:
