@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
@@ -12,7 +13,8 @@ from rich.live import Live
 from rich.table import Table
 
 from crisiscomms.cli.state import echo_json, get_app
-from crisiscomms.clock import isoformat
+
+LONDON = ZoneInfo("Europe/London")  # the drill's progress is read by people in the UK
 
 
 def _progress_table(p: object) -> Table:
@@ -23,7 +25,7 @@ def _progress_table(p: object) -> Table:
     for col in ("simulated clock", "updates seen", "queued", "published", "held", "failed",
                 "events"):
         t.add_column(col)
-    local = p.now.astimezone(__import__("zoneinfo").ZoneInfo("Europe/London"))
+    local = p.now.astimezone(LONDON)
     t.add_row(local.strftime("%a %d %b %H:%M"), str(p.seen), str(p.queued), str(p.published),
               str(p.held), str(p.failed), f"{p.events_done}/{p.events_total} {p.last_event}")
     return t
@@ -65,7 +67,8 @@ def drill(
         hour = int(p.now.timestamp() // 21600)  # a line every 6 simulated hours
         if hour != last_hour[0]:
             last_hour[0] = hour
-            console.print(f"[drill] {isoformat(p.now)} seen {p.seen} queued {p.queued} "
+            when = p.now.astimezone(LONDON).strftime("%a %d %b %H:%M")
+            console.print(f"[drill] {when} seen {p.seen} queued {p.queued} "
                           f"published {p.published} held {p.held} failed {p.failed}",
                           highlight=False)
 
