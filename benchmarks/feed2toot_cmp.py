@@ -66,8 +66,8 @@ def ensure_feed2toot(venv: Path) -> tuple[Path | None, str]:
     except (OSError, subprocess.SubprocessError) as exc:
         detail = ""
         if isinstance(exc, subprocess.CalledProcessError):
-            detail = (exc.stderr or b"").decode("utf-8", "replace").strip().splitlines()[-1:]
-            detail = f": {detail[0]}" if detail else ""
+            lines = (exc.stderr or b"").decode("utf-8", "replace").strip().splitlines()
+            detail = f": {lines[-1]}" if lines else ""
         return None, f"could not install feed2toot {F2T_VERSION} into {venv}{detail}"
     if not exe.exists():
         return None, f"feed2toot installed but {exe} is missing"

@@ -44,7 +44,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "bench-feeds/1"
     state: State
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
     def _send(self, status: int, body: bytes = b"", ctype: str = "application/json",

@@ -62,16 +62,19 @@ def watch_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     rss = r["peak_rss_total_mb"]
     return [
         ("sources x steady cycles", f"{n} x {r['cycles']} (interval {interval:g} s)", "", ""),
-        ("baseline cycle CPU (all 200)",
+        ("baseline CPU (every answer 200)",
          f"{_f(b['cpu_total_s'])} s (self {_f(b['cpu_self_s'])} + parsers "
          f"{_f(b['cpu_workers_s'])})", "", ""),
-        ("baseline cycle wall", f"{_f(b['wall_s'])} s", "", ""),
+        ("baseline wall", f"{_f(b['wall_s'])} s", "", ""),
         ("steady CPU/cycle, mean (max)",
          f"{_f(r['steady_cpu_total_s_mean'], 3)} s ({_f(r['steady_cpu_total_s_max'], 3)}); "
          f"self {_f(r['steady_cpu_self_s_mean'], 3)} + parsers "
          f"{_f(r['steady_cpu_workers_s_mean'], 3)}", "", ""),
         ("steady CPU per 1,000 sources", f"{_f(per_k, 3)} s",
          "<= 1 s", _verdict(per_k <= 1.0)),
+        ("parser CPU, /proc vs RUSAGE_CHILDREN",
+         f"{_f(r['workers_cpu_total_proc_s'])} vs {_f(r['workers_cpu_total_rusage_s'])} s "
+         "(whole run; workers reaped at the end)", "", ""),
         ("steady wall/cycle, mean (max)",
          f"{_f(r['steady_wall_s_mean'])} s ({_f(r['steady_wall_s_max'])})", "", ""),
         ("steady answers that were 304", f"{100 * r['steady_share_304']:.1f} %", "", ""),
@@ -183,7 +186,7 @@ def run_one(bench: Bench, args: list[str], profile_dir: Path | None) -> dict[str
 
 
 def render(machine: dict[str, Any], rows: list[tuple[str, str, str, str, str]]) -> str:
-    head = ("benchmark", "metric", "value", "target", "")
+    head = ("benchmark", "metric", "value", "target", "verdict")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(5)]
     widths[2] = min(widths[2], 70)
     lines = [

@@ -109,3 +109,10 @@ def test_secrets_never_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, h
     assert MARKER not in text
     assert REDACTED in stream.getvalue()
     json.loads(stream.getvalue().splitlines()[-1])
+
+
+def test_query_string_credentials_are_masked():
+    from crisiscomms.logs import redact_text
+
+    text = redact_text("GET https://graph.example/feed?access_token=abc123&limit=5 api_key=zzz9")
+    assert "abc123" not in text and "zzz9" not in text and "limit=5" in text

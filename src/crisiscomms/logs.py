@@ -21,6 +21,10 @@ REDACTED = "**redacted**"
 _SECRET_KEY_RE = re.compile(r"(token|secret|password|authorization|api_key|apikey|jwt|cookie)",
                             re.IGNORECASE)
 _BEARER_RE = re.compile(r"(Bearer|OAuth)\s+[^\s'\",]+", re.IGNORECASE)
+# key=value pairs in URLs and bodies whose key names a credential (access_token=..., api_key=...)
+_QUERY_SECRET_RE = re.compile(
+    r"((?:access_|page_|bearer_|refresh_|oauth_)?(?:token|secret|password|api_?key|key|"
+    r"signature|jwt)=)[^&\s'\"]+", re.IGNORECASE)
 _secret_values: set[str] = set()
 _NOISY = ("tweepy", "tweepy.client", "httpx", "httpcore", "urllib3", "requests_oauthlib",
           "oauthlib", "uvicorn", "uvicorn.access", "uvicorn.error", "hpack", "multipart")
@@ -39,6 +43,7 @@ def redact_text(text: str) -> str:
     for s in _secret_values:
         if s in text:
             text = text.replace(s, REDACTED)
+    text = _QUERY_SECRET_RE.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
     return _BEARER_RE.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
 
 

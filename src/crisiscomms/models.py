@@ -290,6 +290,9 @@ class PollResult:
     cursor: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     rate_limited_until: datetime | None = None
+    # Items the adapter refused to pass on (e.g. an X post whose author id is not pinned):
+    # one line each, audited by the watcher the first time it sees them.
+    refused: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -381,6 +381,12 @@ def load_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
 
 
+def _identity(node: Any) -> Any:
+    if not isinstance(node, dict):
+        return None
+    return node.get("id") or node.get("source") or node.get("channel")
+
+
 def format_validation_error(path: Path, exc: ValidationError, data: Any = None) -> str:
     """One line per problem: ``file: key.path: message`` (ids used where lists have them)."""
     lines = []
@@ -389,10 +395,13 @@ def format_validation_error(path: Path, exc: ValidationError, data: Any = None) 
         node = data
         for loc in err["loc"]:
             if isinstance(loc, int) and isinstance(node, list) and loc < len(node):
+                siblings = node
                 node = node[loc]
-                ident = node.get("id") or node.get("source") or node.get("channel") \
-                    if isinstance(node, dict) else None
-                parts.append(str(ident) if ident else f"[{loc}]")
+                ident = _identity(node)
+                # Name a list item by its id only when that id is unique in the list.
+                unique = ident is not None and \
+                    [_identity(x) for x in siblings].count(ident) == 1
+                parts.append(str(ident) if unique else f"[{loc}]")
                 continue
             parts.append(str(loc))
             node = node.get(loc) if isinstance(node, dict) else None

@@ -28,6 +28,7 @@ class FakeSource:
         self.source_ids = tuple(source_ids or (key,))
         self.snapshot: list[Update] = []
         self.errors: deque[SourceError] = deque()
+        self.refused: tuple[str, ...] = ()
         self.polls = 0
 
     def set_snapshot(self, updates: Iterable[Update]) -> None:
@@ -40,7 +41,7 @@ class FakeSource:
         self.polls += 1
         if self.errors:
             raise self.errors.popleft()
-        return PollResult(updates=tuple(self.snapshot))
+        return PollResult(updates=tuple(self.snapshot), refused=self.refused)
 
     async def aclose(self) -> None:
         return None

@@ -34,6 +34,8 @@ from crisiscomms.store import SQLiteStore
 log = structlog.get_logger(__name__)
 
 NOT_BEFORE = "not_before"  # in SourceState.extra: a reset the source named (429)
+REFUSED_SEEN = "refused_seen"  # in SourceState.extra: refusals already audited (bounded)
+REFUSALS = frozenset({"redirect_refused", "private_address", "bad_url", "too_many_redirects"})
 
 
 def _respecting_reset(state: SourceState, now: datetime) -> bool:
@@ -142,6 +144,20 @@ class Watcher:
                 and now - st.last_polled_at
                 >= timedelta(seconds=self._interval(src, incident_ids)))
 
+    def _audit_refused(self, src: Source, state: SourceState, result: PollResult,
+                       now: datetime) -> None:
+        """Audit each refused item once (e.g. an X post from an id that is not pinned)."""
+        if not result.refused:
+            return
+        seen = list(state.extra.get(REFUSED_SEEN, []))
+        for what in result.refused:
+            if what in seen:
+                continue
+            seen.append(what)
+            self.store.append_audit(actor="watcher", action="source.refused_item",
+                                    subject=f"source:{src.key}", reason=what, now=now)
+        state.extra[REFUSED_SEEN] = seen[-200:]
+
     def _jitter(self) -> float:
         return self.rng.uniform(0, self.settings.jitter_seconds)
 
@@ -160,6 +176,12 @@ class Watcher:
                       failures=failures, last_error=str(exc)[:500],
                       last_error_class=exc.error_class, error_count=st.error_count + 1)
         self.store.save_source_state(new)
+        if exc.error_class in REFUSALS and exc.error_class != st.last_error_class:
+            # A security refusal (redirect to another host, https downgrade, private
+            # address) is audited the first time, not only after repeated failures.
+            self.store.append_audit(actor="watcher", action="source.refused",
+                                    subject=f"source:{src.key}", reason=exc.error_class,
+                                    now=now, details={"error": str(exc)[:300]})
         stats.failed += 1
         stats.errors[src.key] = exc.error_class
         log.warning("source.failed", source=src.key, error_class=exc.error_class,
@@ -190,6 +212,7 @@ class Watcher:
             else st.last_modified,
             cursor=result.cursor if result.cursor is not None else st.cursor,
             extra=extra, baseline_done=True)
+        self._audit_refused(src, new, result, now)
         if result.not_modified or not result.updates:
             stats.not_modified += int(result.not_modified)
             self.store.save_source_state(new)

@@ -198,8 +198,11 @@ def cli(env: Mapping[str, str], *args: str, cwd: Path, timeout: float = 60.0,
 class Watch:
     """A ``crisiscomms watch`` subprocess, logging to a file."""
 
-    def __init__(self, env: Mapping[str, str], cwd: Path, log: Path, tick: float = 0.2) -> None:
+    def __init__(self, env: Mapping[str, str], cwd: Path, log: Path, *, worker_id: str = "",
+                 tick: float = 0.2) -> None:
         self._log = log.open("ab")
+        if worker_id:
+            env = {**env, "CRISISCOMMS_WORKER_ID": worker_id}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "crisiscomms", "watch", "--tick", str(tick)],
             env=dict(env), cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT)
@@ -246,6 +249,18 @@ def outbox_counts(db: Path) -> dict[str, int]:
 
 def baselined(db: Path) -> int:
     return len(db_query(db, "SELECT key FROM source_state WHERE baseline_done = 1"))
+
+
+def leased_by(db: Path, worker: str) -> bool:
+    """Whether ``worker`` has leased anything yet."""
+    return bool(db_query(db, "SELECT 1 FROM outbox_events WHERE reason = ? LIMIT 1",
+                         (f"leased by {worker}",)))
+
+
+def in_flight(db: Path, worker: str) -> dict[str, int]:
+    """Items ``worker`` holds a lease on, by state (right after killing it)."""
+    return dict(db_query(db, "SELECT state, count(*) FROM outbox WHERE lease_owner = ? AND "
+                             "state IN ('leased', 'sending') GROUP BY state", (worker,)))
 
 
 def finished(db: Path, scenario: Scenario) -> bool:

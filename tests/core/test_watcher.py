@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from crisiscomms import incidents
-from crisiscomms.errors import TransientSourceError
+from crisiscomms.errors import PermanentSourceError, TransientSourceError
 from crisiscomms.models import CapInfo
 from tests.core.helpers import FRI_EVENING, make_world, update
 
@@ -147,3 +147,28 @@ def test_crisis_only_sources_are_not_polled_outside_a_crisis(world):
     world.poll()
     assert world.sources["essex-police-x"].polls == 0
     assert world.sources["met-office-ee"].polls == 1
+
+
+def test_security_refusals_are_audited_at_once_and_once(world):
+    src = world.sources["met-office-ee"]
+    for _ in range(2):
+        src.fail_next(PermanentSourceError("met-office-ee: redirect to evil.example refused",
+                                           source_id="met-office-ee",
+                                           error_class="redirect_refused"))
+    world.poll()
+    world.clock.advance(timedelta(hours=2))
+    world.poll()
+    refusals = [e for e in world.store.audit_events() if e.action == "source.refused"]
+    assert len(refusals) == 1 and refusals[0].reason == "redirect_refused"
+    assert refusals[0].subject == "source:met-office-ee"
+
+
+def test_refused_items_are_audited_once(world):
+    activate(world)
+    x = world.sources["essex-police-x"]
+    x.refused = ("tweet 9 by unpinned author id 666",)
+    world.poll()
+    world.clock.advance(timedelta(minutes=1))
+    world.poll()
+    events = [e for e in world.store.audit_events() if e.action == "source.refused_item"]
+    assert [e.reason for e in events] == ["tweet 9 by unpinned author id 666"]

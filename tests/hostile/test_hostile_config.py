@@ -339,14 +339,14 @@ SCENARIO_CASES = [
                _first_event(_ev(at="99999-05-28T14:30:00+01:00")), ("events[0].at",)),
     ConfigCase("unknown_expectation", "s.yaml",
                setting("expectations.0.kind", "everything_fine"),
-               # list items are named by their id/source/channel, so the first expectation
-               # (channel x) is "expectations.x"; ambiguous when several share a channel
-               ("expectations.x.kind", "everything_fine")),
+               # list items are named by their id/source/channel when unique; several
+               # expectations share channel x, so the item is named by position
+               ("expectations[0].kind", "everything_fine")),
     ConfigCase("expectation_unknown_param", "s.yaml", setting("expectations.0.colour", "red"),
-               ("expectations.x.colour", "unknown key")),
+               ("expectations[0].colour", "unknown key")),
     ConfigCase("expectation_negative_window", "s.yaml",
                setting("expectations.0.within_seconds", -5),
-               ("expectations.x.within_seconds",)),
+               ("expectations[0].within_seconds",)),
     ConfigCase("expectation_min_negative", "s.yaml",
                lambda d: (d["expectations"].append({"kind": "published_count", "min": -1}),
                           d)[1], ("expectations[", "].min")),

@@ -229,7 +229,8 @@ class XSource:
                 if limited_until is not None:
                     complete = query == self.queries[-1] and token is None
                     break
-            updates = self._updates(tweets, usernames, now)
+            refused: list[str] = []
+            updates = self._updates(tweets, usernames, now, refused)
             cursor = state.cursor
             if complete:
                 ids = [u.external_id for u in updates] + ([cursor] if cursor else [])
@@ -237,10 +238,11 @@ class XSource:
             if limited_until is not None:
                 extra[RATE_LIMIT_KEY] = limited_until.isoformat()
             return PollResult(updates=tuple(updates), cursor=cursor, extra=extra,
-                              rate_limited_until=limited_until)
+                              rate_limited_until=limited_until, refused=tuple(refused))
 
     def _updates(
-        self, tweets: list[dict[str, Any]], usernames: dict[str, str], now: datetime
+        self, tweets: list[dict[str, Any]], usernames: dict[str, str], now: datetime,
+        refused: list[str] | None = None,
     ) -> list[Update]:
         updates: dict[str, Update] = {}
         for tweet in tweets:
@@ -252,6 +254,8 @@ class XSource:
             if config is None:  # never relay a post from an account we did not pin
                 log.warning("source.x_unpinned_author", source_id=self.key, author_id=author,
                             tweet_id=tweet_id)
+                if refused is not None:
+                    refused.append(f"tweet {tweet_id} by unpinned author id {author or '?'}")
                 continue
             kinds = {as_str(as_dict(r).get("type"), 20)
                      for r in as_list(tweet.get("referenced_tweets"))}
