@@ -39,6 +39,7 @@ class DryRunPublisher:
         self._clock = clock
         self._lock = threading.Lock()
         self.records: list[DryRunRecord] = []
+        self._by_key: dict[object, DryRunRecord] = {}  # item id and dedupe key -> record
 
     def publish(self, item: OutboxItem, update: Update | None) -> PublishResult:
         """Record ``item`` and return a result marked ``dry_run``."""
@@ -47,18 +48,19 @@ class DryRunPublisher:
             if earlier is not None:
                 return earlier.result
             result = PublishResult(post_id=f"dry-run:{item.id}", url=item.url, dry_run=True)
-            self.records.append(
-                DryRunRecord(
-                    item_id=item.id,
-                    dedupe_key=item.dedupe_key,
-                    channel_id=self.channel_id,
-                    action=item.action,
-                    body=item.body,
-                    url=item.url,
-                    at=self._clock.now(),
-                    result=result,
-                )
+            record = DryRunRecord(
+                item_id=item.id,
+                dedupe_key=item.dedupe_key,
+                channel_id=self.channel_id,
+                action=item.action,
+                body=item.body,
+                url=item.url,
+                at=self._clock.now(),
+                result=result,
             )
+            self.records.append(record)
+            self._by_key[("id", item.id)] = record
+            self._by_key[("key", item.dedupe_key)] = record
         log.info(
             "publisher.dry_run",
             channel=self.channel_id,
@@ -78,7 +80,4 @@ class DryRunPublisher:
         """Nothing to release."""
 
     def _find(self, item: OutboxItem) -> DryRunRecord | None:
-        for record in self.records:
-            if record.item_id == item.id or record.dedupe_key == item.dedupe_key:
-                return record
-        return None
+        return self._by_key.get(("id", item.id)) or self._by_key.get(("key", item.dedupe_key))

@@ -382,6 +382,10 @@ class HttpFetcher:
         status = resp.status_code
         headers = {k.lower(): v for k, v in resp.headers.items()}
         where = _where(resp.url)
+        if status != 200 and not 300 <= status < 400:
+            # Drain a 304's (empty) or an error's short body so the connection goes back to
+            # the pool: otherwise every conditional GET costs a new TCP (and TLS) handshake.
+            await self._drain(resp)
         if status == 304:
             return FetchResponse(304, b"", headers, not_modified=True, url=str(resp.url))
         if status == 429 or (status == 503 and "retry-after" in headers):
@@ -402,6 +406,19 @@ class HttpFetcher:
             )
         body = await self._read_capped(resp, source_id, max_bytes)
         return FetchResponse(status, body, headers, url=str(resp.url))
+
+    @staticmethod
+    async def _drain(resp: httpx.Response, limit: int = 64 * 1024) -> None:
+        """Read up to ``limit`` bytes of a body we do not need; give up (and let the
+        connection close) on anything larger or broken."""
+        read = 0
+        try:
+            async for chunk in resp.aiter_raw():
+                read += len(chunk)
+                if read > limit:
+                    return
+        except httpx.HTTPError:
+            return
 
     @staticmethod
     async def _read_capped(resp: httpx.Response, source_id: str, max_bytes: int) -> bytes:

@@ -145,4 +145,12 @@ CREATE TABLE audit_head (
 );
 """,
     ),
+    (
+        2,
+        "outbox_by_update",
+        """
+-- "Was this update already relayed on this channel?" is asked before every publish.
+CREATE INDEX outbox_by_update ON outbox(update_id, channel_id) WHERE state = 'published';
+""",
+    ),
 ]
