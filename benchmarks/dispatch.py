@@ -16,30 +16,16 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from benchmarks.common import REPO, percentile, quiet_logging, self_peak_rss_mb, write_result
+from crisiscomms.testing import pinned_playbooks
 
-PINNED = {"essex-police-x": "1000001", "eeast-x": "1000002", "ecfrs-x": "1000003"}
 NOW = datetime(2026, 11, 27, 18, 0, tzinfo=UTC)  # a Friday evening: out of hours
-
-
-def pinned_playbooks(dest: Path) -> Path:
-    """A copy of the bundled playbooks with the X ids pinned."""
-    shutil.copytree(REPO / "playbooks", dest, ignore=shutil.ignore_patterns("drills"))
-    data = yaml.safe_load((dest / "sources.yaml").read_text())
-    for s in data["sources"]:
-        if s["id"] in PINNED:
-            s["x_user_id"] = PINNED[s["id"]]
-    (dest / "sources.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    return dest
 
 
 def run(items: int) -> dict[str, Any]:
@@ -56,7 +42,7 @@ def run(items: int) -> dict[str, Any]:
     from crisiscomms.store import open_store
 
     with tempfile.TemporaryDirectory(prefix="crisiscomms-bench-dispatch-") as tmp:
-        base = load_catalog(pinned_playbooks(Path(tmp) / "playbooks"))
+        base = load_catalog(pinned_playbooks(REPO / "playbooks", Path(tmp) / "playbooks"))
         pb = base.playbooks["flooding"]
         pb = pb.model_copy(update={
             "hourly_ceiling": 100_000,

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import structlog
-import yaml
 
 from crisiscomms import retry
 from crisiscomms.cli import main
+from crisiscomms.testing import SIMULATED_X_IDS, pinned_playbooks
 
 REPO = Path(__file__).resolve().parent.parent
-PINNED = {"essex-police-x": "1000001", "eeast-x": "1000002", "ecfrs-x": "1000003"}
+PINNED = SIMULATED_X_IDS
 
 
 @pytest.fixture(autouse=True)
@@ -39,14 +38,7 @@ def _reset_logging() -> Iterator[None]:
 @pytest.fixture
 def playbooks_dir(tmp_path: Path) -> Path:
     """A copy of the bundled playbooks with the X ids pinned (they are empty in the repo)."""
-    dest = tmp_path / "playbooks"
-    shutil.copytree(REPO / "playbooks", dest, ignore=shutil.ignore_patterns("drills"))
-    data = yaml.safe_load((dest / "sources.yaml").read_text())
-    for s in data["sources"]:
-        if s["id"] in PINNED:
-            s["x_user_id"] = PINNED[s["id"]]
-    (dest / "sources.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    return dest
+    return pinned_playbooks(REPO / "playbooks", tmp_path / "playbooks")
 
 
 @pytest.fixture

@@ -6,16 +6,36 @@ plain attributes, so tests assert on state rather than on mock calls.
 
 from __future__ import annotations
 
+import shutil
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
+
+import yaml
 
 from crisiscomms.clock import FixedClock
 from crisiscomms.errors import OutcomeUnknownError, PublishError, SourceError
 from crisiscomms.models import OutboxItem, PollResult, PublishResult, SourceState, Update
 
-__all__ = ["FakeClock", "FakePublisher", "FakeSource", "SentPost"]
+__all__ = ["SIMULATED_X_IDS", "FakeClock", "FakePublisher", "FakeSource", "SentPost",
+           "pinned_playbooks"]
+
+# X ids for the bundled X sources in tests, drills and benchmarks (the simulator's, not real).
+SIMULATED_X_IDS = {"essex-police-x": "1000001", "eeast-x": "1000002", "ecfrs-x": "1000003"}
+
+
+def pinned_playbooks(source: Path, dest: Path,
+                     pins: Mapping[str, str] = SIMULATED_X_IDS) -> Path:
+    """Copy a playbooks folder (without drills) to ``dest`` with X user ids pinned."""
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("drills"))
+    data = yaml.safe_load((dest / "sources.yaml").read_text(encoding="utf-8"))
+    for s in data["sources"]:
+        if s["id"] in pins:
+            s["x_user_id"] = pins[s["id"]]
+    (dest / "sources.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return dest
 
 FakeClock = FixedClock
 

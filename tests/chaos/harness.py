@@ -282,8 +282,8 @@ def wait_until(cond: Any, *, timeout: float, what: str, poll: float = 0.25) -> N
 
 # -- checks --------------------------------------------------------------------------------
 
-def delivery_problems(world: World, scenario: Scenario, db: Path | None = None) -> list[str]:
-    """Everything that is not "each update exactly once on each channel"."""
+def platform_problems(world: World, scenario: Scenario) -> list[str]:
+    """On the simulator: anything but "each update exactly once on each channel"."""
     problems: list[str] = []
     posts = world.posts
     for platform in CHANNELS:
@@ -304,14 +304,76 @@ def delivery_problems(world: World, scenario: Scenario, db: Path | None = None) 
             problems.append(f"{platform}: {len(on)} posts, expected {scenario.expected_posts}")
     for group in world.duplicates():
         problems.append(f"duplicate on {group[0].platform}: {group[0].text[:60]!r} x{len(group)}")
-    if db is not None:
-        counts = outbox_counts(db)
-        bad = {k: v for k, v in counts.items() if k != "published"}
-        if bad:
-            rows = db_query(db, "SELECT id, channel_id, state, reason FROM outbox "
-                                "WHERE state != 'published' ORDER BY id LIMIT 5")
-            problems.append(f"outbox not all published: {bad}; e.g. {rows}")
-        expected = scenario.expected_posts * len(CHANNELS)
-        if sum(counts.values()) != expected:
-            problems.append(f"outbox has {sum(counts.values())} items, expected {expected}")
     return problems
+
+
+def store_problems(db: Path, scenario: Scenario) -> list[str]:
+    """In the store: every item published, and no more items than expected."""
+    problems: list[str] = []
+    counts = outbox_counts(db)
+    expected = scenario.expected_posts * len(CHANNELS)
+    if sum(counts.values()) != expected:
+        problems.append(f"outbox has {sum(counts.values())} items, expected {expected}")
+    for item_id, channel, state, reason in db_query(
+            db, "SELECT id, channel_id, state, reason FROM outbox WHERE state != 'published' "
+                "ORDER BY id"):
+        problems.append(f"item {item_id} on {channel} is {state}: {reason}")
+    n_updates = db_query(db, "SELECT count(*) FROM updates")[0][0]
+    if n_updates != len(scenario.items):
+        problems.append(f"{n_updates} updates recorded, expected {len(scenario.items)}")
+    return problems
+
+
+# The bugs test_recovery_window pins down, as they show in store_problems. Both leave the
+# platform right (exactly once) and the store wrong, so a run whose only store problems are
+# these is an expected failure, not a pass:
+KNOWN_BUGS = {
+    # an item resent after a recovery that missed its post; X refuses the duplicate
+    "x-recovery-window": "on x is failed: refused by x: x answered 403: You are not allowed "
+                         "to create a Tweet with duplicate content.",
+    # one failed lookup after an unknown outcome sends the item to a human at once
+    "lookup-not-retried": "and the platform could not confirm: check",
+}
+
+
+def known_bugs(problems: Sequence[str]) -> set[str]:
+    """The known bugs behind ``problems``, or an empty set if any problem is something else."""
+    found: set[str] = set()
+    for p in problems:
+        names = {name for name, sig in KNOWN_BUGS.items() if sig in p}
+        if not names:
+            return set()
+        found |= names
+    return found
+
+
+# -- in process ------------------------------------------------------------------------------
+
+def in_process_app(home: Path, playbooks: Path, sim: RunningSimulator, clock: Any, *,
+                   interval_s: float = 15, timeout_s: float = 10,
+                   worker_id: str = "chaos") -> Any:
+    """The real ``App`` (store, catalog, adapters) on ``clock``, pointed at the simulator.
+    Channel credentials must be in the environment (``CREDENTIALS``)."""
+    from pydantic import SecretStr
+
+    from crisiscomms.app import App
+    from crisiscomms.settings import DispatchSettings, PollingSettings, Settings
+
+    settings = Settings(
+        home=home, database_url=f"sqlite:///{home / 'crisiscomms.db'}", playbooks_dir=playbooks,
+        allow_private_sources=True,
+        polling=PollingSettings(interval_seconds=interval_s,
+                                incident_interval_seconds=interval_s, jitter_seconds=0,
+                                timeout_seconds=10),
+        dispatch=DispatchSettings(timeout_seconds=timeout_s, lease_seconds=5),
+        x_bearer_token=SecretStr("chaos-bearer"), source_base_urls={"x": sim.url_for("x")},
+        worker_id=worker_id)
+    return App(settings=settings, clock=clock)
+
+
+def dispatcher_for(app: Any, publishers: Mapping[str, Any], worker: str, seed: int = 1) -> Any:
+    from crisiscomms.dispatcher import Dispatcher
+
+    return Dispatcher(store=app.store, catalog=app.catalog, publishers=publishers,
+                      settings=app.settings.dispatch, worker_id=worker,
+                      rng=random.Random(seed), sleep=lambda _s: None)
