@@ -112,7 +112,8 @@ class App:
             base = self.settings.channel_base_urls.get(channel.id) or channel.base_url
             channel = channel.model_copy(update={"base_url": base})
             pub = build_publisher(channel, creds, clock=self.clock, http_client=client,
-                                  dry_run=dry_run or self.settings.dry_run)
+                                  dry_run=dry_run or self.settings.dry_run,
+                                  timeout=self.settings.dispatch.timeout_seconds)
             self._closers.append(pub.close)
             publishers[channel.id] = pub
         return publishers

@@ -202,6 +202,11 @@ class Dispatcher:
         except OutcomeUnknownError as exc:
             return self._resolve_unknown(claimed, publisher, update, now, str(exc), stats)
         except PermanentPublishError as exc:
+            if claimed.attempts > 0 and "duplicate" in str(exc).lower():
+                # A resend refused as a duplicate: the earlier attempt most likely went out.
+                return self._resolve_unknown(claimed, publisher, update, now,
+                                             f"resend refused as duplicate: {exc}", stats,
+                                             resend_refused=True)
             self._fail(item, now, f"refused by {item.channel_id}: {exc}", stats)
             return "failed"
         except PublishError as exc:
@@ -235,7 +240,8 @@ class Dispatcher:
         if attempts >= self.settings.max_attempts:
             self._fail(item, now, f"gave up after {attempts} attempts: {error}", stats)
             return
-        wait = backoff_delay(attempts, base=30.0, cap=900.0, rng=self.rng)
+        wait = backoff_delay(attempts, base=self.settings.retry_base_seconds, cap=900.0,
+                             rng=self.rng)
         self.store.release(item.id, state=ItemState.QUEUED, now=now, worker=self.worker_id,
                            reason=f"attempt {attempts} failed; retrying in {wait:.0f}s",
                            error=error[:300], not_before=now + timedelta(seconds=wait))
@@ -243,11 +249,23 @@ class Dispatcher:
                     wait_s=round(wait, 1))
 
     def _resolve_unknown(self, item: OutboxItem, publisher: Publisher, update: Update | None,
-                         now: datetime, why: str, stats: DispatchStats) -> str:
+                         now: datetime, why: str, stats: DispatchStats,
+                         resend_refused: bool = False) -> str:
         """The request may have reached the platform: look before sending again."""
         try:
             found = publisher.find_existing(item, update)
         except PublishError as exc:
+            status = exc.status
+            transient = status is None or status >= 500 or status == 429
+            if transient and item.lookups + 1 < self.settings.max_lookups:
+                # The platform is down or busy, not saying no: ask again later rather than
+                # hand a probably-published item to a person at once.
+                wait = backoff_delay(item.lookups + 1, base=self.settings.retry_base_seconds,
+                                     cap=900.0, rng=self.rng)
+                self.store.defer_lookup(item.id, worker=self.worker_id, now=now,
+                                        until=now + timedelta(seconds=wait),
+                                        error=str(exc)[:300])
+                return "deferred"
             self.store.release(
                 item.id, state=ItemState.NEEDS_REVIEW, now=now, worker=self.worker_id,
                 reason=f"outcome unknown ({why}) and the platform could not confirm: check "
@@ -262,6 +280,13 @@ class Dispatcher:
             stats.recovered += 1
             stats.published += 1
             return "published"
+        if resend_refused:
+            self.store.release(
+                item.id, state=ItemState.NEEDS_REVIEW, now=now, worker=self.worker_id,
+                reason=f"{item.channel_id} refused a resend as duplicate content but the earlier "
+                       "post was not found: check by hand, then 'queue retry --force' or "
+                       "'queue reject'", error=why[:300], audit_action="outbox.needs_review")
+            return "review"
         self._retry_later(item, now, f"not on the platform after: {why}", stats)
         return "retry"
 

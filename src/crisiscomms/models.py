@@ -186,6 +186,7 @@ class OutboxItem:
     lease_owner: str | None = None
     lease_until: datetime | None = None
     attempts: int = 0
+    lookups: int = 0  # unanswered "did this go out?" questions to the platform
     reason: str = ""
     last_error: str | None = None
     platform_post_id: str | None = None

@@ -48,6 +48,8 @@ class DispatchSettings(BaseModel):
     batch: Annotated[int, Field(ge=1)] = 100
     max_attempts: Annotated[int, Field(ge=1)] = 8
     timeout_seconds: Annotated[float, Field(gt=0)] = 20.0
+    retry_base_seconds: Annotated[float, Field(gt=0)] = 30.0
+    max_lookups: Annotated[int, Field(ge=1)] = 5
 
 
 class Settings(BaseSettings):

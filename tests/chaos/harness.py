@@ -180,6 +180,7 @@ def sim_env(home: Path, playbooks: Path, sim: RunningSimulator, **extra: str) ->
         "CRISISCOMMS_POLLING__INCIDENT_INTERVAL_SECONDS": "1",
         "CRISISCOMMS_POLLING__JITTER_SECONDS": "0",
         "CRISISCOMMS_DISPATCH__LEASE_SECONDS": "5",
+        "CRISISCOMMS_DISPATCH__RETRY_BASE_SECONDS": "2",
         "CRISISCOMMS_LOG_LEVEL": "warning",
         "CRISISCOMMS_LOG_FORMAT": "json",
         "PYTHONDONTWRITEBYTECODE": "1",
@@ -323,28 +324,6 @@ def store_problems(db: Path, scenario: Scenario) -> list[str]:
         problems.append(f"{n_updates} updates recorded, expected {len(scenario.items)}")
     return problems
 
-
-# The bugs test_recovery_window pins down, as they show in store_problems. Both leave the
-# platform right (exactly once) and the store wrong, so a run whose only store problems are
-# these is an expected failure, not a pass:
-KNOWN_BUGS = {
-    # an item resent after a recovery that missed its post; X refuses the duplicate
-    "x-recovery-window": "on x is failed: refused by x: x answered 403: You are not allowed "
-                         "to create a Tweet with duplicate content.",
-    # one failed lookup after an unknown outcome sends the item to a human at once
-    "lookup-not-retried": "and the platform could not confirm: check",
-}
-
-
-def known_bugs(problems: Sequence[str]) -> set[str]:
-    """The known bugs behind ``problems``, or an empty set if any problem is something else."""
-    found: set[str] = set()
-    for p in problems:
-        names = {name for name, sig in KNOWN_BUGS.items() if sig in p}
-        if not names:
-            return set()
-        found |= names
-    return found
 
 
 # -- in process ------------------------------------------------------------------------------

@@ -88,18 +88,8 @@ def crashed_while_sending(tmp_path: Path, channel: str, monkeypatch: pytest.Monk
             app.close()
 
 
-X_WINDOW_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="BUG (publishers/x.py XPublisher.find_existing): it reads only our newest 20 "
-           "tweets, so a post sent before a crash is missed once 20 more followed it within "
-           "the lease; the item is resent, X refuses the duplicate and the item ends 'failed' "
-           "although it is on X (found by test_crash)")
-
-
-# Facebook passes only because the simulator ignores ``limit`` on GET /feed (the publisher
-# asks for 25); Mastodon passes thanks to its Idempotency-Key (kept for 1 h).
-@pytest.mark.parametrize("channel", [pytest.param("x", marks=X_WINDOW_BUG), "facebook",
-                                     "mastodon"])
+# X and Facebook page back to the item's first send; Mastodon has its Idempotency-Key.
+@pytest.mark.parametrize("channel", ["x", "facebook", "mastodon"])
 def test_recovery_finds_a_post_older_than_the_newest_page(tmp_path: Path, channel: str,
                                                           monkeypatch: pytest.MonkeyPatch):
     with crashed_while_sending(tmp_path, channel, monkeypatch, others=60) as run:
@@ -111,11 +101,6 @@ def test_recovery_finds_a_post_older_than_the_newest_page(tmp_path: Path, channe
 
 
 @pytest.mark.parametrize("channel", CHANNELS)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (dispatcher.py Dispatcher._resolve_unknown): one failed find_existing (a "
-           "5xx) sends the item to needs_review at once; a transient lookup failure should "
-           "be asked again on a later tick (found by test_platform_faults)")
 def test_a_failed_lookup_is_asked_again_later(tmp_path: Path, channel: str,
                                               monkeypatch: pytest.MonkeyPatch):
     with crashed_while_sending(tmp_path, channel, monkeypatch, others=0) as run:

@@ -86,13 +86,15 @@ def build_publisher(
     clock: Clock,
     http_client: httpx.Client | None = None,
     dry_run: bool = False,
+    timeout: float | None = None,
 ) -> Publisher:
     """The publisher for ``channel``: a ``DryRunPublisher`` when ``dry_run`` or when a required
     credential is missing (logged as ``publisher.credentials_missing`` with role names only).
 
     ``credentials`` maps roles to resolved secrets. ``http_client`` is shared by the httpx
     adapters (Facebook, Mastodon, Bluesky) and then not closed by them; X always builds its
-    own tweepy client. Raises ``ConfigError`` when a channel cannot be addressed at all
+    own tweepy client, with ``timeout`` (seconds; the httpx adapters take theirs from
+    ``http_client``). Raises ``ConfigError`` when a channel cannot be addressed at all
     (a Mastodon channel with neither ``base_url`` nor an ``@name@host`` account).
     """
     if dry_run:
@@ -108,13 +110,12 @@ def build_publisher(
         return DryRunPublisher(channel.id, clock)
     base = channel.base_url
     if channel.platform is Platform.X:
-        return XPublisher(
-            channel.id,
-            credentials=credentials,
-            clock=clock,
-            account=channel.account,
-            base_url=base or X_BASE_URL,
-        )
+        if timeout:
+            return XPublisher(channel.id, credentials=credentials, clock=clock,
+                              account=channel.account, base_url=base or X_BASE_URL,
+                              timeout=(min(5.0, timeout), timeout))
+        return XPublisher(channel.id, credentials=credentials, clock=clock,
+                          account=channel.account, base_url=base or X_BASE_URL)
     if channel.platform is Platform.FACEBOOK:
         page = credentials.get("page_id")
         page_id = page.get_secret_value() if page is not None else channel.account

@@ -55,7 +55,9 @@ THROTTLE_CODES = frozenset({4, 17, 32, 613, 80001, 80002, 80004, 80005, 80006, 8
 # "Unknown error" and "service temporarily unavailable".
 TRANSIENT_CODES = frozenset({1, 2})
 THROTTLE_BACKOFF = timedelta(minutes=5)
-RECENT_POSTS = 25
+RECENT_POSTS = 100
+MAX_LOOKUP_PAGES = 10
+LOOKUP_MARGIN = timedelta(minutes=10)
 
 
 def regain_access_at(headers: Mapping[str, str], now: datetime) -> datetime | None:
@@ -183,15 +185,26 @@ class FacebookPublisher:
         """A recent Page post with the same message (and link, when both have one)."""
         wanted = match_key(item.body)
         link = (item.url or (update.url if update is not None else "")).rstrip("/")
+        params: dict[str, Any] = {"fields": "id,message,link", "limit": RECENT_POSTS}
+        if item.sent_at is not None:
+            # Every post since shortly before the first send, not just the newest page: after
+            # a crash the next worker may have posted many more before this lookup.
+            params["since"] = int((item.sent_at - LOOKUP_MARGIN).timestamp())
+        posts: list[dict[str, Any]] = []
         try:
             with self._boundary():
-                response = self._client.get(
-                    self._feed,
-                    params={"fields": "id,message,link", "limit": RECENT_POSTS},
-                    headers={"Authorization": f"Bearer {self._token.get_secret_value()}"},
-                )
-                self._raise_for(response)
-                posts = response.json().get("data") or []
+                url: str | None = self._feed
+                for _ in range(MAX_LOOKUP_PAGES):
+                    if url is None:
+                        break
+                    response = self._client.get(
+                        url, params=params if url == self._feed else None,
+                        headers={"Authorization": f"Bearer {self._token.get_secret_value()}"},
+                    )
+                    self._raise_for(response)
+                    body = response.json()
+                    posts += body.get("data") or []
+                    url = (body.get("paging") or {}).get("next")
         except PublishError as exc:
             raise cannot_tell(exc, platform=PLATFORM, channel_id=self.channel_id) from exc
         for post in posts:

@@ -15,6 +15,7 @@ import http.client
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from typing import Any
 
 import requests
@@ -46,6 +47,8 @@ log = structlog.get_logger(__name__)
 
 PLATFORM = "x"
 DEFAULT_BASE_URL = X_API_HOST
+MAX_LOOKUP_PAGES = 10  # up to 1,000 of our own tweets when looking for an unknown outcome
+LOOKUP_MARGIN = timedelta(minutes=10)  # clock skew between us and X
 CREDENTIAL_ROLES = ("consumer_key", "consumer_secret", "access_token", "access_token_secret")
 DEFAULT_TIMEOUT = (5.0, 15.0)  # (connect, read) seconds
 _NATIVE_ACTIONS = frozenset({ActionKind.RETWEET, ActionKind.BOOST, ActionKind.REPOST})
@@ -245,7 +248,7 @@ class XPublisher:
         native = _x_ref(item)
         try:
             with self._boundary():
-                tweets = self._recent_tweets()
+                tweets = self._recent_tweets(item.sent_at)
         except PublishError as exc:
             raise cannot_tell(exc, platform=PLATFORM, channel_id=self.channel_id) from exc
         wanted = match_key(item.body)
@@ -309,15 +312,37 @@ class XPublisher:
             self._me = str(_raw(_payload_data(self._client.get_me(user_auth=True)))["id"])
         return self._me
 
-    def _recent_tweets(self) -> list[dict[str, Any]]:
-        answer = self._client.get_users_tweets(
-            self._my_id(),
-            max_results=self._recent,
-            tweet_fields=["referenced_tweets", "created_at"],
-            user_auth=True,
-        )
-        data = _payload_data(answer) or []
-        return [_raw(t) for t in data]
+    def _recent_tweets(self, since: datetime | None = None) -> list[dict[str, Any]]:
+        """Our own tweets, newest first: one page, or (given ``since``, the item's first send)
+        every page back to a few minutes before it, so a crash followed by many posts still
+        finds the one that went out."""
+        out: list[dict[str, Any]] = []
+        token: str | None = None
+        for _ in range(MAX_LOOKUP_PAGES if since is not None else 1):
+            params: dict[str, Any] = {
+                "max_results": 100 if since is not None else self._recent,
+                "tweet_fields": ["referenced_tweets", "created_at"], "user_auth": True}
+            if since is not None:
+                params["start_time"] = (since - LOOKUP_MARGIN).strftime("%Y-%m-%dT%H:%M:%SZ")
+            if token:
+                params["pagination_token"] = token
+            answer = self._client.get_users_tweets(self._my_id(), **params)
+            out += [_raw(t) for t in (_payload_data(answer) or [])]
+            token = _next_token(answer)
+            if not token:
+                break
+        return out
+
+
+def _next_token(answer: Any) -> str | None:
+    if isinstance(answer, requests.Response):
+        meta = answer.json().get("meta") or {}
+    elif isinstance(answer, dict):
+        meta = answer.get("meta") or {}
+    else:
+        meta = getattr(answer, "meta", None) or {}
+    token = meta.get("next_token") if isinstance(meta, dict) else None
+    return str(token) if token else None
 
 
 def _x_ref(item: OutboxItem) -> NativeRef | None:

@@ -153,4 +153,12 @@ CREATE TABLE audit_head (
 CREATE INDEX outbox_by_update ON outbox(update_id, channel_id) WHERE state = 'published';
 """,
     ),
+    (
+        3,
+        "outbox_lookups",
+        """
+-- How often the platform was asked, without an answer, whether an item already went out.
+ALTER TABLE outbox ADD COLUMN lookups INTEGER NOT NULL DEFAULT 0;
+""",
+    ),
 ]

@@ -364,6 +364,21 @@ class SQLiteStore(AuditMixin):
                                   reason=reason, now=now, details={"error": error})
         return True
 
+    def defer_lookup(self, item_id: int, *, worker: str, now: datetime, until: datetime,
+                     error: str) -> bool:
+        """The platform could not say (yet) whether a send went out: keep the item in
+        'sending' and ask again after ``until`` (the lease), counting the attempt."""
+        with self.tx("defer lookup") as c:
+            cur = self.execute(
+                c, "UPDATE outbox SET lookups = lookups + 1, lease_owner = NULL, lease_until = ?,"
+                " state = 'sending', last_error = ? WHERE id = ? AND state IN "
+                "('leased','sending')", (ts(until), error, item_id))
+            if cur.rowcount:
+                self._event(c, item_id, now, "sending",
+                            f"platform could not confirm yet; asking again at {ts(until)}",
+                            worker, {"error": error})
+            return bool(cur.rowcount)
+
     def take_over(self, item_id: int, *, worker: str, now: datetime, lease: timedelta) -> bool:
         """Atomically take an item whose lease expired; False if another worker did."""
         with self.tx("take over") as c:
