@@ -403,13 +403,15 @@ def format_validation_error(path: Path, exc: ValidationError, data: Any = None) 
                     [_identity(x) for x in siblings].count(ident) == 1
                 parts.append(str(ident) if unique else f"[{loc}]")
                 continue
-            parts.append(str(loc))
+            text = str(loc)
+            # A key is user input: keep the message on one line whatever it contains.
+            parts.append(repr(text) if not text.isprintable() else text)
             node = node.get(loc) if isinstance(node, dict) else None
         key = ".".join(parts).replace(".[", "[") or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{path}: {key}: {msg}")
+        lines.append(f"{path}: {key}: {' '.join(msg.split())}")
     return "; ".join(lines)
 
 
