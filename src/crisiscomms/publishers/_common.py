@@ -10,7 +10,8 @@ import email.utils
 import hashlib
 import html
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 
@@ -200,3 +201,25 @@ def match_key(text: str) -> str:
     (X rewrites them to t.co, Mastodon splits them), whitespace collapsed, NFC."""
     text = unicodedata.normalize("NFC", html.unescape(text))
     return collapse_whitespace(URL_RE.sub(" ", text))
+
+
+@contextmanager
+def httpx_boundary(platform: str, channel_id: str) -> Iterator[None]:
+    """Translate httpx failures and odd answers into the ``PublishError`` tree (the one
+    boundary of the httpx publishers: Facebook, Mastodon, Bluesky)."""
+    try:
+        yield
+    except PublishError:
+        raise
+    except httpx.TransportError as exc:
+        raise error_for_transport(exc, platform=platform, channel_id=channel_id) from exc
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        # A 2xx we cannot read: the action may well have happened.
+        raise OutcomeUnknownError(
+            f"{platform}: unexpected answer ({type(exc).__name__})", channel_id=channel_id
+        ) from exc
+
+
+def default_client() -> httpx.Client:
+    """The client an httpx publisher makes for itself when none is injected."""
+    return httpx.Client(timeout=DEFAULT_TIMEOUT, headers={"User-Agent": USER_AGENT})

@@ -12,8 +12,8 @@ One session (``createSession``, which has a low daily limit) is made lazily and 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +32,10 @@ from crisiscomms.errors import (
 from crisiscomms.models import ActionKind, NativeRef, OutboxItem, Platform, PublishResult, Update
 from crisiscomms.ports import Clock
 from crisiscomms.publishers._common import (
-    DEFAULT_TIMEOUT,
-    USER_AGENT,
     cannot_tell,
+    default_client,
     error_for_status,
-    error_for_transport,
+    httpx_boundary,
     secret_values,
     short_reason,
 )
@@ -147,26 +146,14 @@ class BlueskyPublisher:
         self._clock = clock
         self._langs = list(langs)
         self._owns_client = client is None
-        self._client = client or httpx.Client(
-            timeout=DEFAULT_TIMEOUT, headers={"User-Agent": USER_AGENT}
-        )
+        self._client = client or default_client()
         self._session: _Session | None = None
 
     # -- the boundary -------------------------------------------------------------------------
 
-    @contextmanager
-    def _boundary(self) -> Iterator[None]:
+    def _boundary(self) -> AbstractContextManager[None]:
         """Translate httpx failures and odd answers into the ``PublishError`` tree."""
-        try:
-            yield
-        except PublishError:
-            raise
-        except httpx.TransportError as exc:
-            raise error_for_transport(exc, platform=PLATFORM, channel_id=self.channel_id) from exc
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            raise OutcomeUnknownError(
-                f"{PLATFORM}: unexpected answer ({type(exc).__name__})", channel_id=self.channel_id
-            ) from exc
+        return httpx_boundary(PLATFORM, self.channel_id)
 
     def _all_secrets(self) -> tuple[str, ...]:
         extra: tuple[str, ...] = ()

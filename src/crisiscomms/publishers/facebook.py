@@ -13,8 +13,8 @@ fixed back-off.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,7 +24,6 @@ from pydantic import SecretStr
 
 from crisiscomms.errors import (
     ConfigError,
-    OutcomeUnknownError,
     PermanentPublishError,
     PublishError,
     RateLimitedError,
@@ -34,11 +33,10 @@ from crisiscomms.models import OutboxItem, PublishResult, Update
 from crisiscomms.ports import Clock
 from crisiscomms.publishers._common import (
     DEFAULT_RESET,
-    DEFAULT_TIMEOUT,
-    USER_AGENT,
     cannot_tell,
+    default_client,
     error_for_status,
-    error_for_transport,
+    httpx_boundary,
     match_key,
     reset_from_headers,
     secret_values,
@@ -113,23 +111,11 @@ class FacebookPublisher:
         self._secrets = secret_values(credentials)
         self._clock = clock
         self._owns_client = client is None
-        self._client = client or httpx.Client(
-            timeout=DEFAULT_TIMEOUT, headers={"User-Agent": USER_AGENT}
-        )
+        self._client = client or default_client()
 
-    @contextmanager
-    def _boundary(self) -> Iterator[None]:
+    def _boundary(self) -> AbstractContextManager[None]:
         """Translate httpx failures and odd answers into the ``PublishError`` tree."""
-        try:
-            yield
-        except PublishError:
-            raise
-        except httpx.TransportError as exc:
-            raise error_for_transport(exc, platform=PLATFORM, channel_id=self.channel_id) from exc
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            raise OutcomeUnknownError(
-                f"{PLATFORM}: unexpected answer ({type(exc).__name__})", channel_id=self.channel_id
-            ) from exc
+        return httpx_boundary(PLATFORM, self.channel_id)
 
     def _raise_for(self, response: httpx.Response) -> None:
         if response.is_success:

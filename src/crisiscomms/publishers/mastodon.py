@@ -8,8 +8,8 @@ Auth is a Bearer token (scope ``write:statuses``, plus ``read:statuses read:acco
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,16 +17,15 @@ import httpx
 import structlog
 from pydantic import SecretStr
 
-from crisiscomms.errors import ConfigError, OutcomeUnknownError, PublishError
+from crisiscomms.errors import ConfigError, PublishError
 from crisiscomms.models import ActionKind, NativeRef, OutboxItem, Platform, PublishResult, Update
 from crisiscomms.ports import Clock
 from crisiscomms.publishers._common import (
-    DEFAULT_TIMEOUT,
-    USER_AGENT,
     cannot_tell,
+    default_client,
     error_for_status,
-    error_for_transport,
     html_to_text,
+    httpx_boundary,
     match_key,
     secret_values,
     short_reason,
@@ -75,27 +74,14 @@ class MastodonPublisher:
         self._clock = clock
         self._visibility = visibility
         self._owns_client = client is None
-        self._client = client or httpx.Client(
-            timeout=DEFAULT_TIMEOUT, headers={"User-Agent": USER_AGENT}
-        )
+        self._client = client or default_client()
         self._account_id: str | None = None
 
     # -- the boundary -------------------------------------------------------------------------
 
-    @contextmanager
-    def _boundary(self) -> Iterator[None]:
+    def _boundary(self) -> AbstractContextManager[None]:
         """Translate httpx failures and odd answers into the ``PublishError`` tree."""
-        try:
-            yield
-        except PublishError:
-            raise
-        except httpx.TransportError as exc:
-            raise error_for_transport(exc, platform=PLATFORM, channel_id=self.channel_id) from exc
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            # A 2xx we cannot read: the action may well have happened.
-            raise OutcomeUnknownError(
-                f"{PLATFORM}: unexpected answer ({type(exc).__name__})", channel_id=self.channel_id
-            ) from exc
+        return httpx_boundary(PLATFORM, self.channel_id)
 
     def _request(
         self,
