@@ -39,7 +39,7 @@ bench: $(STAMP)
 
 ## chaos: the fault tests at full scale
 chaos: $(STAMP)
-	CRISISCOMMS_CHAOS_SCALE=full $(BIN)/pytest -q -m chaos tests
+	CRISISCOMMS_CHAOS_SCALE=full $(BIN)/pytest -q -s -m chaos tests/chaos
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-report.* .hypothesis
