@@ -253,10 +253,7 @@ async def run_watch(app: App, *, once: bool, dry_run: bool, tick_seconds: float 
         for src in sources:
             with contextlib.suppress(Exception):
                 await src.aclose()
-        if closer is not None:
-            with contextlib.suppress(Exception):
-                res = closer()
-                if asyncio.iscoroutine(res):
-                    await res
+        with contextlib.suppress(Exception):
+            await closer()
         log.info("watch.stopped", worker=app.worker_id)
     return last

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -51,8 +52,7 @@ def drill(
     from crisiscomms.cli import state
 
     # A drill prints its own progress; routine INFO events would drown it.
-    if "log_level" not in state._overrides and "CRISISCOMMS_LOG_LEVEL" not in __import__(
-            "os").environ:
+    if "log_level" not in state._overrides and "CRISISCOMMS_LOG_LEVEL" not in os.environ:
         state._overrides["log_level"] = "warning"
     get_app()
     console = Console(stderr=True)

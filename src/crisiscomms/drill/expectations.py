@@ -38,7 +38,7 @@ def _paused_overlap(pauses: list[tuple[datetime, datetime]], a: datetime, b: dat
 
 
 def _bursts(world: Any, platforms: set[str]) -> list[tuple[datetime, datetime]]:
-    return [(start, end) for name, start, end in getattr(world, "burst_history", [])
+    return [(start, end) for name, start, end in world.burst_history
             if name in platforms]
 
 

@@ -142,7 +142,6 @@ class Drill:
         self.playbooks_dir = playbooks_dir or (path.parent / scenario.playbooks_dir).resolve()
         self.clock = FixedClock(scenario.start)
         self.world = World(self.clock)
-        self.world.burst_history = []  # type: ignore[attr-defined]
         self.post_seq = 0
 
     def run(self, report_path: Path | None = None) -> DrillResult:
@@ -227,7 +226,7 @@ class Drill:
                 progress.queued += cycle.queued
                 progress.published += stats.published
                 progress.failed += stats.failed
-                progress.held = sum(1 for _ in app.store.items(states=["held"]))
+                progress.held = app.store.queue_counts().get("held", 0)
                 if self.on_progress:
                     self.on_progress(progress)
                 if self.speed > 0:
@@ -295,7 +294,6 @@ class Drill:
                 if f.burst_429:
                     bursts = ((f.burst_429.platform, e.at,
                                e.at + timedelta(minutes=f.burst_429.minutes)),)
-                    self.world.burst_history.extend(bursts)  # type: ignore[attr-defined]
                 write_only = f.burst_429 is not None and f.burst_429.applies_to == "write"
                 self.world.set_faults(None if f.clear else Faults(
                     error_rate_5xx=f.error_rate_5xx, drop_rate=f.drop_rate,

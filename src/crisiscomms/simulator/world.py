@@ -111,6 +111,7 @@ class World:
         self._log: list[RequestRecord] = []
         self._quotas = QuotaBook(dict(quotas) if quotas is not None else None)
         self._faults = Faults()
+        self._burst_history: list[tuple[str, datetime, datetime]] = []
         self._rng = random.Random(0)
         self._seq = 0
         self._valid_tokens: dict[str, frozenset[str]] = {}
@@ -321,6 +322,13 @@ class World:
         with self.lock:
             self._faults = faults or Faults()
             self._rng = random.Random(self._faults.seed)
+            self._burst_history.extend(self._faults.burst_429)
+
+    @property
+    def burst_history(self) -> list[tuple[str, datetime, datetime]]:
+        """Every 429 burst window ever configured, even after the faults were cleared."""
+        with self.lock:
+            return list(self._burst_history)
 
     @property
     def faults(self) -> Faults:

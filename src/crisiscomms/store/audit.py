@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -49,11 +48,9 @@ class AuditMixin(SQLiteBase):
         reason: str,
         now: datetime,
         details: dict[str, Any] | None = None,
-        conn: sqlite3.Connection | None = None,
     ) -> AuditEvent:
-        """Append one event; joins the caller's transaction when ``conn`` is given."""
+        """Append one event; joins the caller's transaction when there is one."""
         with self.tx("audit append") as c:
-            c = conn or c
             row = c.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
             seq, prev = (row["seq"] + 1, row["hash"]) if row else (1, GENESIS)
             at = ts(now) or ""

@@ -183,11 +183,6 @@ class SQLiteStore(AuditMixin):
             self._save_state(c, state)
         return out
 
-    def set_disposition(self, update_id: int, disposition: str) -> None:
-        with self.tx("update disposition") as c:
-            self.execute(c, "UPDATE updates SET disposition = ? WHERE id = ?",
-                         (disposition, update_id))
-
     def get_update(self, update_id: int) -> Update:
         r = self.query_one("SELECT * FROM updates WHERE id = ?", (update_id,))
         if r is None:
@@ -443,16 +438,23 @@ class SQLiteStore(AuditMixin):
 
     def channel_counters(self, channel_id: str, *, now: datetime, week_start: datetime,
                          day_start: datetime) -> ChannelCounters:
-        """What the policy needs to know about a channel's recent posts."""
-        paused = self.query_one("SELECT paused_until FROM channel_state WHERE channel_id = ?",
-                                (channel_id,))
+        """What the policy needs to know about a channel's recent posts (one query)."""
+        hour_ago = now - timedelta(hours=1)
+        since = min(week_start, day_start, hour_ago)
+        row = self.query_one(
+            "SELECT sum(done_at >= :week) AS week, "
+            "sum(done_at >= :week AND incident_id IS NULL) AS normal_week, "
+            "sum(done_at >= :day AND incident_id IS NULL) AS normal_day, "
+            "sum(done_at >= :hour) AS hour, "
+            "(SELECT paused_until FROM channel_state WHERE channel_id = :ch) AS paused "
+            "FROM outbox WHERE state = 'published' AND channel_id = :ch AND done_at >= :since",
+            {"week": ts(week_start), "day": ts(day_start), "hour": ts(hour_ago),
+             "ch": channel_id, "since": ts(since)})
+        assert row is not None
         return ChannelCounters(
-            week_count=self.published_count(channel_id, week_start),
-            normal_week_count=self.published_count(channel_id, week_start, normal_only=True),
-            normal_day_count=self.published_count(channel_id, day_start, normal_only=True),
-            last_hour_count=self.published_count(channel_id, now - timedelta(hours=1)),
-            paused_until=dt(paused["paused_until"]) if paused else None,
-        )
+            week_count=int(row["week"] or 0), normal_week_count=int(row["normal_week"] or 0),
+            normal_day_count=int(row["normal_day"] or 0), last_hour_count=int(row["hour"] or 0),
+            paused_until=dt(row["paused"]))
 
     def pause_channel(self, channel_id: str, *, until: datetime, now: datetime,
                       reason: str) -> None:
