@@ -4,8 +4,8 @@ dry-run publisher on every channel, on a SQLite store.
 Setup (not timed): the bundled playbooks copied to a temp dir with the X ids pinned (as
 ``tests/conftest.py`` does); the ``flooding`` playbook's hourly ceiling raised to 100,000 and
 its per-channel ceilings removed so every item may go; the incident activated through
-``crisiscomms.incidents.activate``; 2,500 source updates recorded and matched into 4 channel
-items each (10,000 ``NewOutboxItem``), enqueued with one ``store.enqueue`` call (timed
+``crisiscomms.services.incidents.activate``; 2,500 source updates recorded and matched into 4
+channel items each (10,000 ``NewOutboxItem``), enqueued with one ``store.enqueue`` call (timed
 separately). Then ``Dispatcher(measure=True).tick(now)`` until nothing is pending.
 
 Reported: items/s (published / wall time of the ticks), p50/p99 of the per-item policy
@@ -31,15 +31,15 @@ NOW = datetime(2026, 11, 27, 18, 0, tzinfo=UTC)  # a Friday evening: out of hour
 def run(items: int) -> dict[str, Any]:
     from dataclasses import replace
 
-    from crisiscomms import incidents
-    from crisiscomms.clock import FixedClock
-    from crisiscomms.dispatcher import Dispatcher
-    from crisiscomms.matching import match
-    from crisiscomms.models import RecordedUpdate, SourceKind, SourceState, Update
-    from crisiscomms.playbooks import load_catalog
-    from crisiscomms.publishers import DryRunPublisher
+    from crisiscomms.adapters.playbooks import load_catalog
+    from crisiscomms.adapters.publishers import DryRunPublisher
+    from crisiscomms.adapters.store import open_store
+    from crisiscomms.domain.clock import FixedClock
+    from crisiscomms.domain.matching import match
+    from crisiscomms.domain.models import RecordedUpdate, SourceKind, SourceState, Update
+    from crisiscomms.services import incidents
+    from crisiscomms.services.dispatch import Dispatcher
     from crisiscomms.settings import DispatchSettings
-    from crisiscomms.store import open_store
 
     with tempfile.TemporaryDirectory(prefix="crisiscomms-bench-dispatch-") as tmp:
         base = load_catalog(pinned_playbooks(REPO / "playbooks", Path(tmp) / "playbooks"))

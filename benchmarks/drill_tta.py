@@ -24,9 +24,9 @@ from benchmarks.common import REPO, percentile, quiet_logging, self_peak_rss_mb,
 
 
 def run(scenario: Path) -> dict[str, Any]:
-    from crisiscomms.clock import parse_instant
+    from crisiscomms.adapters.store import open_store
+    from crisiscomms.domain.clock import parse_instant
     from crisiscomms.drill import run_drill
-    from crisiscomms.store import open_store
 
     with tempfile.TemporaryDirectory(prefix="crisiscomms-bench-drill-") as tmp:
         home = Path(tmp) / "home"

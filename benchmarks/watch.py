@@ -116,13 +116,19 @@ async def watch_cycles(server: FeedServer, feeds: int, cycles: int, *,
                        on_cycle: Callable[[CycleRecord], None] | None = None) -> WatchRun:
     """Run the baseline plus ``cycles`` polling cycles of the real watcher over ``feeds``
     feeds of ``server``. With ``changes`` off the server stays at cycle 0 (nothing new)."""
-    from crisiscomms.clock import FixedClock
-    from crisiscomms.models import SourceKind
-    from crisiscomms.playbooks import Catalog, SourceConfig, load_catalog
+    from crisiscomms.adapters.playbooks import load_catalog
+    from crisiscomms.adapters.sources import (
+        FeedParserPool,
+        FetchLimits,
+        build_sources,
+        make_async_client,
+    )
+    from crisiscomms.adapters.store import open_store
+    from crisiscomms.domain.clock import FixedClock
+    from crisiscomms.domain.config import Catalog, SourceConfig
+    from crisiscomms.domain.models import SourceKind
+    from crisiscomms.services.watch import Watcher
     from crisiscomms.settings import PollingSettings
-    from crisiscomms.sources import FeedParserPool, FetchLimits, build_sources, make_async_client
-    from crisiscomms.store import open_store
-    from crisiscomms.watcher import Watcher
 
     polling = PollingSettings(interval_seconds=interval, jitter_seconds=0)
     base = load_catalog(REPO / "playbooks")  # policy and channels as bundled

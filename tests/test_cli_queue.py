@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from crisiscomms.clock import FixedClock, parse_instant
+from crisiscomms.domain.clock import FixedClock, parse_instant
 from crisiscomms.simulator import World, serve
 
 FRI_EVENING = "2026-11-27T18:00:00Z"  # outside staffed hours
@@ -64,8 +64,8 @@ def test_edit_too_long_for_x_is_refused(cli):
 
 
 def test_windows_and_explain_for_normal_items(cli, home: Path):
-    from crisiscomms.models import ActionKind, NewOutboxItem
-    from crisiscomms.store import open_store
+    from crisiscomms.adapters.store import open_store
+    from crisiscomms.domain.models import ActionKind, NewOutboxItem
 
     cli("status")  # creates the database
     store = open_store(f"sqlite:///{home / 'crisiscomms.db'}")

@@ -4,7 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crisiscomms.compose import (
+from crisiscomms.domain.errors import ConfigError
+from crisiscomms.domain.models import Platform
+from crisiscomms.domain.posttext import (
     ELLIPSIS,
     LIMITS,
     collapse_whitespace,
@@ -14,8 +16,6 @@ from crisiscomms.compose import (
     url_spans,
     weighted_length,
 )
-from crisiscomms.errors import ConfigError
-from crisiscomms.models import Platform
 
 URL = "https://www.metoffice.gov.uk/weather/warnings-and-advice/uk-warnings?id=7d1c9e2f-1111-4a4a"
 TAGS = ["#Flood", "#StaySafe"]

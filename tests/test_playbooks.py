@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crisiscomms.errors import ConfigError, NotFoundError, PlaybookError, RefusedError
-from crisiscomms.playbooks import load_catalog, normalise_hashtag
+from crisiscomms.adapters.playbooks import load_catalog
+from crisiscomms.domain.config import normalise_hashtag
+from crisiscomms.domain.errors import ConfigError, NotFoundError, PlaybookError, RefusedError
 
 REPO = Path(__file__).resolve().parent.parent
 

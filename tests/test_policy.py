@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crisiscomms.models import (
+from crisiscomms.domain.config import ChannelAction, ChannelConfig, Playbook, PlaybookSource
+from crisiscomms.domain.config import PolicyConfig as Policy
+from crisiscomms.domain.models import (
     ActionKind,
     ChannelCounters,
     Decision,
@@ -20,10 +22,8 @@ from crisiscomms.models import (
     OutboxItem,
     Platform,
 )
-from crisiscomms.playbooks import ChannelAction, ChannelConfig, Playbook, PlaybookSource
-from crisiscomms.playbooks import PolicyConfig as Policy
-from crisiscomms.policy import CEILING_RETRY, LiveWindow, decide, hourly_ceiling
-from crisiscomms.workcal import is_staffed
+from crisiscomms.domain.policy import CEILING_RETRY, LiveWindow, decide, hourly_ceiling
+from crisiscomms.domain.workcal import is_staffed
 
 LONDON = ZoneInfo("Europe/London")
 PUBLISH, HOLD = DecisionAction.PUBLISH, DecisionAction.HOLD

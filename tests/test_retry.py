@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from crisiscomms import retry
-from crisiscomms.errors import (
+from crisiscomms.domain.errors import (
     OutcomeUnknownError,
     PermanentPublishError,
     PublishError,

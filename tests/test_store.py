@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from crisiscomms.errors import RefusedError, StoreCorruptError, StoreError, StoreLockedError
-from crisiscomms.models import ActionKind, ItemState, NewOutboxItem
-from crisiscomms.store import base as store_base
-from crisiscomms.store import open_store
-from crisiscomms.store.migrations import MIGRATIONS
+from crisiscomms.adapters.store import base as store_base
+from crisiscomms.adapters.store import open_store
+from crisiscomms.adapters.store.migrations import MIGRATIONS
+from crisiscomms.domain.errors import RefusedError, StoreCorruptError, StoreError, StoreLockedError
+from crisiscomms.domain.models import ActionKind, ItemState, NewOutboxItem
 
 NOW = datetime(2026, 11, 27, 18, 0, tzinfo=UTC)
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crisiscomms.errors import ConfigError
-from crisiscomms.playbooks import PolicyConfig, StaffedHours
-from crisiscomms.workcal import (
+from crisiscomms.domain.config import PolicyConfig, StaffedHours
+from crisiscomms.domain.errors import ConfigError
+from crisiscomms.domain.workcal import (
     LiveWindow,
     fmt_local,
     is_staffed,

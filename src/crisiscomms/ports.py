@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from crisiscomms.models import OutboxItem, PollResult, PublishResult, SourceState, Update
+from crisiscomms.domain.models import OutboxItem, PollResult, PublishResult, SourceState, Update
 
 
 @runtime_checkable

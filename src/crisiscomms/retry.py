@@ -28,7 +28,7 @@ from typing import TypeVar
 import structlog
 import tenacity
 
-from crisiscomms.errors import (
+from crisiscomms.domain.errors import (
     OutcomeUnknownError,
     RateLimitedError,
     TransientPublishError,

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from crisiscomms.clock import FixedClock
-from crisiscomms.errors import OutcomeUnknownError, PublishError, SourceError
-from crisiscomms.models import OutboxItem, PollResult, PublishResult, SourceState, Update
+from crisiscomms.domain.clock import FixedClock
+from crisiscomms.domain.errors import OutcomeUnknownError, PublishError, SourceError
+from crisiscomms.domain.models import OutboxItem, PollResult, PublishResult, SourceState, Update
 
 __all__ = ["SIMULATED_X_IDS", "FakeClock", "FakePublisher", "FakeSource", "SentPost",
            "pinned_playbooks"]

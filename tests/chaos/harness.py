@@ -335,7 +335,7 @@ def in_process_app(home: Path, playbooks: Path, sim: RunningSimulator, clock: An
     Channel credentials must be in the environment (``CREDENTIALS``)."""
     from pydantic import SecretStr
 
-    from crisiscomms.app import App
+    from crisiscomms.bootstrap import App
     from crisiscomms.settings import DispatchSettings, PollingSettings, Settings
 
     settings = Settings(
@@ -351,7 +351,7 @@ def in_process_app(home: Path, playbooks: Path, sim: RunningSimulator, clock: An
 
 
 def dispatcher_for(app: Any, publishers: Mapping[str, Any], worker: str, seed: int = 1) -> Any:
-    from crisiscomms.dispatcher import Dispatcher
+    from crisiscomms.services.dispatch import Dispatcher
 
     return Dispatcher(store=app.store, catalog=app.catalog, publishers=publishers,
                       settings=app.settings.dispatch, worker_id=worker,

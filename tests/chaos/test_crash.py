@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from crisiscomms.clock import SystemClock
+from crisiscomms.domain.clock import SystemClock
 from crisiscomms.simulator import serve
 
 from .harness import (

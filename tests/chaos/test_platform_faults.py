@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from crisiscomms import incidents
-from crisiscomms.clock import FixedClock
+from crisiscomms.domain.clock import FixedClock
+from crisiscomms.services import incidents
+from crisiscomms.services.watch import Watcher
 from crisiscomms.simulator import Faults, serve
-from crisiscomms.watcher import Watcher
 
 from .harness import (
     CREDENTIALS,

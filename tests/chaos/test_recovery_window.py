@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from crisiscomms import incidents
-from crisiscomms.clock import FixedClock
-from crisiscomms.models import ActionKind, NewOutboxItem
+from crisiscomms.domain.clock import FixedClock
+from crisiscomms.domain.models import ActionKind, NewOutboxItem
+from crisiscomms.services import incidents
 from crisiscomms.simulator import Faults, World, serve
 
 from .harness import (

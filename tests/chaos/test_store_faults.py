@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from crisiscomms.clock import SystemClock
-from crisiscomms.errors import StoreError
+from crisiscomms.adapters.store import base as store_base
+from crisiscomms.adapters.store import open_store
+from crisiscomms.domain.clock import SystemClock
+from crisiscomms.domain.errors import StoreError
 from crisiscomms.simulator import serve
-from crisiscomms.store import base as store_base
-from crisiscomms.store import open_store
 
 from .harness import PLAYBOOK, cli, db_query, make_scenario, new_world, sim_env, write_playbooks
 

@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from crisiscomms.models import CapInfo, NativeRef, Platform, SourceKind, Update
-from crisiscomms.playbooks import Catalog, load_catalog
+from crisiscomms.adapters.playbooks import load_catalog
+from crisiscomms.adapters.store import SQLiteStore, open_store
+from crisiscomms.domain.config import Catalog
+from crisiscomms.domain.models import CapInfo, NativeRef, Platform, SourceKind, Update
+from crisiscomms.services.watch import Watcher
 from crisiscomms.settings import DispatchSettings, PollingSettings
-from crisiscomms.store import SQLiteStore, open_store
 from crisiscomms.testing import FakeClock, FakePublisher, FakeSource
-from crisiscomms.watcher import Watcher
 
 # Friday 27 Nov 2026, 18:00 UTC = 18:00 Europe/London: outside staffed hours.
 FRI_EVENING = datetime(2026, 11, 27, 18, 0, tzinfo=UTC)
@@ -57,7 +58,7 @@ class World:
     def dispatcher(self, worker: str = "w1"):
         import random
 
-        from crisiscomms.dispatcher import Dispatcher
+        from crisiscomms.services.dispatch import Dispatcher
 
         return Dispatcher(store=self.store, catalog=self.catalog, publishers=self.publishers,
                           settings=DispatchSettings(), worker_id=worker, rng=random.Random(1),

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from crisiscomms import incidents, operations
-from crisiscomms.errors import PermanentPublishError, RateLimitedError, TransientPublishError
-from crisiscomms.models import ActionKind, NewOutboxItem
+from crisiscomms.domain.errors import PermanentPublishError, RateLimitedError, TransientPublishError
+from crisiscomms.domain.models import ActionKind, NewOutboxItem
+from crisiscomms.services import incidents
+from crisiscomms.services import queue as operations
 from tests.core.helpers import FRI_EVENING, WED_MORNING, make_world, update
 
 
@@ -218,7 +219,7 @@ def test_crash_between_sending_and_recording(world, reached_platform):
 
 
 def test_two_dispatchers_never_duplicate(world, tmp_path):
-    from crisiscomms.store import open_store
+    from crisiscomms.adapters.store import open_store
 
     activate(world)
     crisis_update(world)

@@ -14,8 +14,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crisiscomms import incidents
-from crisiscomms.store import open_store
+from crisiscomms.adapters.store import open_store
+from crisiscomms.services import incidents
 from tests.core.helpers import make_world, update
 
 POOL = [f"u{i}" for i in range(12)]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from crisiscomms import incidents
-from crisiscomms.errors import PermanentSourceError, TransientSourceError
-from crisiscomms.models import CapInfo
+from crisiscomms.domain.errors import PermanentSourceError, TransientSourceError
+from crisiscomms.domain.models import CapInfo
+from crisiscomms.services import incidents
 from tests.core.helpers import FRI_EVENING, make_world, update
 
 

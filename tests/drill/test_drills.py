@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from crisiscomms.domain.errors import ConfigError
 from crisiscomms.drill import run_drill
-from crisiscomms.errors import ConfigError
 
 DRILLS = Path(__file__).resolve().parents[2] / "playbooks" / "drills"
 

@@ -7,13 +7,13 @@ from typing import Any
 import httpx
 import respx
 
-from crisiscomms.models import SourceKind
-from crisiscomms.sources.bluesky import BlueskySource
-from crisiscomms.sources.cap import CapSource
-from crisiscomms.sources.ea_floods import EaFloodsSource
-from crisiscomms.sources.mastodon import MastodonSource
-from crisiscomms.sources.parsing import FeedParserPool
-from crisiscomms.sources.rss import RssSource
+from crisiscomms.adapters.sources.bluesky import BlueskySource
+from crisiscomms.adapters.sources.cap import CapSource
+from crisiscomms.adapters.sources.ea_floods import EaFloodsSource
+from crisiscomms.adapters.sources.mastodon import MastodonSource
+from crisiscomms.adapters.sources.parsing import FeedParserPool
+from crisiscomms.adapters.sources.rss import RssSource
+from crisiscomms.domain.models import SourceKind
 from tests.sources.sources_helpers import make_config
 
 from .cases import Case, fixture

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crisiscomms.models import SourceKind
+from crisiscomms.domain.models import SourceKind
 
 HERE = Path(__file__).parent
 TRUNCATED = HERE / "truncated"

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from crisiscomms.sources.parsing import FeedParserPool
+from crisiscomms.adapters.sources.parsing import FeedParserPool
 
 # The same respx, fake-DNS and fetcher fixtures as the adapter tests.
 from tests.sources.conftest import (  # noqa: F401

@@ -19,9 +19,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from crisiscomms.adapters.playbooks import load_catalog
+from crisiscomms.domain.errors import ConfigError, CrisisCommsError, PlaybookError
 from crisiscomms.drill import load_scenario
-from crisiscomms.errors import ConfigError, CrisisCommsError, PlaybookError
-from crisiscomms.playbooks import load_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOKS = ROOT / "playbooks"

@@ -14,10 +14,10 @@ import httpx
 import pytest
 import respx
 
-from crisiscomms.errors import SourceError
-from crisiscomms.models import PollResult, SourceKind
-from crisiscomms.sources.http import HttpFetcher
-from crisiscomms.sources.parsing import FeedParserPool
+from crisiscomms.adapters.sources.http import HttpFetcher
+from crisiscomms.adapters.sources.parsing import FeedParserPool
+from crisiscomms.domain.errors import SourceError
+from crisiscomms.domain.models import PollResult, SourceKind
 from tests.sources.sources_helpers import NOW, state_for
 
 from .adapters import build, config_for, serve_case

@@ -11,10 +11,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crisiscomms.errors import SourceError
-from crisiscomms.models import PollResult, SourceKind
-from crisiscomms.sources.http import FetchResponse
-from crisiscomms.sources.parsing import FeedParserPool
+from crisiscomms.adapters.sources.http import FetchResponse
+from crisiscomms.adapters.sources.parsing import FeedParserPool
+from crisiscomms.domain.errors import SourceError
+from crisiscomms.domain.models import PollResult, SourceKind
 from tests.sources.sources_helpers import NOW, state_for
 
 from .adapters import build, config_for

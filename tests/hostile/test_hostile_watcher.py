@@ -16,14 +16,14 @@ import httpx
 import pytest
 import respx
 
-from crisiscomms.models import SourceKind, SourceState
-from crisiscomms.playbooks import load_catalog
+from crisiscomms.adapters.playbooks import load_catalog
+from crisiscomms.adapters.sources.http import FetchLimits, HttpFetcher
+from crisiscomms.adapters.sources.parsing import FeedParserPool
+from crisiscomms.adapters.sources.rss import RssSource
+from crisiscomms.adapters.store import open_store
+from crisiscomms.domain.models import SourceKind, SourceState
+from crisiscomms.services.watch import Watcher
 from crisiscomms.settings import PollingSettings
-from crisiscomms.sources.http import FetchLimits, HttpFetcher
-from crisiscomms.sources.parsing import FeedParserPool
-from crisiscomms.sources.rss import RssSource
-from crisiscomms.store import open_store
-from crisiscomms.watcher import Watcher
 from tests.sources.sources_helpers import NOW, FakeResolver
 
 from .adapters import build, config_for, serve_case

@@ -11,14 +11,14 @@ import requests
 import responses
 import respx
 
-from crisiscomms.clock import FixedClock
-from crisiscomms.publishers import (
+from crisiscomms.adapters.publishers import (
     BlueskyPublisher,
     DryRunPublisher,
     FacebookPublisher,
     MastodonPublisher,
     XPublisher,
 )
+from crisiscomms.domain.clock import FixedClock
 
 from .publisher_fakes import FakeBluesky, FakeFacebook, FakeMastodon, FakeX
 from .publisher_support import (

@@ -19,7 +19,7 @@ import requests
 import responses
 import respx
 
-from crisiscomms.compose import URL_RE
+from crisiscomms.domain.posttext import URL_RE
 
 
 @dataclass

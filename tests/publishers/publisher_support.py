@@ -11,7 +11,7 @@ import requests
 from pydantic import SecretStr
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
-from crisiscomms.models import ActionKind, ItemState, NativeRef, OutboxItem
+from crisiscomms.domain.models import ActionKind, ItemState, NativeRef, OutboxItem
 from crisiscomms.ports import Publisher
 
 from .publisher_fakes import Faults

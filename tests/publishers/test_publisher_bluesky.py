@@ -6,9 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from crisiscomms.errors import PermanentPublishError, TransientPublishError
-from crisiscomms.models import ActionKind, NativeRef, Platform
-from crisiscomms.publishers.bluesky import (
+from crisiscomms.adapters.publishers.bluesky import (
     LINK_FEATURE,
     TAG_FEATURE,
     BlueskyPublisher,
@@ -16,6 +14,8 @@ from crisiscomms.publishers.bluesky import (
     record_key,
     web_url,
 )
+from crisiscomms.domain.errors import PermanentPublishError, TransientPublishError
+from crisiscomms.domain.models import ActionKind, NativeRef, Platform
 
 from .publisher_fakes import Failure, FakeBluesky
 from .publisher_support import NOW, make_item

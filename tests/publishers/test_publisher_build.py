@@ -7,11 +7,7 @@ import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from crisiscomms.clock import FixedClock
-from crisiscomms.errors import ConfigError, OutcomeUnknownError, PermanentPublishError
-from crisiscomms.models import Platform
-from crisiscomms.playbooks import ChannelConfig
-from crisiscomms.publishers import (
+from crisiscomms.adapters.publishers import (
     REQUIRED_CREDENTIALS,
     BlueskyPublisher,
     DryRunPublisher,
@@ -21,7 +17,7 @@ from crisiscomms.publishers import (
     build_publisher,
     missing_credentials,
 )
-from crisiscomms.publishers._common import (
+from crisiscomms.adapters.publishers._common import (
     error_for_transport,
     html_to_text,
     match_key,
@@ -29,6 +25,10 @@ from crisiscomms.publishers._common import (
     reset_from_headers,
     secret_values,
 )
+from crisiscomms.domain.clock import FixedClock
+from crisiscomms.domain.config import ChannelConfig
+from crisiscomms.domain.errors import ConfigError, OutcomeUnknownError, PermanentPublishError
+from crisiscomms.domain.models import Platform
 
 from .publisher_support import NOW, make_item
 
@@ -217,8 +217,8 @@ def test_html_to_text() -> None:
 
 
 def test_find_existing_failures_keep_their_status() -> None:
-    from crisiscomms.errors import TransientPublishError
-    from crisiscomms.publishers._common import cannot_tell
+    from crisiscomms.adapters.publishers._common import cannot_tell
+    from crisiscomms.domain.errors import TransientPublishError
 
     err = cannot_tell(TransientPublishError("boom", status=503), platform="p", channel_id="c")
     assert isinstance(err, OutcomeUnknownError) and err.status == 503

@@ -6,13 +6,13 @@ from datetime import timedelta
 
 import pytest
 
-from crisiscomms.errors import (
+from crisiscomms.domain.errors import (
     OutcomeUnknownError,
     PermanentPublishError,
     RateLimitedError,
     TransientPublishError,
 )
-from crisiscomms.models import PublishResult
+from crisiscomms.domain.models import PublishResult
 from crisiscomms.ports import Publisher
 
 from .publisher_fakes import Failure

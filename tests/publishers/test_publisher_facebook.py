@@ -6,13 +6,13 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from crisiscomms.errors import (
+from crisiscomms.adapters.publishers.facebook import FacebookPublisher, regain_access_at
+from crisiscomms.domain.errors import (
     OutcomeUnknownError,
     PermanentPublishError,
     RateLimitedError,
     TransientPublishError,
 )
-from crisiscomms.publishers.facebook import FacebookPublisher, regain_access_at
 
 from .publisher_fakes import Failure, FakeFacebook
 from .publisher_support import BODY, LINK, NOW, make_item

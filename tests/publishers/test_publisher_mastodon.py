@@ -4,8 +4,12 @@ import json
 
 import pytest
 
-from crisiscomms.models import ActionKind, NativeRef, Platform
-from crisiscomms.publishers.mastodon import MastodonPublisher, idempotency_key, instance_url
+from crisiscomms.adapters.publishers.mastodon import (
+    MastodonPublisher,
+    idempotency_key,
+    instance_url,
+)
+from crisiscomms.domain.models import ActionKind, NativeRef, Platform
 
 from .publisher_fakes import FakeMastodon
 from .publisher_support import BODY, make_item

@@ -12,10 +12,10 @@ import pytest
 import requests
 from urllib3.exceptions import ProtocolError
 
-from crisiscomms.clock import FixedClock
-from crisiscomms.errors import OutcomeUnknownError, PermanentPublishError, RateLimitedError
-from crisiscomms.models import ActionKind, NativeRef, Platform
-from crisiscomms.publishers.x import XPublisher
+from crisiscomms.adapters.publishers.x import XPublisher
+from crisiscomms.domain.clock import FixedClock
+from crisiscomms.domain.errors import OutcomeUnknownError, PermanentPublishError, RateLimitedError
+from crisiscomms.domain.models import ActionKind, NativeRef, Platform
 
 from .publisher_fakes import Failure, FakeX
 from .publisher_support import BODY, CHANNEL, NOW, X_CREDENTIALS, make_item
@@ -150,7 +150,7 @@ def test_tweepy_debug_logging_is_silenced() -> None:
 
 
 def test_missing_credentials_is_a_config_error() -> None:
-    from crisiscomms.errors import ConfigError
+    from crisiscomms.domain.errors import ConfigError
 
     with pytest.raises(ConfigError, match="access_token_secret"):
         XPublisher(

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from crisiscomms import incidents, operations
-from crisiscomms.errors import PermanentPublishError, RateLimitedError
+from crisiscomms.domain.errors import PermanentPublishError, RateLimitedError
 from crisiscomms.report import build_incident_report, build_period_report, render
-from crisiscomms.report.build import percentile
+from crisiscomms.services import incidents
+from crisiscomms.services import queue as operations
+from crisiscomms.services.reports import percentile
 from tests.core.helpers import FRI_EVENING, make_world, update
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -22,16 +22,16 @@ import httpx
 import pytest
 import respx
 
-from crisiscomms.errors import PermanentSourceError, SourceError
-from crisiscomms.models import SourceKind, SourceState
-from crisiscomms.playbooks import load_catalog
+from crisiscomms.adapters.playbooks import load_catalog
+from crisiscomms.adapters.sources.http import FetchLimits, HttpFetcher, make_async_client
+from crisiscomms.adapters.sources.parsing import FeedParserPool
+from crisiscomms.adapters.sources.rss import RssSource
+from crisiscomms.adapters.sources.x import XSource
+from crisiscomms.adapters.store import open_store
+from crisiscomms.domain.errors import PermanentSourceError, SourceError
+from crisiscomms.domain.models import SourceKind, SourceState
+from crisiscomms.services.watch import Watcher
 from crisiscomms.settings import PollingSettings
-from crisiscomms.sources.http import FetchLimits, HttpFetcher, make_async_client
-from crisiscomms.sources.parsing import FeedParserPool
-from crisiscomms.sources.rss import RssSource
-from crisiscomms.sources.x import XSource
-from crisiscomms.store import open_store
-from crisiscomms.watcher import Watcher
 from tests.sources.sources_helpers import NOW, FakeResolver, fixture_bytes, make_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -203,8 +203,8 @@ def test_dns_failure_is_transient_not_a_refusal() -> None:
 
 
 def test_settings_allow_private_sources_marks_every_source(tmp_path: Path) -> None:
-    from crisiscomms.app import App
-    from crisiscomms.clock import FixedClock
+    from crisiscomms.bootstrap import App
+    from crisiscomms.domain.clock import FixedClock
     from crisiscomms.settings import Settings
 
     for allow in (False, True):

@@ -26,10 +26,10 @@ import yaml
 from pydantic import SecretStr
 
 from crisiscomms import logs
-from crisiscomms.clock import FixedClock
-from crisiscomms.errors import PublishError
-from crisiscomms.models import ActionKind, ItemState, OutboxItem
-from crisiscomms.playbooks import load_catalog
+from crisiscomms.adapters.playbooks import load_catalog
+from crisiscomms.domain.clock import FixedClock
+from crisiscomms.domain.errors import PublishError
+from crisiscomms.domain.models import ActionKind, ItemState, OutboxItem
 from crisiscomms.simulator import World
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,7 +207,7 @@ def _echo(request: httpx.Request) -> httpx.Response:
 def test_httpx_publisher_401_echoing_the_token(
     channel_id: str, monkeypatch: pytest.MonkeyPatch, log_stream: io.StringIO
 ) -> None:
-    from crisiscomms.publishers import build_publisher
+    from crisiscomms.adapters.publishers import build_publisher
 
     catalog = load_catalog(PLAYBOOKS)
     channel = catalog.channels[channel_id].model_copy(
@@ -228,7 +228,7 @@ def test_httpx_publisher_401_echoing_the_token(
 
 
 def test_x_publisher_401_echoing_the_token(log_stream: io.StringIO) -> None:
-    from crisiscomms.publishers import build_publisher
+    from crisiscomms.adapters.publishers import build_publisher
 
     catalog = load_catalog(PLAYBOOKS)
     channel = catalog.channels["x"].model_copy(update={"base_url": "https://x.example.gov.uk"})
@@ -270,8 +270,8 @@ def test_source_error_messages_never_carry_a_query_string_key(
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # as logs.configure leaves it
 
-    from crisiscomms.errors import SourceError
-    from crisiscomms.sources.http import HttpFetcher, make_async_client
+    from crisiscomms.adapters.sources.http import HttpFetcher, make_async_client
+    from crisiscomms.domain.errors import SourceError
     from tests.sources.sources_helpers import FakeResolver
 
     async def run() -> str:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from crisiscomms.app import ensure_home
-from crisiscomms.store import open_store
+from crisiscomms.adapters.store import open_store
+from crisiscomms.bootstrap import ensure_home
 from tests.sources.sources_helpers import NOW
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from crisiscomms.clock import FixedClock
+from crisiscomms.domain.clock import FixedClock
 from crisiscomms.simulator import RunningSimulator, World, serve
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from crisiscomms.clock import FixedClock
-from crisiscomms.errors import ConfigError
+from crisiscomms.domain.clock import FixedClock
+from crisiscomms.domain.errors import ConfigError
 from crisiscomms.simulator import Faults, RunningSimulator, World, run_forever, serve
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)

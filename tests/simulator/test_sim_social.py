@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from crisiscomms.clock import FixedClock
+from crisiscomms.domain.clock import FixedClock
 from crisiscomms.simulator import Faults, World
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)

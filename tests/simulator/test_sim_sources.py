@@ -10,7 +10,7 @@ import defusedxml.ElementTree as DET
 import feedparser
 import httpx
 
-from crisiscomms.clock import FixedClock, parse_instant
+from crisiscomms.domain.clock import FixedClock, parse_instant
 from crisiscomms.simulator import RunningSimulator, World
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)  # the conftest clock's start

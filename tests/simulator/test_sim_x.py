@@ -12,7 +12,7 @@ import requests
 import tweepy
 from requests.adapters import HTTPAdapter
 
-from crisiscomms.clock import FixedClock
+from crisiscomms.domain.clock import FixedClock
 from crisiscomms.simulator import Faults, RunningSimulator, World
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)

@@ -8,8 +8,8 @@ import httpx
 import pytest
 import respx
 
-from crisiscomms.sources.http import FetchLimits, HttpFetcher, make_async_client
-from crisiscomms.sources.parsing import FeedParserPool
+from crisiscomms.adapters.sources.http import FetchLimits, HttpFetcher, make_async_client
+from crisiscomms.adapters.sources.parsing import FeedParserPool
 
 from .sources_helpers import FakeResolver
 

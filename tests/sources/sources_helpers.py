@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from crisiscomms.models import SourceKind, SourceState
-from crisiscomms.playbooks import SourceConfig
+from crisiscomms.domain.config import SourceConfig
+from crisiscomms.domain.models import SourceKind, SourceState
 
 HERE = Path(__file__).parent
 FIXTURES = HERE / "fixtures"

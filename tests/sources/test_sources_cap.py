@@ -8,12 +8,12 @@ import httpx
 import pytest
 import respx
 
-from crisiscomms.errors import PermanentSourceError, TransientSourceError
-from crisiscomms.models import SourceKind
-from crisiscomms.sources.cap import SEEN_KEY, CapSource
-from crisiscomms.sources.capxml import parse_cap_document
-from crisiscomms.sources.http import HttpFetcher
-from crisiscomms.sources.parsing import FeedParserPool
+from crisiscomms.adapters.sources.cap import SEEN_KEY, CapSource
+from crisiscomms.adapters.sources.capxml import parse_cap_document
+from crisiscomms.adapters.sources.http import HttpFetcher
+from crisiscomms.adapters.sources.parsing import FeedParserPool
+from crisiscomms.domain.errors import PermanentSourceError, TransientSourceError
+from crisiscomms.domain.models import SourceKind
 
 from .sources_helpers import FEED_URL, NOW, fixture_bytes, make_config, state_for
 

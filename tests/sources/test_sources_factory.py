@@ -7,10 +7,7 @@ import pytest
 import requests
 import tweepy
 
-from crisiscomms.errors import ConfigError
-from crisiscomms.models import SourceKind
-from crisiscomms.ports import Source
-from crisiscomms.sources import (
+from crisiscomms.adapters.sources import (
     BlueskySource,
     CapSource,
     EaFloodsSource,
@@ -20,7 +17,10 @@ from crisiscomms.sources import (
     XSource,
     build_sources,
 )
-from crisiscomms.xhttp import X_API_HOST, BaseUrlAdapter
+from crisiscomms.adapters.xhttp import X_API_HOST, BaseUrlAdapter
+from crisiscomms.domain.errors import ConfigError
+from crisiscomms.domain.models import SourceKind
+from crisiscomms.ports import Source
 
 from .sources_helpers import make_config
 

@@ -14,15 +14,15 @@ import respx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crisiscomms.errors import FeedTooLargeError, SourceError
-from crisiscomms.models import PollResult, SourceKind
-from crisiscomms.sources.bluesky import BlueskySource
-from crisiscomms.sources.cap import CapSource
-from crisiscomms.sources.ea_floods import EaFloodsSource
-from crisiscomms.sources.http import FetchResponse, HttpFetcher, make_async_client
-from crisiscomms.sources.mastodon import MastodonSource
-from crisiscomms.sources.parsing import FeedParserPool, ParsedFeed
-from crisiscomms.sources.rss import RssSource
+from crisiscomms.adapters.sources.bluesky import BlueskySource
+from crisiscomms.adapters.sources.cap import CapSource
+from crisiscomms.adapters.sources.ea_floods import EaFloodsSource
+from crisiscomms.adapters.sources.http import FetchResponse, HttpFetcher, make_async_client
+from crisiscomms.adapters.sources.mastodon import MastodonSource
+from crisiscomms.adapters.sources.parsing import FeedParserPool, ParsedFeed
+from crisiscomms.adapters.sources.rss import RssSource
+from crisiscomms.domain.errors import FeedTooLargeError, SourceError
+from crisiscomms.domain.models import PollResult, SourceKind
 
 from .sources_helpers import CORPUS, FIXTURES, NOW, make_config, state_for
 

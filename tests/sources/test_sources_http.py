@@ -12,14 +12,14 @@ import httpx
 import pytest
 import respx
 
-from crisiscomms.errors import (
+from crisiscomms.adapters.sources.base import SourceRateLimitedError
+from crisiscomms.adapters.sources.http import FetchLimits, HttpFetcher, make_async_client
+from crisiscomms.domain.errors import (
     FeedTooLargeError,
     PermanentSourceError,
     SourceError,
     TransientSourceError,
 )
-from crisiscomms.sources.base import SourceRateLimitedError
-from crisiscomms.sources.http import FetchLimits, HttpFetcher, make_async_client
 
 from .sources_helpers import FEED_URL, NOW, FakeResolver, gaierror
 

@@ -9,12 +9,12 @@ import httpx
 import pytest
 import respx
 
-from crisiscomms.errors import ConfigError, PermanentSourceError
-from crisiscomms.models import Platform, SourceKind
-from crisiscomms.sources.bluesky import DID_KEY, BlueskySource, parse_actor
-from crisiscomms.sources.ea_floods import EaFloodsSource, uk_local_to_utc
-from crisiscomms.sources.http import HttpFetcher
-from crisiscomms.sources.mastodon import ACCOUNT_ID_KEY, MastodonSource, parse_account_url
+from crisiscomms.adapters.sources.bluesky import DID_KEY, BlueskySource, parse_actor
+from crisiscomms.adapters.sources.ea_floods import EaFloodsSource, uk_local_to_utc
+from crisiscomms.adapters.sources.http import HttpFetcher
+from crisiscomms.adapters.sources.mastodon import ACCOUNT_ID_KEY, MastodonSource, parse_account_url
+from crisiscomms.domain.errors import ConfigError, PermanentSourceError
+from crisiscomms.domain.models import Platform, SourceKind
 
 from .sources_helpers import NOW, fixture_bytes, make_config, state_for
 

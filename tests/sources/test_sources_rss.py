@@ -9,12 +9,12 @@ import httpx
 import pytest
 import respx
 
-from crisiscomms.errors import PermanentSourceError, SourceError
-from crisiscomms.models import SourceKind
+from crisiscomms.adapters.sources.http import HttpFetcher
+from crisiscomms.adapters.sources.parsing import FeedParserPool
+from crisiscomms.adapters.sources.rss import RssSource
+from crisiscomms.domain.errors import PermanentSourceError, SourceError
+from crisiscomms.domain.models import SourceKind
 from crisiscomms.ports import Source
-from crisiscomms.sources.http import HttpFetcher
-from crisiscomms.sources.parsing import FeedParserPool
-from crisiscomms.sources.rss import RssSource
 
 from .sources_helpers import FEED_URL, NOW, fixture_bytes, make_config, state_for
 

@@ -13,11 +13,11 @@ import requests
 import responses
 import tweepy
 
-from crisiscomms.errors import PermanentSourceError, SourceError, TransientSourceError
-from crisiscomms.models import Platform, SourceKind
-from crisiscomms.sources.base import SourceRateLimitedError
-from crisiscomms.sources.x import RATE_LIMIT_KEY, XSource, build_queries
-from crisiscomms.xhttp import mount_base_url
+from crisiscomms.adapters.sources.base import SourceRateLimitedError
+from crisiscomms.adapters.sources.x import RATE_LIMIT_KEY, XSource, build_queries
+from crisiscomms.adapters.xhttp import mount_base_url
+from crisiscomms.domain.errors import PermanentSourceError, SourceError, TransientSourceError
+from crisiscomms.domain.models import Platform, SourceKind
 
 from .sources_helpers import NOW, make_config, state_for
 

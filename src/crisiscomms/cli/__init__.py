@@ -25,7 +25,7 @@ from crisiscomms.cli import (
     runtime_cmd,
     state,
 )
-from crisiscomms.errors import CrisisCommsError
+from crisiscomms.domain.errors import CrisisCommsError
 
 app = typer.Typer(
     name="crisiscomms",

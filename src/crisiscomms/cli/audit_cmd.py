@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from crisiscomms.cli.state import echo_json, get_app, option_instant
-from crisiscomms.clock import isoformat
+from crisiscomms.domain.clock import isoformat
 
 app = typer.Typer(help="Verify and read the tamper-evident audit trail.", no_args_is_help=True)
 

@@ -46,7 +46,7 @@ def drill(
     from crisiscomms.drill import Progress, load_scenario, run_drill
 
     if speed < 0:
-        from crisiscomms.errors import ConfigError
+        from crisiscomms.domain.errors import ConfigError
 
         raise ConfigError("--speed: must be 0 (as fast as possible) or more")
     from crisiscomms.cli import state

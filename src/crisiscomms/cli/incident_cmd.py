@@ -6,11 +6,11 @@ from typing import Annotated, Any
 
 import typer
 
-from crisiscomms import incidents as uc
-from crisiscomms.app import default_operator
+from crisiscomms.bootstrap import default_operator
 from crisiscomms.cli.state import echo_json, get_app
-from crisiscomms.clock import isoformat
-from crisiscomms.models import Incident
+from crisiscomms.domain.clock import isoformat
+from crisiscomms.domain.models import Incident
+from crisiscomms.services import incidents as uc
 
 
 def incident_json(inc: Incident) -> dict[str, Any]:

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
+from crisiscomms.adapters.playbooks import load_catalog
 from crisiscomms.cli.state import echo_json, settings
-from crisiscomms.playbooks import load_catalog
 
 app = typer.Typer(help="Validate, list and show playbooks.", no_args_is_help=True)
 

@@ -6,11 +6,11 @@ from typing import Annotated, Any
 
 import typer
 
-from crisiscomms import operations as ops
-from crisiscomms.app import default_operator
+from crisiscomms.bootstrap import default_operator
 from crisiscomms.cli.state import echo_json, get_app, option_instant
-from crisiscomms.clock import isoformat
-from crisiscomms.models import OutboxItem
+from crisiscomms.domain.clock import isoformat
+from crisiscomms.domain.models import OutboxItem
+from crisiscomms.services import queue as ops
 
 app = typer.Typer(help="Inspect the outbox and act on items (every action is audited).",
                   no_args_is_help=True)

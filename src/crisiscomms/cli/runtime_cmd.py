@@ -11,9 +11,9 @@ from typing import Annotated
 
 import typer
 
-from crisiscomms.app import run_watch
+from crisiscomms.bootstrap import run_watch
 from crisiscomms.cli.state import echo_json, get_app, option_instant
-from crisiscomms.errors import ConfigError, NotFoundError
+from crisiscomms.domain.errors import ConfigError, NotFoundError
 
 
 def watch(

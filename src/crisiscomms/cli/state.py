@@ -11,9 +11,9 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from crisiscomms.app import App, build_app
-from crisiscomms.clock import parse_instant
-from crisiscomms.errors import ConfigError
+from crisiscomms.bootstrap import App, build_app
+from crisiscomms.domain.clock import parse_instant
+from crisiscomms.domain.errors import ConfigError
 from crisiscomms.logs import configure
 from crisiscomms.settings import Settings
 

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from crisiscomms.clock import parse_instant
+from crisiscomms.adapters.store import SQLiteStore
+from crisiscomms.domain.clock import parse_instant
+from crisiscomms.domain.config import Catalog
+from crisiscomms.domain.matching import lead_agency_sources
+from crisiscomms.domain.workcal import is_staffed
 from crisiscomms.drill.scenario import Expectation, Scenario
-from crisiscomms.matching import lead_agency_sources
-from crisiscomms.playbooks import Catalog
-from crisiscomms.store import SQLiteStore
-from crisiscomms.workcal import is_staffed
 
 UNFINISHED = ("queued", "leased", "sending", "held", "needs_approval", "needs_review")
 

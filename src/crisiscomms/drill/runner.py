@@ -16,18 +16,20 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from crisiscomms import incidents, operations
-from crisiscomms.app import App
-from crisiscomms.clock import FixedClock
-from crisiscomms.dispatcher import Dispatcher
+from crisiscomms.adapters.playbooks import load_catalog
+from crisiscomms.bootstrap import App
+from crisiscomms.domain.clock import FixedClock
+from crisiscomms.domain.config import Catalog, cross_check
+from crisiscomms.domain.errors import ConfigError, CrisisCommsError
+from crisiscomms.domain.models import ActionKind, NewOutboxItem, SourceKind
 from crisiscomms.drill.expectations import Outcome, check_all
 from crisiscomms.drill.scenario import Event, Scenario, load_scenario
-from crisiscomms.errors import ConfigError, CrisisCommsError
-from crisiscomms.models import ActionKind, NewOutboxItem, SourceKind
-from crisiscomms.playbooks import Catalog, cross_check, load_catalog
+from crisiscomms.services import incidents
+from crisiscomms.services import queue as operations
+from crisiscomms.services.dispatch import Dispatcher
+from crisiscomms.services.watch import Watcher
 from crisiscomms.settings import DispatchSettings, PollingSettings, Settings
 from crisiscomms.simulator import Faults, World, serve
-from crisiscomms.watcher import Watcher
 
 SIM_KIND = {SourceKind.RSS: "rss", SourceKind.CAP: "cap", SourceKind.X: "x",
             SourceKind.MASTODON: "mastodon", SourceKind.BLUESKY: "bluesky",

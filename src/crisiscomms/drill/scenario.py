@@ -13,15 +13,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from crisiscomms.clock import utc
-from crisiscomms.errors import ConfigError
-from crisiscomms.playbooks import (
-    Playbook,
-    PlaybookSource,
-    SourceConfig,
-    load_yaml,
-    parse_model,
-)
+from crisiscomms.adapters.playbooks import load_yaml, parse_model
+from crisiscomms.domain.clock import utc
+from crisiscomms.domain.config import Playbook, PlaybookSource, SourceConfig
+from crisiscomms.domain.errors import ConfigError
 
 
 class _Model(BaseModel):

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 
-from crisiscomms.clock import parse_instant
+from crisiscomms.domain.clock import parse_instant
 
 # Deterministic SVG output: fixed ids, no creation date.
 matplotlib.rcParams["svg.hashsalt"] = "crisiscomms"

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from crisiscomms.clock import utc
+from crisiscomms.domain.clock import utc
 from crisiscomms.simulator.quotas import QuotaDecision
 from crisiscomms.simulator.world import World
 

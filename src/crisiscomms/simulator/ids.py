@@ -10,7 +10,7 @@ import base64
 import hashlib
 from datetime import datetime
 
-from crisiscomms.clock import utc
+from crisiscomms.domain.clock import utc
 
 # X snowflakes count milliseconds from this epoch (2010-11-04T01:42:54.657Z).
 _X_EPOCH_MS = 1288834974657

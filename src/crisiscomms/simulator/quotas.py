@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from crisiscomms.clock import utc
+from crisiscomms.domain.clock import utc
 
 
 @dataclass(frozen=True, slots=True)

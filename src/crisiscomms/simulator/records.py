@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from crisiscomms.clock import utc
+from crisiscomms.domain.clock import utc
 
 
 @dataclass(frozen=True, slots=True)

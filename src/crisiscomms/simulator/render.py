@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import escape, quoteattr
 
-from crisiscomms.clock import parse_instant, utc
+from crisiscomms.domain.clock import parse_instant, utc
 from crisiscomms.simulator.world import VisibleItem
 
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"

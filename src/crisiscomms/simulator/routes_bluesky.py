@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from crisiscomms.clock import isoformat, parse_instant, utc
+from crisiscomms.domain.clock import isoformat, parse_instant, utc
 from crisiscomms.simulator.common import bearer, limited, params, world_of
 from crisiscomms.simulator.ids import did_for, fake_cid, tid
 from crisiscomms.simulator.world import SimPost, World

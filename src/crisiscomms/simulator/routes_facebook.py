@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from crisiscomms.clock import utc
+from crisiscomms.domain.clock import utc
 from crisiscomms.simulator.common import bearer, limited, params, world_of
 from crisiscomms.simulator.world import SimPost
 

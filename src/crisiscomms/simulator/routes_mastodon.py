@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from crisiscomms.clock import parse_instant, utc
+from crisiscomms.domain.clock import parse_instant, utc
 from crisiscomms.simulator.common import bearer, iso_ms, limited, params, world_of
 from crisiscomms.simulator.ids import mastodon_id, numeric_id
 from crisiscomms.simulator.world import SimPost, World

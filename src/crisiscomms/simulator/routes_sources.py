@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from crisiscomms.clock import parse_instant, utc
+from crisiscomms.domain.clock import parse_instant, utc
 from crisiscomms.simulator import render
 from crisiscomms.simulator.common import conditional, limited, world_of
 from crisiscomms.simulator.world import VisibleItem

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from crisiscomms.clock import parse_instant, utc
+from crisiscomms.domain.clock import parse_instant, utc
 from crisiscomms.simulator.common import bearer, iso_ms, limited, params, problem, world_of
 from crisiscomms.simulator.ids import x_snowflake
 from crisiscomms.simulator.world import SimPost, World

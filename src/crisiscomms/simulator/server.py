@@ -20,7 +20,7 @@ import structlog
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from crisiscomms.errors import ConfigError
+from crisiscomms.domain.errors import ConfigError
 from crisiscomms.simulator.app import TRANSPORT_EXTENSION, build_app
 from crisiscomms.simulator.world import World
 

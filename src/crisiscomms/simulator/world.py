@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from crisiscomms.clock import utc
+from crisiscomms.domain.clock import utc
 from crisiscomms.ports import Clock
 from crisiscomms.simulator.ids import did_for, mastodon_id, numeric_id, tid, x_snowflake
 from crisiscomms.simulator.quotas import Quota, QuotaBook, QuotaDecision

@@ -1,0 +1,1 @@
+"""Adapters: the store backends, the source readers, the publishers, the YAML loader."""

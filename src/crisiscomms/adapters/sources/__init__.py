@@ -1,0 +1,116 @@
+"""Source adapters: they poll official sources and return normalised ``Update`` objects.
+
+Each adapter implements ``crisiscomms.ports.Source``; ``build_sources`` is what the
+composition root calls. Shared, caller-owned resources:
+
+* ``httpx.AsyncClient``  from ``make_async_client()`` (close it with ``aclose()``)
+* ``FeedParserPool``      bounded feedparser workers (``close()`` it)
+* ``FetchLimits``         per-host / global concurrency bounds
+* an X client factory     ``() -> tweepy.Client(bearer_token=..., return_type=requests.Response,
+                          wait_on_rate_limit=False)``; the ``XSource`` owns and closes it
+
+Every ``poll`` raises only ``SourceError`` subclasses; ``SourceRateLimitedError`` (a
+``TransientSourceError``) carries ``retry_at``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import httpx
+import requests
+
+from crisiscomms.adapters.sources.base import SourceRateLimitedError
+from crisiscomms.adapters.sources.bluesky import BlueskySource
+from crisiscomms.adapters.sources.cap import CapSource
+from crisiscomms.adapters.sources.ea_floods import EaFloodsSource
+from crisiscomms.adapters.sources.http import (
+    FetchLimits,
+    FetchResponse,
+    HttpFetcher,
+    Resolver,
+    make_async_client,
+)
+from crisiscomms.adapters.sources.mastodon import MastodonSource
+from crisiscomms.adapters.sources.parsing import FeedParserPool, ParsedFeed
+from crisiscomms.adapters.sources.rss import RssSource
+from crisiscomms.adapters.sources.x import XSearchClient, XSource
+from crisiscomms.adapters.xhttp import mount_base_url
+from crisiscomms.domain.config import SourceConfig
+from crisiscomms.domain.errors import ConfigError
+from crisiscomms.domain.models import SourceKind
+from crisiscomms.ports import Source
+
+__all__ = [
+    "BlueskySource",
+    "CapSource",
+    "EaFloodsSource",
+    "FeedParserPool",
+    "FetchLimits",
+    "FetchResponse",
+    "HttpFetcher",
+    "MastodonSource",
+    "ParsedFeed",
+    "RssSource",
+    "SourceRateLimitedError",
+    "XSource",
+    "build_sources",
+    "make_async_client",
+    "mount_base_url",
+]
+
+
+def build_sources(
+    catalog_sources: Sequence[SourceConfig],
+    *,
+    client: httpx.AsyncClient,
+    parser: FeedParserPool | None = None,
+    x_client_factory: Callable[[], XSearchClient] | None = None,
+    limits: FetchLimits | None = None,
+    base_urls: Mapping[str, str] | None = None,
+    resolver: Resolver | None = None,
+) -> list[Source]:
+    """Build one adapter per catalogue source, and one ``XSource`` for all X sources.
+
+    ``base_urls`` overrides API roots for simulators/staging: keys ``"x"`` (mounted on
+    the X client's requests session), ``"mastodon"`` and ``"bluesky"``. ``resolver``
+    replaces DNS for the private-address check (tests). When ``parser`` is omitted a
+    ``FeedParserPool`` is created and shared; it stops when the sources are dropped.
+    Raises ``ConfigError`` if X sources are listed but no ``x_client_factory`` is given,
+    or an account locator is malformed.
+    """
+    overrides = dict(base_urls or {})
+    fetcher = HttpFetcher(client, limits or FetchLimits(), resolver=resolver)
+    pool: FeedParserPool | None = parser
+    sources: list[Source] = []
+    x_configs = [c for c in catalog_sources if c.kind is SourceKind.X]
+    x_placed = False
+    for config in catalog_sources:
+        kind = config.kind
+        if kind is SourceKind.X:
+            if x_placed:
+                continue
+            x_placed = True
+            if x_client_factory is None:
+                raise ConfigError(
+                    f"sources.yaml: X source {config.id!r} listed but no X client is configured"
+                )
+            x_client = x_client_factory()
+            session = getattr(x_client, "session", None)
+            if isinstance(session, requests.Session):
+                mount_base_url(session, overrides.get("x"))
+            sources.append(XSource(x_configs, x_client))
+        elif kind in (SourceKind.RSS, SourceKind.CAP):
+            if pool is None:
+                pool = FeedParserPool()
+            cls = RssSource if kind is SourceKind.RSS else CapSource
+            sources.append(cls(config, fetcher, pool))
+        elif kind is SourceKind.MASTODON:
+            sources.append(MastodonSource(config, fetcher, api_base=overrides.get("mastodon")))
+        elif kind is SourceKind.BLUESKY:
+            sources.append(BlueskySource(config, fetcher, base_url=overrides.get("bluesky")))
+        elif kind is SourceKind.EA_FLOODS:
+            sources.append(EaFloodsSource(config, fetcher))
+        else:  # pragma: no cover - a new SourceKind without an adapter
+            raise ConfigError(f"sources.yaml: no adapter for kind {kind!r} ({config.id})")
+    return sources

@@ -1,0 +1,464 @@
+"""The shared HTTP fetcher every feed/JSON source goes through.
+
+It owns the rules an untrusted URL must obey, so each adapter does not have to:
+
+* redirects are followed here (at most ``MAX_REDIRECTS``), never to another host and
+  never from https down to http (``redirect_refused``);
+* hosts that resolve to private, loopback, link-local or otherwise non-global addresses
+  are refused unless the source allows it (``private_address``);
+* the body is streamed and decoded by us, so both the bytes on the wire and the decoded
+  bytes stop at ``max_bytes`` (a gzip bomb ends at the cap, not in memory);
+* politeness: at most ``FetchLimits.per_host`` requests per host and ``total`` overall;
+* every httpx/OS exception becomes a ``SourceError`` in ``translate_httpx_errors``.
+
+The ``httpx.AsyncClient`` is injected: the composition root builds it with
+``make_async_client`` and closes it. Known gap: the address check resolves the name and
+httpx resolves it again when connecting, so a DNS-rebinding attacker with a very short TTL
+could still slip through; pinning the connection to the checked address needs a custom
+transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import ssl
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+
+import httpx
+import structlog
+
+from crisiscomms.adapters.sources.base import SourceRateLimitedError
+from crisiscomms.domain.clock import parse_instant
+from crisiscomms.domain.errors import FeedTooLargeError, PermanentSourceError, TransientSourceError
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_MAX_BYTES = 5_000_000
+MAX_REDIRECTS = 5
+USER_AGENT = "crisiscomms/0.1 (NHS comms relay of official crisis updates)"
+_REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+_TRANSIENT_4XX = frozenset({408, 425, 429})
+
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+"""``(host, port) -> addresses``; injectable so tests need no DNS."""
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """Resolve ``host`` with the event loop's ``getaddrinfo`` (runs in a thread)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host, port, type=socket.SOCK_STREAM
+    )
+    return [str(info[4][0]) for info in infos]
+
+
+def make_async_client(
+    *,
+    timeout: float = 15.0,
+    connect_timeout: float = 5.0,
+    max_connections: int = 40,
+    max_keepalive_connections: int = 20,
+    user_agent: str = USER_AGENT,
+    verify: bool | ssl.SSLContext = True,
+    trust_env: bool = False,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """Build the ``httpx.AsyncClient`` the composition root owns (and must ``aclose``).
+
+    Redirects are off because ``HttpFetcher`` follows them itself with its checks.
+    ``trust_env`` is off by default: a proxy from the environment would bypass the
+    private-address check.
+    """
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout, connect=connect_timeout),
+        limits=httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_keepalive_connections,
+        ),
+        headers={"User-Agent": user_agent, "Accept-Encoding": "gzip, deflate"},
+        follow_redirects=False,
+        verify=verify,
+        trust_env=trust_env,
+        transport=transport,
+    )
+
+
+class FetchLimits:
+    """Concurrency bounds shared by every source: per host and overall."""
+
+    def __init__(self, *, per_host: int = 2, total: int = 20) -> None:
+        self.per_host = per_host
+        self.total = total
+        self._global = asyncio.Semaphore(total)
+        self._hosts: dict[str, asyncio.Semaphore] = {}
+
+    @asynccontextmanager
+    async def slot(self, host: str) -> AsyncIterator[None]:
+        """Hold one request slot for ``host``; the host slot is taken first so a busy host
+        does not sit on a global slot while it waits."""
+        sem = self._hosts.get(host)
+        if sem is None:
+            sem = self._hosts[host] = asyncio.Semaphore(self.per_host)
+        async with sem, self._global:
+            yield
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResponse:
+    """A fetched body. ``headers`` keys are lower-case."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    not_modified: bool = False
+    url: str = ""
+
+    @property
+    def content_type(self) -> str:
+        """The media type without parameters, lower-case (``""`` if absent)."""
+        return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _where(url: httpx.URL) -> str:
+    # Host and path only: a query string might carry a key, so it never reaches a message.
+    return f"{url.host}{url.path}"
+
+
+@contextmanager
+def translate_httpx_errors(source_id: str, url: str = "") -> Iterator[None]:
+    """Turn httpx / socket / TLS exceptions into the project's ``SourceError`` tree."""
+    where = f" ({url})" if url else ""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise TransientSourceError(
+            f"{source_id}: timed out{where}", source_id=source_id, error_class="timeout"
+        ) from exc
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+        raise PermanentSourceError(
+            f"{source_id}: bad URL{where}", source_id=source_id, error_class="bad_url"
+        ) from exc
+    except httpx.DecodingError as exc:
+        raise PermanentSourceError(
+            f"{source_id}: undecodable body{where}", source_id=source_id, error_class="decode"
+        ) from exc
+    except (httpx.TransportError, OSError) as exc:
+        cls = _network_error_class(exc)
+        raise TransientSourceError(
+            f"{source_id}: {cls} error{where}: {type(exc).__name__}",
+            source_id=source_id, error_class=cls,
+        ) from exc
+    except httpx.HTTPError as exc:
+        raise TransientSourceError(
+            f"{source_id}: HTTP error{where}: {type(exc).__name__}",
+            source_id=source_id, error_class="network",
+        ) from exc
+
+
+def _network_error_class(exc: BaseException) -> str:
+    """Walk the cause chain to tell DNS and TLS failures from other network errors."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            break
+        if isinstance(seen, socket.gaierror):
+            return "dns"
+        if isinstance(seen, ssl.SSLError | ssl.CertificateError):
+            return "tls"
+        text = str(seen).lower()
+        if "name or service not known" in text or "nodename nor servname" in text:
+            return "dns"
+        if "certificate" in text or "ssl" in text or "tls" in text:
+            return "tls"
+        seen = seen.__cause__ or seen.__context__
+    return "connect" if isinstance(exc, httpx.ConnectError) else "network"
+
+
+def _retry_at(headers: Mapping[str, str], now: datetime | None) -> datetime | None:
+    """When the server says to come back: ``Retry-After`` (seconds need ``now``, or an
+    HTTP date), else a rate-limit reset header (Mastodon's ISO ``X-RateLimit-Reset``)."""
+    value = headers.get("retry-after", "").strip()
+    if value.isdigit():
+        return None if now is None else now + timedelta(seconds=min(int(value), 86_400))
+    if value:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return rate_limit_reset(headers)
+
+
+def rate_limit_reset(headers: Mapping[str, str]) -> datetime | None:
+    """``X-RateLimit-Reset`` as aware UTC: an ISO instant (Mastodon) or epoch seconds."""
+    value = headers.get("x-ratelimit-reset", headers.get("x-rate-limit-reset", "")).strip()
+    if not value or len(value) > 64:
+        return None
+    try:
+        if value.isdigit():
+            return datetime.fromtimestamp(int(value), UTC)
+        return parse_instant(value)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+class _BodyDecoder:
+    """Incremental identity/gzip/deflate decoder with a hard output cap.
+
+    httpx's own decoders inflate a whole network chunk at once (a 64 KiB chunk of a gzip
+    bomb is ~64 MiB); ``zlib`` with ``max_length`` lets us stop at the cap instead.
+    """
+
+    def __init__(self, encoding: str) -> None:
+        enc = encoding.strip().lower()
+        self._mode = enc
+        self._zlib: zlib._Decompress | None = None
+        if enc in ("gzip", "x-gzip"):
+            self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif enc == "deflate":
+            self._zlib = None  # decided on the first chunk: zlib-wrapped or raw
+        elif enc not in ("", "identity"):
+            raise ValueError(enc)
+        self._first = True
+
+    def decode(self, data: bytes, room: int) -> bytes:
+        """Decode ``data``, producing at most ``room + 1`` bytes (one more means "over")."""
+        if self._mode in ("", "identity"):
+            return data[: room + 1]
+        if self._zlib is None:
+            # RFC 7230 "deflate" is zlib-wrapped; some servers send raw deflate.
+            wrapped = len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+            raw = not wrapped
+            self._zlib = zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
+        out = bytearray()
+        pending = data
+        while pending and len(out) <= room:
+            out += self._zlib.decompress(pending, room + 1 - len(out))
+            if self._zlib.eof:
+                rest = self._zlib.unused_data
+                if rest and self._mode != "deflate":  # concatenated gzip members
+                    self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    pending = rest
+                    continue
+                break
+            pending = self._zlib.unconsumed_tail
+        return bytes(out)
+
+
+def _is_public(addr: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+class HttpFetcher:
+    """GETs untrusted URLs safely. One instance is shared by all httpx-based sources."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        limits: FetchLimits | None = None,
+        *,
+        resolver: Resolver | None = None,
+    ) -> None:
+        self.client = client
+        self.limits = limits or FetchLimits()
+        self._resolve: Resolver = resolver or system_resolver
+
+    async def fetch(
+        self,
+        url: str,
+        *,
+        source_id: str = "",
+        etag: str | None = None,
+        last_modified: str | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        allow_private: bool = False,
+        require_https: bool | None = None,
+        allowed_host: str | None = None,
+        params: Mapping[str, str] | None = None,
+        accept: str | None = None,
+        now: datetime | None = None,
+    ) -> FetchResponse:
+        """GET ``url`` and return its (capped) body, or raise a ``SourceError``.
+
+        ``require_https`` defaults to "the URL is https"; ``allowed_host`` to the URL's host.
+        ``etag``/``last_modified`` make the request conditional; a 304 comes back as
+        ``FetchResponse(status=304, not_modified=True)``. ``now`` lets a ``Retry-After`` in
+        seconds become ``SourceRateLimitedError.retry_at``.
+        """
+        with translate_httpx_errors(source_id):
+            current = httpx.URL(url)
+            if params:  # merged, so a query already in the configured URL is kept
+                current = current.copy_merge_params(dict(params))
+        if require_https is None:
+            require_https = current.scheme == "https"
+        host = (allowed_host or current.host).lower()
+        headers = {"Accept-Encoding": "gzip, deflate"}
+        if accept:
+            headers["Accept"] = accept
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        resolved: set[tuple[str, int]] = set()
+        for hop in range(MAX_REDIRECTS + 1):
+            self._check_url(current, source_id, host, require_https, redirected=hop > 0)
+            if not allow_private:
+                key = (current.host, current.port or (443 if current.scheme == "https" else 80))
+                if key not in resolved:
+                    await self._check_address(key[0], key[1], source_id)
+                    resolved.add(key)
+            with translate_httpx_errors(source_id, _where(current)):
+                async with self.limits.slot(current.host), self.client.stream(
+                    "GET", current, headers=headers, follow_redirects=False
+                ) as resp:
+                    location = resp.headers.get("location")
+                    if resp.status_code in _REDIRECT_CODES and location:
+                        current = resp.url.join(location)
+                        continue
+                    return await self._finish(resp, source_id, max_bytes, now)
+        raise PermanentSourceError(
+            f"{source_id}: more than {MAX_REDIRECTS} redirects ({_where(current)})",
+            source_id=source_id, error_class="too_many_redirects",
+        )
+
+    @staticmethod
+    def _check_url(
+        url: httpx.URL, source_id: str, host: str, require_https: bool, *, redirected: bool
+    ) -> None:
+        if url.scheme not in ("http", "https") or not url.host:
+            raise PermanentSourceError(
+                f"{source_id}: refusing URL with scheme {url.scheme!r}",
+                source_id=source_id, error_class="redirect_refused" if redirected else "bad_url",
+            )
+        if require_https and url.scheme != "https":
+            raise PermanentSourceError(
+                f"{source_id}: refusing https->http downgrade ({_where(url)})",
+                source_id=source_id, error_class="redirect_refused",
+            )
+        if url.host.lower() != host:
+            raise PermanentSourceError(
+                f"{source_id}: refusing redirect to another host ({url.host})",
+                source_id=source_id, error_class="redirect_refused",
+            )
+
+    async def _check_address(self, host: str, port: int, source_id: str) -> None:
+        try:
+            addresses = [host] if _is_ip_literal(host) else await self._resolve(host, port)
+        except socket.gaierror as exc:
+            raise TransientSourceError(
+                f"{source_id}: cannot resolve {host}", source_id=source_id, error_class="dns"
+            ) from exc
+        except OSError as exc:
+            raise TransientSourceError(
+                f"{source_id}: cannot resolve {host}: {type(exc).__name__}",
+                source_id=source_id, error_class="dns",
+            ) from exc
+        if not addresses:
+            raise TransientSourceError(
+                f"{source_id}: {host} has no addresses", source_id=source_id, error_class="dns"
+            )
+        # Refuse if *any* address is non-global: a mixed answer is how rebinding starts.
+        if not all(_is_public(a) for a in addresses):
+            raise PermanentSourceError(
+                f"{source_id}: {host} resolves to a private/loopback/link-local address",
+                source_id=source_id, error_class="private_address",
+            )
+
+    async def _finish(
+        self, resp: httpx.Response, source_id: str, max_bytes: int, now: datetime | None
+    ) -> FetchResponse:
+        status = resp.status_code
+        headers = {k.lower(): v for k, v in resp.headers.items()}
+        where = _where(resp.url)
+        if status != 200 and not 300 <= status < 400:
+            # Drain a 304's (empty) or an error's short body so the connection goes back to
+            # the pool: otherwise every conditional GET costs a new TCP (and TLS) handshake.
+            await self._drain(resp)
+        if status == 304:
+            return FetchResponse(304, b"", headers, not_modified=True, url=str(resp.url))
+        if status == 429 or (status == 503 and "retry-after" in headers):
+            raise SourceRateLimitedError(
+                f"{source_id}: HTTP {status} from {where}",
+                retry_at=_retry_at(headers, now), source_id=source_id,
+                error_class=f"http_{status}",
+            )
+        if status >= 500 or status in _TRANSIENT_4XX:
+            raise TransientSourceError(
+                f"{source_id}: HTTP {status} from {where}",
+                source_id=source_id, error_class=f"http_{status}",
+            )
+        if not 200 <= status < 300:
+            raise PermanentSourceError(
+                f"{source_id}: HTTP {status} from {where}",
+                source_id=source_id, error_class=f"http_{status}",
+            )
+        body = await self._read_capped(resp, source_id, max_bytes)
+        return FetchResponse(status, body, headers, url=str(resp.url))
+
+    @staticmethod
+    async def _drain(resp: httpx.Response, limit: int = 64 * 1024) -> None:
+        """Read up to ``limit`` bytes of a body we do not need; give up (and let the
+        connection close) on anything larger or broken."""
+        read = 0
+        try:
+            async for chunk in resp.aiter_raw():
+                read += len(chunk)
+                if read > limit:
+                    return
+        except httpx.HTTPError:
+            return
+
+    @staticmethod
+    async def _read_capped(resp: httpx.Response, source_id: str, max_bytes: int) -> bytes:
+        def too_large(what: str) -> FeedTooLargeError:
+            return FeedTooLargeError(
+                f"{source_id}: body over {max_bytes} bytes ({what}) from {_where(resp.url)}",
+                source_id=source_id, error_class="too_large",
+            )
+
+        declared = resp.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise too_large("declared")
+        try:
+            decoder = _BodyDecoder(resp.headers.get("content-encoding", ""))
+        except ValueError as exc:
+            raise PermanentSourceError(
+                f"{source_id}: unsupported content-encoding from {_where(resp.url)}",
+                source_id=source_id, error_class="decode",
+            ) from exc
+        wire = 0
+        out = bytearray()
+        async for chunk in resp.aiter_raw():
+            wire += len(chunk)
+            if wire > max_bytes:
+                raise too_large("compressed")
+            try:
+                out += decoder.decode(chunk, max_bytes - len(out))
+            except zlib.error as exc:
+                raise PermanentSourceError(
+                    f"{source_id}: corrupt compressed body from {_where(resp.url)}",
+                    source_id=source_id, error_class="decode",
+                ) from exc
+            if len(out) > max_bytes:
+                raise too_large("decoded")
+        return bytes(out)
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False
+    return True

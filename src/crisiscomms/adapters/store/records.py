@@ -1,0 +1,106 @@
+"""Row <-> domain object conversion for the SQLite store."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import asdict
+from typing import Any
+
+from crisiscomms.adapters.store.base import dt, dumps, ts
+from crisiscomms.domain.models import (
+    ActionKind,
+    CapInfo,
+    Incident,
+    ItemState,
+    NativeRef,
+    OutboxItem,
+    Platform,
+    SourceKind,
+    SourceState,
+    Update,
+)
+
+
+def incident_from_row(r: sqlite3.Row) -> Incident:
+    return Incident(
+        id=r["id"], playbook=r["playbook"], hashtags=tuple(json.loads(r["hashtags"])),
+        lead=r["lead"], activated_at=dt(r["activated_at"]),  # type: ignore[arg-type]
+        activated_by=r["activated_by"], reason=r["reason"],
+        deactivated_at=dt(r["deactivated_at"]), deactivated_by=r["deactivated_by"],
+        deactivation_reason=r["deactivation_reason"],
+    )
+
+
+def cap_to_json(cap: CapInfo | None) -> str | None:
+    if cap is None:
+        return None
+    d = asdict(cap)
+    d["sent"] = ts(cap.sent)
+    d["expires"] = ts(cap.expires)
+    d["references"] = list(cap.references)
+    return dumps(d)
+
+
+def cap_from_json(text: str | None) -> CapInfo | None:
+    if not text:
+        return None
+    d: dict[str, Any] = json.loads(text)
+    d["sent"] = dt(d.get("sent"))
+    d["expires"] = dt(d.get("expires"))
+    d["references"] = tuple(d.get("references") or ())
+    return CapInfo(**d)
+
+
+def native_to_json(ref: NativeRef | None) -> str | None:
+    return None if ref is None else dumps(asdict(ref))
+
+
+def native_from_json(text: str | None) -> NativeRef | None:
+    if not text:
+        return None
+    d = json.loads(text)
+    d["platform"] = Platform(d["platform"])
+    return NativeRef(**d)
+
+
+def update_from_row(r: sqlite3.Row) -> Update:
+    return Update(
+        id=r["id"], source_id=r["source_id"], agency=r["agency"], kind=SourceKind(r["kind"]),
+        external_id=r["external_id"], url=r["url"], title=r["title"], text=r["text"],
+        published_at=dt(r["published_at"]),  # type: ignore[arg-type]
+        fetched_at=dt(r["fetched_at"]),  # type: ignore[arg-type]
+        cap=cap_from_json(r["cap"]), native=native_from_json(r["native"]),
+        content_hash=r["content_hash"], revision=r["revision"],
+    )
+
+
+def item_from_row(r: sqlite3.Row) -> OutboxItem:
+    return OutboxItem(
+        id=r["id"], dedupe_key=r["dedupe_key"], channel_id=r["channel_id"],
+        action=ActionKind(r["action"]), text=r["text"], state=ItemState(r["state"]),
+        created_at=dt(r["created_at"]),  # type: ignore[arg-type]
+        update_id=r["update_id"], incident_id=r["incident_id"], source_id=r["source_id"],
+        is_lead=bool(r["is_lead"]), severity_rank=r["severity_rank"],
+        published_at=dt(r["published_at"]), approval=r["approval"],
+        approved_by=r["approved_by"], approved_at=dt(r["approved_at"]),
+        edited_text=r["edited_text"], not_before=dt(r["not_before"]),
+        lease_owner=r["lease_owner"], lease_until=dt(r["lease_until"]),
+        attempts=r["attempts"], lookups=r["lookups"], reason=r["reason"],
+        last_error=r["last_error"],
+        platform_post_id=r["platform_post_id"], platform_url=r["platform_url"],
+        sent_at=dt(r["sent_at"]), done_at=dt(r["done_at"]),
+        out_of_hours=bool(r["out_of_hours"]), over_cap=bool(r["over_cap"]),
+        native=native_from_json(r["native"]), url=r["url"],
+    )
+
+
+def state_from_row(r: sqlite3.Row) -> SourceState:
+    return SourceState(
+        source_id=r["key"], cursor=r["cursor"], etag=r["etag"],
+        last_modified=r["last_modified"], baseline_done=bool(r["baseline_done"]),
+        last_polled_at=dt(r["last_polled_at"]), next_poll_at=dt(r["next_poll_at"]),
+        last_ok_at=dt(r["last_ok_at"]), failures=r["failures"], last_error=r["last_error"],
+        last_error_class=r["last_error_class"], error_count=r["error_count"],
+        extra=json.loads(r["extra"] or "{}"),
+    )

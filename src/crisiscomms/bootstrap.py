@@ -1,0 +1,260 @@
+"""The composition root: the one place that builds settings, clock, store, adapters and
+workers. Nothing else in the package constructs an adapter or does I/O at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import os
+import random
+import signal
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+
+from crisiscomms.adapters.playbooks import load_catalog
+from crisiscomms.adapters.store import SQLiteStore, open_store
+from crisiscomms.domain.clock import FixedClock, SystemClock, parse_instant
+from crisiscomms.domain.config import Catalog
+from crisiscomms.domain.errors import ConfigError, StoreError
+from crisiscomms.ports import Clock, Publisher, Source
+from crisiscomms.services.dispatch import Dispatcher, DispatchStats
+from crisiscomms.services.watch import CycleStats, Watcher
+from crisiscomms.settings import Settings, channel_secret
+
+log = structlog.get_logger(__name__)
+
+
+def default_operator() -> str:
+    """The operator is the login name (the real user under sudo)."""
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def make_clock(at: str | None) -> Clock:
+    """``--at`` / ``CRISISCOMMS_AT`` freeze the clock at an instant; otherwise the system clock."""
+    if not at:
+        return SystemClock()
+    try:
+        return FixedClock(parse_instant(at))
+    except ValueError:
+        raise ConfigError(f"--at: {at!r} is not an ISO-8601 instant "
+                          "(e.g. 2026-11-27T18:00:00Z)") from None
+
+
+def ensure_home(home: Path) -> Path:
+    """Create the data dir 0700 (and tighten it if it exists)."""
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(home, 0o700)
+    except OSError as exc:
+        raise StoreError(f"{home}: cannot create data dir: {exc.strerror}") from None
+    return home
+
+
+@dataclass
+class App:
+    """Everything a command needs, built lazily so `--help` and `playbooks validate` stay cheap."""
+
+    settings: Settings
+    clock: Clock
+    _closers: list[Any] = field(default_factory=list)
+
+    @cached_property
+    def store(self) -> SQLiteStore:
+        if not self.settings.database_url:
+            ensure_home(self.settings.home)
+        store = open_store(self.settings.resolved_database_url)
+        self._closers.append(store.close)
+        return store
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return load_catalog(self.settings.playbooks_dir)
+
+    @property
+    def worker_id(self) -> str:
+        return self.settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+
+    def close(self) -> None:
+        for closer in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                closer()
+        self._closers.clear()
+
+    # -- adapters -------------------------------------------------------------------
+    def credentials(self, channel_id: str) -> dict[str, Any]:
+        channel = self.catalog.channels[channel_id]
+        out = {}
+        for role, env_name in channel.credentials.items():
+            value = channel_secret(env_name)
+            if value is not None:
+                out[role] = value
+        return out
+
+    def build_publishers(self, *, dry_run: bool) -> dict[str, Publisher]:
+        from crisiscomms.adapters.publishers import build_publisher
+        from crisiscomms.logs import register_secrets
+
+        client = httpx.Client(timeout=self.settings.dispatch.timeout_seconds,
+                              follow_redirects=False)
+        self._closers.append(client.close)
+        publishers: dict[str, Publisher] = {}
+        for channel in self.catalog.channels.values():
+            creds = self.credentials(channel.id)
+            register_secrets(creds.values())
+            base = self.settings.channel_base_urls.get(channel.id) or channel.base_url
+            channel = channel.model_copy(update={"base_url": base})
+            pub = build_publisher(channel, creds, clock=self.clock, http_client=client,
+                                  dry_run=dry_run or self.settings.dry_run,
+                                  timeout=self.settings.dispatch.timeout_seconds)
+            self._closers.append(pub.close)
+            publishers[channel.id] = pub
+        return publishers
+
+    def build_sources(self, *, catalog: Catalog | None = None,
+                      base_urls: dict[str, str] | None = None) -> tuple[list[Source], Any]:
+        """The source adapters and a closer for the resources they share."""
+        from crisiscomms.adapters.sources import (
+            FeedParserPool,
+            FetchLimits,
+            build_sources,
+            make_async_client,
+        )
+
+        catalog = catalog or self.catalog
+        polling = self.settings.polling
+        client = make_async_client(timeout=polling.timeout_seconds)
+        parser = FeedParserPool()
+        configs = list(catalog.sources.values())
+        if self.settings.allow_private_sources:
+            configs = [c.model_copy(update={"allow_private_network": True}) for c in configs]
+        x_token = self.settings.x_bearer_token
+        if x_token is not None:
+            from crisiscomms.logs import register_secrets
+
+            register_secrets([x_token])
+
+        def x_factory() -> Any:
+            import requests
+            import tweepy
+
+            if x_token is None:
+                raise ConfigError("CRISISCOMMS_X_BEARER_TOKEN is not set: X sources cannot "
+                                  "be polled")
+            return tweepy.Client(bearer_token=x_token.get_secret_value(),
+                                 return_type=requests.Response, wait_on_rate_limit=False)
+
+        has_x = any(str(c.kind) == "x" for c in configs)
+        try:
+            sources = build_sources(
+                [c for c in configs if str(c.kind) != "x" or x_token is not None],
+                client=client, parser=parser, x_client_factory=x_factory,
+                limits=FetchLimits(per_host=polling.per_host, total=polling.concurrency),
+                base_urls=base_urls or self.settings.source_base_urls)
+        except BaseException:
+            parser.close()
+            raise
+        if has_x and x_token is None:
+            sources.append(MissingCredentialSource(
+                "x", tuple(c.id for c in configs if str(c.kind) == "x"),
+                "CRISISCOMMS_X_BEARER_TOKEN is not set: X sources cannot be polled"))
+
+        async def close() -> None:
+            await client.aclose()
+            parser.close()
+
+        return sources, close
+
+    def watcher(self, sources: list[Source]) -> Watcher:
+        return Watcher(store=self.store, catalog=self.catalog, sources=sources,
+                       settings=self.settings.polling, rng=random.Random())
+
+    def dispatcher(self, publishers: dict[str, Publisher]) -> Dispatcher:
+        return Dispatcher(store=self.store, catalog=self.catalog, publishers=publishers,
+                          settings=self.settings.dispatch, worker_id=self.worker_id)
+
+
+class MissingCredentialSource:
+    """Stands in for a source that cannot run (no credentials): every poll fails clearly,
+    so ``status`` shows it and the other sources keep flowing."""
+
+    def __init__(self, key: str, source_ids: tuple[str, ...], message: str) -> None:
+        self.key = key
+        self.source_ids = source_ids
+        self.message = message
+
+    async def poll(self, state: Any, now: datetime) -> Any:
+        from crisiscomms.domain.errors import PermanentSourceError
+
+        raise PermanentSourceError(self.message, source_id=self.key,
+                                   error_class="no_credentials")
+
+    async def aclose(self) -> None:
+        return None
+
+
+def build_app(settings: Settings | None = None, clock: Clock | None = None) -> App:
+    """Build the application from settings (environment, .env, YAML file)."""
+    settings = settings or Settings()
+    return App(settings=settings, clock=clock or make_clock(settings.at))
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[asyncio.Event]:
+    """SIGTERM/SIGINT ask the loop to finish its current tick and exit cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_event_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        yield stop
+    finally:
+        for sig in installed:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+
+async def run_watch(app: App, *, once: bool, dry_run: bool, tick_seconds: float = 2.0,
+                    max_ticks: int | None = None) -> tuple[CycleStats, DispatchStats]:
+    """The long-running job: poll due sources, then dispatch, until stopped."""
+    sources, closer = app.build_sources()
+    publishers = app.build_publishers(dry_run=dry_run)
+    watcher = app.watcher(sources)
+    dispatcher = app.dispatcher(publishers)
+    last = (CycleStats(), DispatchStats())
+    ticks = 0
+    try:
+        with stop_on_signals() as stop:
+            log.info("watch.started", sources=len(sources), channels=len(publishers),
+                     dry_run=dry_run, worker=app.worker_id)
+            while True:
+                now: datetime = app.clock.now()
+                cycle = await watcher.poll_cycle(now)
+                dispatched = await asyncio.to_thread(dispatcher.tick, app.clock.now())
+                last = (cycle, dispatched)
+                ticks += 1
+                if once or stop.is_set() or (max_ticks is not None and ticks >= max_ticks):
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=tick_seconds)
+                if stop.is_set():
+                    break
+    finally:
+        for src in sources:
+            with contextlib.suppress(Exception):
+                await src.aclose()
+        with contextlib.suppress(Exception):
+            await closer()
+        log.info("watch.stopped", worker=app.worker_id)
+    return last

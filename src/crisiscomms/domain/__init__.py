@@ -1,0 +1,2 @@
+"""The pure core: models, the configuration schema, policy, calendar, matching, post text,
+errors and clock. Nothing here does I/O."""

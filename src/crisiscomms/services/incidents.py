@@ -1,0 +1,143 @@
+"""Use cases of the crisis flag: activate and deactivate an incident."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+import structlog
+
+from crisiscomms.adapters.store import SQLiteStore
+from crisiscomms.domain.config import Catalog, Playbook, normalise_hashtag
+from crisiscomms.domain.errors import ConfigError, NotFoundError, RefusedError
+from crisiscomms.domain.matching import (
+    ACTIVATION,
+    STAND_DOWN,
+    lead_agency_sources,
+    match,
+    message_items,
+)
+from crisiscomms.domain.models import Incident, NewOutboxItem, RecordedUpdate
+from crisiscomms.ports import Clock
+
+log = structlog.get_logger(__name__)
+
+
+def check_operator(store: SQLiteStore, catalog: Catalog, clock: Clock, operator: str,
+                   action: str, subject: str) -> None:
+    """Refuse (and audit the refusal) if policy.yaml lists operators and this is not one."""
+    allowed = catalog.policy.operators
+    if allowed and operator not in allowed:
+        store.append_audit(actor=operator, action=f"{action}.refused", subject=subject,
+                           reason=f"operator {operator!r} is not listed in policy.yaml operators",
+                           now=clock.now())
+        raise RefusedError(f"operator {operator!r} may not {action.split('.')[-1]}: not listed "
+                           f"in {catalog.files.get('policy')} operators")
+
+
+def activate(store: SQLiteStore, catalog: Catalog, clock: Clock, *, playbook: str,
+             reason: str, operator: str, hashtags: Sequence[str] = (),
+             lead: str | None = None) -> Incident:
+    """Turn the crisis flag on for a playbook: create the incident, queue its opening posts."""
+    pb = catalog.playbook(playbook)
+    check_operator(store, catalog, clock, operator, "incident.activate", f"playbook:{pb.name}")
+    if not reason.strip():
+        raise ConfigError("--reason: a reason is required (it goes on the audit record)")
+    try:
+        tags = [normalise_hashtag(t) for t in hashtags] or list(pb.hashtags)
+    except ValueError as exc:
+        raise ConfigError(f"--hashtag: {exc}") from None
+    if not tags:
+        raise ConfigError(f"--hashtag: playbook {pb.name!r} has no default hashtags; give one")
+    chosen_lead = lead or pb.default_lead
+    if chosen_lead not in pb.leads:
+        raise ConfigError(f"--lead: {chosen_lead!r} is not an allowed lead of playbook "
+                          f"{pb.name!r} (allowed: {', '.join(pb.leads)})")
+    try:
+        catalog.check_activatable(pb)
+    except RefusedError as exc:
+        store.append_audit(actor=operator, action="incident.activate.refused",
+                           subject=f"playbook:{pb.name}", reason=str(exc), now=clock.now())
+        raise
+    now = clock.now()
+
+    def opening_items(incident: Incident) -> list[NewOutboxItem]:
+        items: list[NewOutboxItem] = []
+        if pb.activation_message:
+            items += message_items(incident, pb, catalog, ACTIVATION, pb.activation_message)
+        items += _backfill(store, catalog, pb, incident)
+        return items
+
+    incident = store.create_incident(
+        playbook=pb.name, hashtags=tags, lead=chosen_lead, reason=reason.strip(),
+        operator=operator, now=now, then=opening_items,
+        details={"channels": sorted({c.channel for c in pb.channels})})
+    log.info("incident.activated", incident=incident.id, playbook=pb.name, lead=chosen_lead,
+             hashtags=tags, operator=operator)
+    return incident
+
+
+def _backfill(store: SQLiteStore, catalog: Catalog, pb: Playbook,
+              incident: Incident) -> list[NewOutboxItem]:
+    """The lead agency's updates published in the window before activation."""
+    leads = sorted(lead_agency_sources(catalog, incident) & {s.source for s in pb.sources})
+    since = incident.activated_at - timedelta(minutes=pb.backfill_minutes)
+    items: list[NewOutboxItem] = []
+    for update, _, _ in store.updates(source_ids=leads, published_from=since):
+        items += match(RecordedUpdate(update, "new"), catalog=catalog,
+                       incidents=[incident]).items
+    return items
+
+
+def resolve_incident(store: SQLiteStore, incident_id: int | None) -> Incident:
+    """The incident named, or the only active one."""
+    if incident_id is not None:
+        return store.get_incident(incident_id)
+    active = store.active_incidents()
+    if not active:
+        raise NotFoundError("no incident is active")
+    if len(active) > 1:
+        ids = ", ".join(str(i.id) for i in active)
+        raise ConfigError(f"several incidents are active ({ids}): name the one to deactivate")
+    return active[0]
+
+
+def deactivate(store: SQLiteStore, catalog: Catalog, clock: Clock, *, incident_id: int | None,
+               reason: str, operator: str) -> Incident:
+    """Stand an incident down; queue its stand-down message. The flag goes off with the last."""
+    if not reason.strip():
+        raise ConfigError("--reason: a reason is required (it goes on the audit record)")
+    incident = resolve_incident(store, incident_id)
+    check_operator(store, catalog, clock, operator, "incident.deactivate",
+                   f"incident:{incident.id}")
+    pb = catalog.playbooks.get(incident.playbook)
+
+    def stand_down(inc: Incident) -> list[NewOutboxItem]:
+        if pb is None or not pb.stand_down_message:
+            return []
+        return message_items(inc, pb, catalog, STAND_DOWN, pb.stand_down_message)
+
+    closed = store.close_incident(incident.id, reason=reason.strip(), operator=operator,
+                                  now=clock.now(), then=stand_down)
+    log.info("incident.deactivated", incident=closed.id, operator=operator)
+    return closed
+
+
+def change_lead(store: SQLiteStore, catalog: Catalog, clock: Clock, *, lead: str, reason: str,
+                operator: str, incident_id: int | None = None) -> Incident:
+    """Hand an active incident's lead to another allowed lead agency."""
+    if not reason.strip():
+        raise ConfigError("--reason: a reason is required (it goes on the audit record)")
+    incident = resolve_incident(store, incident_id)
+    check_operator(store, catalog, clock, operator, "incident.lead_change",
+                   f"incident:{incident.id}")
+    pb = catalog.playbook(incident.playbook)
+    if lead not in pb.leads:
+        raise ConfigError(f"LEAD: {lead!r} is not an allowed lead of playbook {pb.name!r} "
+                          f"(allowed: {', '.join(pb.leads)})")
+    if lead == incident.lead:
+        raise RefusedError(f"{lead!r} already leads incident {incident.id}")
+    changed = store.change_lead(incident.id, lead=lead, reason=reason.strip(),
+                                operator=operator, now=clock.now())
+    log.info("incident.lead_changed", incident=changed.id, lead=lead, operator=operator)
+    return changed
