@@ -5,7 +5,7 @@ Setup (not timed): the bundled playbooks copied to a temp dir with the X ids pin
 ``tests/conftest.py`` does); the ``flooding`` playbook's hourly ceiling raised to 100,000 and
 its per-channel ceilings removed so every item may go; the incident activated through
 ``crisiscomms.services.incidents.activate``; 2,500 source updates recorded and matched into 4
-channel items each (10,000 ``NewOutboxItem``), enqueued with one ``store.enqueue`` call (timed
+channel items each (10,000 ``NewOutboxItem``), enqueued with one unit of work (timed
 separately). Then ``Dispatcher(measure=True).tick(now)`` until nothing is pending.
 
 Reported: items/s (published / wall time of the ticks), p50/p99 of the per-item policy
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import REPO, percentile, quiet_logging, self_peak_rss_mb, write_result
-from crisiscomms.testing import pinned_playbooks
+from crisiscomms.testing import enqueue, pinned_playbooks, record_updates
 
 NOW = datetime(2026, 11, 27, 18, 0, tzinfo=UTC)  # a Friday evening: out of hours
 
@@ -36,7 +36,7 @@ def run(items: int) -> dict[str, Any]:
     from crisiscomms.adapters.store import open_store
     from crisiscomms.domain.clock import FixedClock
     from crisiscomms.domain.matching import match
-    from crisiscomms.domain.models import RecordedUpdate, SourceKind, SourceState, Update
+    from crisiscomms.domain.models import RecordedUpdate, SourceKind, Update
     from crisiscomms.services import incidents
     from crisiscomms.services.dispatch import Dispatcher
     from crisiscomms.settings import DispatchSettings
@@ -65,12 +65,11 @@ def run(items: int) -> dict[str, Any]:
                            title=f"Flooding update {j}", text=f"Road closed near junction {j}.",
                            published_at=NOW - timedelta(seconds=j), fetched_at=NOW).with_hash()
                     for j in range(k, n_updates, len(sources))]
-                state = SourceState(source_id=sid, last_polled_at=NOW)
-                recorded += store.record_poll(state, batch, baseline=False)
+                recorded += record_updates(store, batch, baseline=False)
             new_items = [it for r in recorded
                          for it in match(r, catalog=catalog, incidents=[incident]).items]
             t0 = time.perf_counter()
-            store.enqueue(new_items, now=NOW, actor="bench")
+            enqueue(store, new_items, now=NOW, actor="bench")
             enqueue_s = time.perf_counter() - t0
             pending0 = sum(store.queue_counts().get(s, 0)
                            for s in ("queued", "held", "needs_approval"))

@@ -142,15 +142,15 @@ async def watch_cycles(server: FeedServer, feeds: int, cycles: int, *,
         catalog = Catalog(Path(tmp), base.policy, configs, base.channels, {})
         store = open_store(f"sqlite:///{tmp}/watch.db")
         commits: dict[str, float] = {}
-        original = store.record_poll
+        original = Watcher._record_updates
 
-        def timed_record_poll(state: Any, updates: Any, **kw: Any) -> Any:
-            recorded = original(state, updates, **kw)
-            if recorded:
-                commits[state.source_id] = time.perf_counter()
+        def timed_record_updates(uow: Any, updates: Any, baseline: bool) -> Any:
+            recorded = original(uow, updates, baseline)  # committed right after, same tick
+            for r in recorded:
+                commits[r.update.source_id] = time.perf_counter()
             return recorded
 
-        store.record_poll = timed_record_poll  # type: ignore[method-assign]
+        Watcher._record_updates = staticmethod(timed_record_updates)  # type: ignore[method-assign]
         client = make_async_client(timeout=polling.timeout_seconds)
         parser = FeedParserPool()
         rusage_before = children_cpu_seconds()

@@ -9,6 +9,7 @@ import yaml
 
 from crisiscomms.domain.clock import FixedClock, parse_instant
 from crisiscomms.simulator import World, serve
+from crisiscomms.testing import enqueue
 
 FRI_EVENING = "2026-11-27T18:00:00Z"  # outside staffed hours
 MON_MORNING = "2026-11-30T09:00:00Z"
@@ -69,7 +70,7 @@ def test_windows_and_explain_for_normal_items(cli, home: Path):
 
     cli("status")  # creates the database
     store = open_store(f"sqlite:///{home / 'crisiscomms.db'}")
-    store.enqueue([NewOutboxItem(dedupe_key="normal:x:1", channel_id="x",
+    enqueue(store, [NewOutboxItem(dedupe_key="normal:x:1", channel_id="x",
                                  action=ActionKind.POST, text="Flu clinic tonight")],
                   now=parse_instant(FRI_EVENING))
     store.close()

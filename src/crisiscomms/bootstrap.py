@@ -1,5 +1,6 @@
-"""The composition root: the one place that builds settings, clock, store, adapters and
-workers. Nothing else in the package constructs an adapter or does I/O at import time."""
+"""The composition root: the one place that builds settings, clock, store, adapters and the
+run loop. Nothing else in the package constructs an adapter or does I/O at import time; the
+drill comes through here too, passing its own clock, credentials, catalog, rng and sleep."""
 
 from __future__ import annotations
 
@@ -10,23 +11,27 @@ import os
 import random
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import structlog
+from pydantic import SecretStr
 
 from crisiscomms.adapters.playbooks import load_catalog
-from crisiscomms.adapters.store import SQLiteStore, open_store
+from crisiscomms.adapters.store import open_store
 from crisiscomms.domain.clock import FixedClock, SystemClock, parse_instant
 from crisiscomms.domain.config import Catalog
 from crisiscomms.domain.errors import ConfigError, StoreError
-from crisiscomms.ports import Clock, Publisher, Source
+from crisiscomms.domain.models import WatcherInfo
+from crisiscomms.ports import Clock, Credentials, Publisher, Source, Store
 from crisiscomms.services.dispatch import Dispatcher, DispatchStats
+from crisiscomms.services.runloop import RunLoop
 from crisiscomms.services.watch import CycleStats, Watcher
 from crisiscomms.settings import Settings, channel_secret
 
@@ -59,24 +64,57 @@ def ensure_home(home: Path) -> Path:
     return home
 
 
+class EnvCredentials:
+    """Channel secrets from the environment, ``.env`` or secret files (never playbooks)."""
+
+    def get(self, env_name: str) -> SecretStr | None:
+        return channel_secret(env_name)
+
+
+class MappingCredentials:
+    """Channel secrets from a mapping (a drill's own, for the simulator)."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = dict(values)
+
+    def get(self, env_name: str) -> SecretStr | None:
+        value = self._values.get(env_name)
+        return SecretStr(value) if value else None
+
+
 @dataclass
 class App:
-    """Everything a command needs, built lazily so `--help` and `playbooks validate` stay cheap."""
+    """Everything a command needs, built lazily so `--help` and `playbooks validate` stay cheap.
+
+    ``catalog``, ``credentials``, ``rng`` and ``sleep`` may be given (the drill does); by default
+    they come from the settings, the environment and the system."""
 
     settings: Settings
     clock: Clock
+    given_catalog: Catalog | None = None
+    credential_source: Credentials = field(default_factory=EnvCredentials)
+    rng: random.Random = field(default_factory=random.Random)
+    sleep: Callable[[float], None] | None = None
     _closers: list[Any] = field(default_factory=list)
 
     @cached_property
-    def store(self) -> SQLiteStore:
+    def store(self) -> Store:
         if not self.settings.database_url:
             ensure_home(self.settings.home)
-        store = open_store(self.settings.resolved_database_url)
+        url = self.settings.resolved_database_url
+        password = urlsplit(url).password if "://" in url else None
+        if password:
+            from crisiscomms.logs import register_secrets
+
+            register_secrets([SecretStr(password)])
+        store = open_store(url, pool_size=self.settings.database_pool_size)
         self._closers.append(store.close)
         return store
 
     @cached_property
     def catalog(self) -> Catalog:
+        if self.given_catalog is not None:
+            return self.given_catalog
         return load_catalog(self.settings.playbooks_dir)
 
     @property
@@ -94,7 +132,7 @@ class App:
         channel = self.catalog.channels[channel_id]
         out = {}
         for role, env_name in channel.credentials.items():
-            value = channel_secret(env_name)
+            value = self.credential_source.get(env_name)
             if value is not None:
                 out[role] = value
         return out
@@ -175,11 +213,30 @@ class App:
 
     def watcher(self, sources: list[Source]) -> Watcher:
         return Watcher(store=self.store, catalog=self.catalog, sources=sources,
-                       settings=self.settings.polling, rng=random.Random())
+                       settings=self.settings.polling, rng=self.rng, owner=self.worker_id)
 
     def dispatcher(self, publishers: dict[str, Publisher]) -> Dispatcher:
         return Dispatcher(store=self.store, catalog=self.catalog, publishers=publishers,
-                          settings=self.settings.dispatch, worker_id=self.worker_id)
+                          settings=self.settings.dispatch, worker_id=self.worker_id,
+                          rng=self.rng, sleep=self.sleep, clock=self.clock)
+
+    @contextlib.asynccontextmanager
+    async def run_loop(self, *, dry_run: bool) -> AsyncIterator[RunLoop]:
+        """The watcher's run loop with every adapter it needs; closes them afterwards."""
+        sources, closer = self.build_sources()
+        try:
+            publishers = self.build_publishers(dry_run=dry_run)
+            identity = WatcherInfo(self.worker_id, socket.gethostname(), os.getpid(),
+                                   self.clock.now(), self.clock.now())
+            yield RunLoop(store=self.store, clock=self.clock, watcher=self.watcher(sources),
+                          dispatcher=self.dispatcher(publishers), identity=identity,
+                          rng=self.rng)
+        finally:
+            for src in sources:
+                with contextlib.suppress(Exception):
+                    await src.aclose()
+            with contextlib.suppress(Exception):
+                await closer()
 
 
 class MissingCredentialSource:
@@ -228,33 +285,14 @@ def stop_on_signals() -> Iterator[asyncio.Event]:
 async def run_watch(app: App, *, once: bool, dry_run: bool, tick_seconds: float = 2.0,
                     max_ticks: int | None = None) -> tuple[CycleStats, DispatchStats]:
     """The long-running job: poll due sources, then dispatch, until stopped."""
-    sources, closer = app.build_sources()
-    publishers = app.build_publishers(dry_run=dry_run)
-    watcher = app.watcher(sources)
-    dispatcher = app.dispatcher(publishers)
-    last = (CycleStats(), DispatchStats())
-    ticks = 0
-    try:
+    async with app.run_loop(dry_run=dry_run) as loop:
         with stop_on_signals() as stop:
-            log.info("watch.started", sources=len(sources), channels=len(publishers),
-                     dry_run=dry_run, worker=app.worker_id)
-            while True:
-                now: datetime = app.clock.now()
-                cycle = await watcher.poll_cycle(now)
-                dispatched = await asyncio.to_thread(dispatcher.tick, app.clock.now())
-                last = (cycle, dispatched)
-                ticks += 1
-                if once or stop.is_set() or (max_ticks is not None and ticks >= max_ticks):
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=tick_seconds)
-                if stop.is_set():
-                    break
-    finally:
-        for src in sources:
-            with contextlib.suppress(Exception):
-                await src.aclose()
-        with contextlib.suppress(Exception):
-            await closer()
-        log.info("watch.stopped", worker=app.worker_id)
-    return last
+            log.info("watch.started", sources=len(loop.watcher.sources),
+                     channels=len(loop.dispatcher.publishers), dry_run=dry_run,
+                     worker=app.worker_id, database=app.store.describe())
+            try:
+                result: tuple[CycleStats, DispatchStats] = await loop.run(
+                    stop, once=once, tick_seconds=tick_seconds, max_ticks=max_ticks)
+                return result
+            finally:
+                log.info("watch.stopped", worker=app.worker_id)

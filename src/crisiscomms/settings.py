@@ -66,6 +66,8 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=default_home)
     database_url: str | None = None
+    # Connections per watcher process when the database is PostgreSQL.
+    database_pool_size: Annotated[int, Field(ge=1, le=100)] = 4
     playbooks_dir: Path = Path("playbooks")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"

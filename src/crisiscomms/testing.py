@@ -15,12 +15,26 @@ from pathlib import Path
 
 import yaml
 
+from crisiscomms.adapters.store.memory import MemoryStore
+from crisiscomms.domain import outbox
 from crisiscomms.domain.clock import FixedClock
 from crisiscomms.domain.errors import OutcomeUnknownError, PublishError, SourceError
-from crisiscomms.domain.models import OutboxItem, PollResult, PublishResult, SourceState, Update
+from crisiscomms.domain.models import (
+    ItemEvent,
+    NewAuditEvent,
+    NewOutboxItem,
+    OutboxItem,
+    PollResult,
+    PublishResult,
+    RecordedUpdate,
+    SourceState,
+    Update,
+)
+from crisiscomms.ports import Store
 
-__all__ = ["SIMULATED_X_IDS", "FakeClock", "FakePublisher", "FakeSource", "SentPost",
-           "pinned_playbooks"]
+__all__ = ["SIMULATED_X_IDS", "FakeClock", "FakePublisher", "FakeSource", "MemoryStore",
+           "SentPost", "append_audit", "claim_and_start_send", "enqueue", "pinned_playbooks",
+           "record_updates", "save_source_state"]
 
 # X ids for the bundled X sources in tests, drills and benchmarks (the simulator's, not real).
 SIMULATED_X_IDS = {"essex-police-x": "1000001", "eeast-x": "1000002", "ecfrs-x": "1000003"}
@@ -123,3 +137,56 @@ class FakePublisher:
 
     def close(self) -> None:
         return None
+
+
+# -- store helpers for tests (each one unit of work) ------------------------------------------
+def enqueue(store: Store, items: Iterable[NewOutboxItem], *, now: datetime,
+            actor: str = "test") -> list[int]:
+    """Queue items directly, as the watcher would."""
+    with store.unit_of_work() as uow:
+        ids = uow.outbox.add(list(items), at=now, actor=actor)
+        uow.commit()
+    return ids
+
+
+def append_audit(store: Store, *, actor: str, action: str, subject: str, reason: str,
+                 now: datetime, details: dict[str, object] | None = None) -> None:
+    """Append one audit event."""
+    with store.unit_of_work() as uow:
+        uow.audit.append(NewAuditEvent(actor, action, subject, reason, now, dict(details or {})))
+        uow.commit()
+
+
+def save_source_state(store: Store, state: SourceState) -> None:
+    """Store a source's state outside any poll."""
+    with store.unit_of_work() as uow:
+        uow.sources.save(state)
+        uow.commit()
+
+
+def record_updates(store: Store, updates: Iterable[Update], *,
+                   baseline: bool) -> list[RecordedUpdate]:
+    """Store updates as a poll would (revisions, no matching)."""
+    from crisiscomms.services.watch import Watcher
+
+    with store.unit_of_work() as uow:
+        out = Watcher._record_updates(uow, list(updates), baseline)
+        uow.commit()
+    return out
+
+
+def claim_and_start_send(store: Store, item_id: int, *, worker: str, now: datetime,
+                         lease_seconds: float) -> OutboxItem:
+    """Claim an item and record that its request goes out (what a dispatcher does first)."""
+    from datetime import timedelta
+
+    lease = timedelta(seconds=lease_seconds)
+    with store.unit_of_work() as uow:
+        item = uow.outbox.get(item_id)
+        leased = uow.outbox.save(item, outbox.claim(item, owner=worker, until=now + lease,
+                                                    out_of_hours=False, over_cap=False),
+                                 ItemEvent(now, "leased", f"leased by {worker}", worker))
+        sending = uow.outbox.save(leased, outbox.start_send(leased, at=now, until=now + lease),
+                                  ItemEvent(now, "sending", "request sent", worker))
+        uow.commit()
+    return sending

@@ -18,6 +18,7 @@ from crisiscomms.domain.clock import FixedClock
 from crisiscomms.domain.models import ActionKind, NewOutboxItem
 from crisiscomms.services import incidents
 from crisiscomms.simulator import Faults, World, serve
+from crisiscomms.testing import claim_and_start_send, enqueue
 
 from .harness import (
     CREDENTIALS,
@@ -71,17 +72,15 @@ def crashed_while_sending(tmp_path: Path, channel: str, monkeypatch: pytest.Monk
             store = app.store
             incident = incidents.activate(store, app.catalog, clock, playbook=PLAYBOOK,
                                           reason="chaos", operator="chaos")
-            ids = store.enqueue([
+            ids = enqueue(store, [
                 NewOutboxItem(dedupe_key=f"chaos:{channel}:{n}", channel_id=channel,
                               action=ActionKind.POST, text=f"CHAOS-{n:04d} post number {n}",
                               incident_id=incident.id, url=f"https://example.org/chaos/{n}")
                 for n in range(1 + others)], now=clock.now())
             publishers = app.build_publishers(dry_run=False)
             lease = timedelta(seconds=app.settings.dispatch.lease_seconds)
-            claimed = store.claim(ids[0], worker="A", now=clock.now(), lease=lease,
-                                  out_of_hours=False, over_cap=False)
-            assert claimed is not None
-            assert store.mark_sending(ids[0], worker="A", now=clock.now(), lease=lease)
+            claimed = claim_and_start_send(store, ids[0], worker="A", now=clock.now(),
+                                           lease_seconds=lease.total_seconds())
             publishers[channel].publish(claimed, None)  # ...and A dies here
             yield Crashed(app, world, clock, ids[0], dispatcher_for(app, publishers, "B"))
         finally:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from crisiscomms.adapters.store import base as store_base
+from crisiscomms.adapters.store import migrations as store_base
 from crisiscomms.adapters.store import open_store
 from crisiscomms.domain.clock import SystemClock
 from crisiscomms.domain.errors import StoreError
@@ -124,7 +124,7 @@ def test_disk_full_gives_a_clear_error_and_no_corruption(env, tmp_path: Path):
     audit_ok(env, tmp_path)
 
 
-LATEST = max(v for v, _, _ in store_base.MIGRATIONS)
+LATEST = max(v for v, _, _ in store_base.SQLITE_MIGRATIONS)
 NEXT = LATEST + 1
 BROKEN = (NEXT, "half_done", "CREATE TABLE half_done (id INTEGER PRIMARY KEY);\n"
                              "INSERT INTO no_such_table VALUES (1);")
@@ -137,8 +137,8 @@ def test_a_migration_failing_half_way_leaves_the_previous_version(
     store = open_store(f"sqlite:///{db}")
     assert store.schema_version == LATEST
     store.close()
-    original = list(store_base.MIGRATIONS)
-    monkeypatch.setattr(store_base, "MIGRATIONS", [*original, BROKEN])
+    original = list(store_base.SQLITE_MIGRATIONS)
+    monkeypatch.setattr(store_base, "SQLITE_MIGRATIONS", [*original, BROKEN])
 
     with pytest.raises(StoreError, match=f"migration {NEXT} \\(half_done\\)"):
         open_store(f"sqlite:///{db}")
@@ -152,12 +152,12 @@ def test_a_migration_failing_half_way_leaves_the_previous_version(
     assert integrity(db) == "ok"
 
     # A restart with the good migrations works, and a fixed migration 2 applies whole.
-    monkeypatch.setattr(store_base, "MIGRATIONS", original)
+    monkeypatch.setattr(store_base, "SQLITE_MIGRATIONS", original)
     store = open_store(f"sqlite:///{db}")
     assert store.schema_version == LATEST
     assert store.verify_audit().ok
     store.close()
-    monkeypatch.setattr(store_base, "MIGRATIONS", [*original, GOOD])
+    monkeypatch.setattr(store_base, "SQLITE_MIGRATIONS", [*original, GOOD])
     store = open_store(f"sqlite:///{db}")
     assert store.schema_version == NEXT
     store.close()
@@ -189,7 +189,7 @@ def test_sqlite_sees_no_open_transaction_after_a_failed_migration(tmp_path: Path
     """The failed script's transaction is rolled back, not left open on the connection."""
     db = tmp_path / "x.db"
     open_store(f"sqlite:///{db}").close()
-    monkeypatch.setattr(store_base, "MIGRATIONS", [*store_base.MIGRATIONS, BROKEN])
+    monkeypatch.setattr(store_base, "SQLITE_MIGRATIONS", [*store_base.SQLITE_MIGRATIONS, BROKEN])
     with pytest.raises(StoreError):
         open_store(f"sqlite:///{db}")
     other = sqlite3.connect(db, timeout=0.1, isolation_level=None)

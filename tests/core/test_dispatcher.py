@@ -12,6 +12,7 @@ from crisiscomms.domain.errors import PermanentPublishError, RateLimitedError, T
 from crisiscomms.domain.models import ActionKind, NewOutboxItem
 from crisiscomms.services import incidents
 from crisiscomms.services import queue as operations
+from crisiscomms.testing import enqueue
 from tests.core.helpers import FRI_EVENING, WED_MORNING, make_world, update
 
 
@@ -79,7 +80,7 @@ def test_normal_items_pause_during_a_crisis_and_resume_after(world):
     world.clock.set(WED_MORNING)
     item = NewOutboxItem(dedupe_key="normal:x:post:manual:1", channel_id="x",
                          action=ActionKind.POST, text="Flu jab clinics this week")
-    world.store.enqueue([item], now=world.clock.now())
+    enqueue(world.store, [item], now=world.clock.now())
     (it,) = world.store.items()
     operations.approve(world.store, world.catalog, world.clock, it.id, "alice", "ok")
     inc = activate(world, "major-incident")
@@ -117,7 +118,7 @@ def test_rate_limit_pauses_the_channel_until_reset(world):
     d.tick(world.clock.now())
     assert len(x.posts) == 2
     ch = world.store.channel_states()["x"]
-    assert ch["rate_limit_waits"] == 1 and ch["rate_limit_wait_seconds"] == 900
+    assert ch.rate_limit_waits == 1 and ch.rate_limit_wait_seconds == 900
 
 
 def test_permanent_failure_is_recorded_and_not_retried(world):

@@ -10,6 +10,7 @@ import pytest
 from crisiscomms.domain.errors import PermanentSourceError, TransientSourceError
 from crisiscomms.domain.models import CapInfo
 from crisiscomms.services import incidents
+from crisiscomms.testing import record_updates
 from tests.core.helpers import FRI_EVENING, make_world, update
 
 
@@ -77,8 +78,8 @@ def test_filters_and_not_actual_cap_are_recorded(world):
 def test_backfill_queues_lead_updates_from_before_activation(world):
     src = world.sources["essex-police-x"]
     # The watcher already knows the lead's recent posts (e.g. via another playbook).
-    world.store.record_poll(
-        world.store.source_state("essex-police-x"),
+    record_updates(
+        world.store,
         [update("essex-police-x", "old", at=FRI_EVENING - timedelta(hours=3)),
          update("essex-police-x", "recent", at=FRI_EVENING - timedelta(minutes=30))],
         baseline=True)

@@ -24,6 +24,7 @@ from crisiscomms.adapters.store import open_store
 from crisiscomms.domain.models import SourceKind, SourceState
 from crisiscomms.services.watch import Watcher
 from crisiscomms.settings import PollingSettings
+from crisiscomms.testing import save_source_state
 from tests.sources.sources_helpers import NOW, FakeResolver
 
 from .adapters import build, config_for, serve_case
@@ -61,7 +62,7 @@ async def test_watcher_survives_every_hostile_source_at_once(
     store = open_store(f"sqlite:///{tmp_path / 'w.db'}")
     try:
         # The good feed was seen before, so its items are new (not a silent baseline).
-        store.save_source_state(SourceState(source_id=GOOD_ID, baseline_done=True))
+        save_source_state(store, SourceState(source_id=GOOD_ID, baseline_done=True))
         watcher = Watcher(store=store, catalog=catalog, sources=sources,
                           settings=PollingSettings(jitter_seconds=0), rng=random.Random(3))
         stats = await watcher.poll_cycle(NOW)  # must not raise

@@ -15,7 +15,6 @@ import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -138,7 +137,9 @@ def test_drill_and_cli_outputs_never_contain_a_secret(
     for env, value in secrets.items():
         monkeypatch.setenv(env, value)
     # Use OUR credentials, not the drill's stand-ins.
-    monkeypatch.setattr(runner, "drill_credentials", lambda *_a, **_k: _nothing())
+    from crisiscomms.bootstrap import EnvCredentials
+
+    monkeypatch.setattr(runner, "drill_credentials", lambda *_a, **_k: EnvCredentials())
     real_secret = runner.SecretStr
     monkeypatch.setattr(runner, "SecretStr", lambda v: real_secret(
         secrets["CRISISCOMMS_X_BEARER_TOKEN"] if v == "drill-bearer-token" else v))
@@ -177,14 +178,6 @@ def test_drill_and_cli_outputs_never_contain_a_secret(
     assert not grep_tree(home), grep_tree(home)
     assert not grep_tree(tmp_path / "r.html") if (tmp_path / "r.html").is_file() else True
     assert not grep_database(home / "drill.db")
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 # ----------------------------------------------------------------- 401s that echo the token

@@ -13,6 +13,7 @@ import pytest
 
 from crisiscomms.adapters.store import open_store
 from crisiscomms.bootstrap import ensure_home
+from crisiscomms.testing import append_audit
 from tests.sources.sources_helpers import NOW
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +37,7 @@ def test_database_files_are_0600_whatever_the_umask(tmp_path: Path) -> None:
     try:
         store = open_store(f"sqlite:///{tmp_path / 'home' / 'c.db'}")
         try:
-            store.append_audit(actor="t", action="test.write", subject="s", reason="r", now=NOW)
+            append_audit(store, actor="t", action="test.write", subject="s", reason="r", now=NOW)
             files = sorted((tmp_path / "home").glob("c.db*"))
             assert files, "no database file"
             for f in files:  # c.db, c.db-wal, c.db-shm
@@ -74,7 +75,7 @@ def test_cli_creates_home_0700_and_database_0600(tmp_path: Path,
 def _store_with_events(path: Path, n: int = 6):  # type: ignore[no-untyped-def]
     store = open_store(f"sqlite:///{path}")
     for i in range(n):
-        store.append_audit(actor=f"op{i}", action="incident.activated" if i % 2 else
+        append_audit(store, actor=f"op{i}", action="incident.activated" if i % 2 else
                            "outbox.approved", subject=f"item:{i}", reason=f"reason {i}",
                            now=NOW + timedelta(minutes=i), details={"i": i})
     assert store.verify_audit().ok

@@ -81,6 +81,9 @@ def lead(
     typer.echo(f"incident {inc.id}: lead is now {inc.lead}")
 
 
+LIVE_SECONDS = 120  # a watcher heartbeats every 10 s; two minutes of silence means gone
+
+
 def status(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -94,16 +97,29 @@ def status(
          "last_ok_at": isoformat(s.last_ok_at) if s.last_ok_at else None}
         for s in app.store.source_states()
     ]
-    channels = {k: {**v, "paused_until": isoformat(v["paused_until"])
-                    if v["paused_until"] else None}
+    channels = {k: {"paused_until": isoformat(v.paused_until) if v.paused_until else None,
+                    "last_error": v.last_error, "rate_limit_waits": v.rate_limit_waits,
+                    "rate_limit_wait_seconds": v.rate_limit_wait_seconds}
                 for k, v in app.store.channel_states().items()}
-    data = {"crisis_flag": bool(active), "at": isoformat(app.clock.now()),
+    now = app.clock.now()
+    watchers = [{"worker": w.worker_id, "host": w.host, "pid": w.pid,
+                 "started_at": isoformat(w.started_at), "last_seen_at": isoformat(w.last_seen_at),
+                 "live": (now - w.last_seen_at).total_seconds() <= LIVE_SECONDS}
+                for w in app.store.watchers()]
+    data = {"crisis_flag": bool(active), "at": isoformat(now),
+            "database": app.store.describe(),
             "incidents": [incident_json(i) for i in active], "queue": counts,
-            "sources": sources, "channels": channels}
+            "sources": sources, "channels": channels, "watchers": watchers}
     if json_out:
         echo_json(data)
         return
     typer.echo(f"crisis flag: {'ON' if active else 'off'}")
+    typer.echo(f"database: {data['database']}")
+    live = [w for w in watchers if w["live"]]
+    typer.echo(f"watchers: {len(live)} live" + ("" if live else
+                                                " (none seen in the last 2 minutes)"))
+    for w in live:
+        typer.echo(f"  {w['host']} pid {w['pid']}  last heartbeat {w['last_seen_at']}")
     for i in active:
         typer.echo(f"  incident {i.id}: {i.playbook}  lead {i.lead}  {' '.join(i.hashtags)}")
         typer.echo(f"    since {isoformat(i.activated_at)} by {i.activated_by}: {i.reason}")

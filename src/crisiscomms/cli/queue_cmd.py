@@ -11,6 +11,7 @@ from crisiscomms.cli.state import echo_json, get_app, option_instant
 from crisiscomms.domain.clock import isoformat
 from crisiscomms.domain.models import OutboxItem
 from crisiscomms.services import queue as ops
+from crisiscomms.services import windows
 
 app = typer.Typer(help="Inspect the outbox and act on items (every action is audited).",
                   no_args_is_help=True)
@@ -76,13 +77,15 @@ def show(item: ItemId, json_out: Json = False) -> None:
     it = store.get_item(item)
     events = store.item_events(item)
     if json_out:
-        echo_json({**item_json(it), "history": events})
+        echo_json({**item_json(it), "history": [
+            {"at": e.at, "state": e.state, "reason": e.reason, "actor": e.actor,
+             "details": e.details} for e in events]})
         return
     for k, v in item_json(it).items():
         typer.echo(f"{k:>12}: {v}")
     typer.echo("     history:")
     for e in events:
-        typer.echo(f"   {isoformat(e['at'])} {e['state']:<15} {e['actor']:<14} {e['reason']}")
+        typer.echo(f"   {isoformat(e.at)} {e.state:<15} {e.actor:<14} {e.reason}")
 
 
 def _done(item: OutboxItem, json_out: bool) -> None:
@@ -155,8 +158,8 @@ def window_add(
     a = get_app()
     start, end = option_instant("--from", from_), option_instant("--to", to)
     assert start is not None and end is not None
-    w = ops.add_window(a.store, a.catalog, a.clock, start, end, reason,
-                       operator or default_operator())
+    w = windows.add_window(a.store, a.catalog, a.clock, start, end, reason,
+                           operator or default_operator())
     typer.echo(f"window {w.id}: {isoformat(w.start)} to {isoformat(w.end)}: {w.reason}")
 
 
@@ -178,8 +181,8 @@ def window_remove(window: Annotated[int, typer.Argument(help="Window id.")],
                   operator: Operator = None) -> None:
     """Remove a live-event window."""
     a = get_app()
-    a.store.remove_window(window, operator=operator or default_operator(), reason=reason,
-                          now=a.clock.now())
+    windows.remove_window(a.store, a.catalog, a.clock, window, reason,
+                          operator or default_operator())
     typer.echo(f"window {window} removed")
 
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +11,7 @@ import typer
 from crisiscomms.bootstrap import run_watch
 from crisiscomms.cli.state import echo_json, get_app, option_instant
 from crisiscomms.domain.errors import ConfigError, NotFoundError
+from crisiscomms.report.files import write_atomically
 
 
 def watch(
@@ -91,24 +89,6 @@ def report(
         return
     write_atomically(output, text)
     typer.echo(f"report written: {output}", err=True)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path`` and rename: never a half-written report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        # mkstemp makes the file 0600; a report is for sharing, so honour the umask instead.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def register(app: typer.Typer) -> None:

@@ -8,9 +8,11 @@ each into one line and the exit code named on its class::
     │   └── PlaybookError                 exit 2  a playbook file is invalid
     ├── NotFoundError                     exit 2  unknown playbook, incident, item, source, channel
     ├── RefusedError                      exit 3  an operator or action is not allowed (audited)
+    │   └── TransitionRefusedError        exit 3  an outbox item is not in a state that allows it
     ├── StoreError                        exit 1  the database cannot be used
     │   ├── StoreLockedError              exit 1  another process holds the lock too long
-    │   └── StoreCorruptError             exit 1  not a crisiscomms database / corrupt / too new
+    │   ├── StoreCorruptError             exit 1  not a crisiscomms database / corrupt / too new
+    │   └── StaleWriteError               exit 1  a lease or version was overtaken: nothing written
     ├── AuditChainError                   exit 1  the audit chain does not verify
     ├── SourceError                       (per source; the watcher logs, counts and carries on)
     │   ├── TransientSourceError          network, 5xx, timeouts: back off and try again
@@ -60,6 +62,10 @@ class RefusedError(CrisisCommsError):
     exit_code = 3
 
 
+class TransitionRefusedError(RefusedError):
+    """An outbox item is not in a state from which the asked transition is allowed."""
+
+
 class StoreError(CrisisCommsError):
     """The store cannot be used."""
 
@@ -70,6 +76,12 @@ class StoreLockedError(StoreError):
 
 class StoreCorruptError(StoreError):
     """The database file is corrupt, not ours, or from a newer version."""
+
+
+class StaleWriteError(StoreError):
+    """A write carried a fencing token or version that another worker or operator has since
+    overtaken (its lease expired and was taken over, or the item changed): nothing was written.
+    """
 
 
 class AuditChainError(CrisisCommsError):

@@ -197,6 +197,8 @@ class OutboxItem:
     over_cap: bool = False
     native: NativeRef | None = None
     url: str = ""
+    version: int = 0  # bumped by every stored change: a write based on an older copy is refused
+    fence: int = 0  # the fencing token: bumped by every claim and take-over of the lease
 
     @property
     def body(self) -> str:
@@ -278,6 +280,9 @@ class SourceState:
     last_error_class: str | None = None
     error_count: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    lease_owner: str | None = None  # the watcher polling it now
+    lease_until: datetime | None = None
+    fence: int = 0  # bumped by every claim: a poll recorded under an older token is refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,3 +354,48 @@ class RecordedUpdate:
 
     update: Update
     status: str  # "new" | "revision" | "seen"
+
+
+@dataclass(frozen=True, slots=True)
+class ItemEvent:
+    """One line of an outbox item's own history (beside the audit trail)."""
+
+    at: datetime
+    state: str
+    reason: str
+    actor: str = "system"
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NewAuditEvent:
+    """An audit event as a service writes it; the store links it into the chain."""
+
+    actor: str
+    action: str
+    subject: str
+    reason: str
+    at: datetime
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WatcherInfo:
+    """A watcher process as its heartbeat last described it."""
+
+    worker_id: str
+    host: str
+    pid: int
+    started_at: datetime
+    last_seen_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelState:
+    """What the dispatcher remembers about one of our channels."""
+
+    channel_id: str
+    paused_until: datetime | None = None
+    last_error: str | None = None
+    rate_limit_waits: int = 0
+    rate_limit_wait_seconds: float = 0.0

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from crisiscomms.adapters.store import SQLiteStore
 from crisiscomms.domain.clock import parse_instant
 from crisiscomms.domain.config import Catalog
 from crisiscomms.domain.matching import lead_agency_sources
 from crisiscomms.domain.workcal import is_staffed
 from crisiscomms.drill.scenario import Expectation, Scenario
+from crisiscomms.ports import Store
 
 UNFINISHED = ("queued", "leased", "sending", "held", "needs_approval", "needs_review")
 
@@ -25,7 +25,7 @@ class Outcome:
     detail: str
 
 
-def _pauses(store: SQLiteStore, channel: str) -> list[tuple[datetime, datetime]]:
+def _pauses(store: Store, channel: str) -> list[tuple[datetime, datetime]]:
     out = []
     for e in store.audit_events(action_prefix="channel.rate_limited"):
         if e.subject == f"channel:{channel}":
@@ -42,7 +42,7 @@ def _bursts(world: Any, platforms: set[str]) -> list[tuple[datetime, datetime]]:
             if name in platforms]
 
 
-def lead_amplified(x: Expectation, store: SQLiteStore, catalog: Catalog,
+def lead_amplified(x: Expectation, store: Store, catalog: Catalog,
                    world: Any) -> Outcome:
     channel = x.channel or "x"
     within = x.within_seconds or 60
@@ -87,7 +87,7 @@ def lead_amplified(x: Expectation, store: SQLiteStore, catalog: Catalog,
     return Outcome(f"lead_amplified[{channel}]", ok, detail)
 
 
-def no_normal_post_outside_staffed_hours(x: Expectation, store: SQLiteStore, catalog: Catalog,
+def no_normal_post_outside_staffed_hours(x: Expectation, store: Store, catalog: Catalog,
                                          world: Any) -> Outcome:
     windows = store.windows()
     normal = [i for i in store.items(states=["published"]) if i.incident_id is None]
@@ -98,7 +98,7 @@ def no_normal_post_outside_staffed_hours(x: Expectation, store: SQLiteStore, cat
                    + (f" (items {bad[:5]})" if bad else ""))
 
 
-def no_duplicates(x: Expectation, store: SQLiteStore, catalog: Catalog, world: Any) -> Outcome:
+def no_duplicates(x: Expectation, store: Store, catalog: Catalog, world: Any) -> Outcome:
     dup_groups = world.duplicates()
     per_update = Counter((i.channel_id, i.update_id) for i in store.items(states=["published"])
                          if i.update_id is not None)
@@ -108,7 +108,7 @@ def no_duplicates(x: Expectation, store: SQLiteStore, catalog: Catalog, world: A
                    f"groups; {len(ours)} updates published twice on a channel")
 
 
-def nothing_left_queued(x: Expectation, store: SQLiteStore, catalog: Catalog,
+def nothing_left_queued(x: Expectation, store: Store, catalog: Catalog,
                         world: Any) -> Outcome:
     left = store.items(states=list(UNFINISHED))
     return Outcome("nothing_left_queued", not left,
@@ -117,14 +117,14 @@ def nothing_left_queued(x: Expectation, store: SQLiteStore, catalog: Catalog,
                                                      for i in left[:3]))
 
 
-def audit_chain_verifies(x: Expectation, store: SQLiteStore, catalog: Catalog,
+def audit_chain_verifies(x: Expectation, store: Store, catalog: Catalog,
                          world: Any) -> Outcome:
     r = store.verify_audit()
     return Outcome("audit_chain_verifies", r.ok,
                    f"{r.count} events, head {r.head_hash[:16]}…" if r.ok else r.problem)
 
 
-def published_matches_simulator(x: Expectation, store: SQLiteStore, catalog: Catalog,
+def published_matches_simulator(x: Expectation, store: Store, catalog: Catalog,
                                 world: Any) -> Outcome:
     ours = Counter(str(catalog.channels[i.channel_id].platform)
                    for i in store.items(states=["published"]))
@@ -134,21 +134,21 @@ def published_matches_simulator(x: Expectation, store: SQLiteStore, catalog: Cat
                                                 for k in sorted(set(ours) | set(theirs))))
 
 
-def normal_item_paused_then_resumed(x: Expectation, store: SQLiteStore, catalog: Catalog,
+def normal_item_paused_then_resumed(x: Expectation, store: Store, catalog: Catalog,
                                     world: Any) -> Outcome:
     hits = []
     for it in store.items():
         if it.incident_id is not None:
             continue
         events = store.item_events(it.id)
-        if any(e["reason"].startswith("paused: incident") for e in events) and \
+        if any(e.reason.startswith("paused: incident") for e in events) and \
                 str(it.state) == "published":
             hits.append(it.id)
     return Outcome("normal_item_paused_then_resumed", bool(hits),
                    f"{len(hits)} normal-mode items paused during the incident, then published")
 
 
-def over_cap_posts(x: Expectation, store: SQLiteStore, catalog: Catalog, world: Any) -> Outcome:
+def over_cap_posts(x: Expectation, store: Store, catalog: Catalog, world: Any) -> Outcome:
     n = sum(1 for i in store.items(states=["published"], channel_id=x.channel)
             if i.incident_id is not None and i.over_cap)
     need = x.min if x.min is not None else 1
@@ -156,33 +156,33 @@ def over_cap_posts(x: Expectation, store: SQLiteStore, catalog: Catalog, world: 
                    f"{n} crisis posts over the normal weekly cap (need >= {need})")
 
 
-def no_request_during_rate_limit(x: Expectation, store: SQLiteStore, catalog: Catalog,
+def no_request_during_rate_limit(x: Expectation, store: Store, catalog: Catalog,
                                  world: Any) -> Outcome:
     bad = world.rate_limit_violations()
     return Outcome("no_request_during_rate_limit", not bad,
                    f"{len(bad)} requests sent between a 429 and its reset")
 
 
-def rate_limited(x: Expectation, store: SQLiteStore, catalog: Catalog, world: Any) -> Outcome:
+def rate_limited(x: Expectation, store: Store, catalog: Catalog, world: Any) -> Outcome:
     n = len(_pauses(store, x.channel or "x"))
     need = x.min if x.min is not None else 1
     return Outcome(f"rate_limited[{x.channel}]", n >= need,
                    f"{n} rate-limit pauses honoured (need >= {need})")
 
 
-def held_outside_staffed_hours(x: Expectation, store: SQLiteStore, catalog: Catalog,
+def held_outside_staffed_hours(x: Expectation, store: Store, catalog: Catalog,
                                world: Any) -> Outcome:
     n = 0
     for it in store.items():
         if it.incident_id is None and (x.source is None or it.source_id == x.source) and \
-                any("outside staffed hours" in e["reason"] for e in store.item_events(it.id)):
+                any("outside staffed hours" in e.reason for e in store.item_events(it.id)):
             n += 1
     need = x.min if x.min is not None else 1
     return Outcome(f"held_outside_staffed_hours[{x.source or 'any'}]", n >= need,
                    f"{n} normal-mode items held outside staffed hours (need >= {need})")
 
 
-def published_count(x: Expectation, store: SQLiteStore, catalog: Catalog,
+def published_count(x: Expectation, store: Store, catalog: Catalog,
                     world: Any) -> Outcome:
     n = len(store.items(states=["published"], channel_id=x.channel))
     ok = (x.min is None or n >= x.min) and (x.max is None or n <= x.max)
@@ -190,7 +190,7 @@ def published_count(x: Expectation, store: SQLiteStore, catalog: Catalog,
                    f"{n} published (min {x.min}, max {x.max})")
 
 
-CHECKS: dict[str, Callable[[Expectation, SQLiteStore, Catalog, Any], Outcome]] = {
+CHECKS: dict[str, Callable[[Expectation, Store, Catalog, Any], Outcome]] = {
     "lead_amplified": lead_amplified,
     "no_normal_post_outside_staffed_hours": no_normal_post_outside_staffed_hours,
     "no_duplicates": no_duplicates,
@@ -206,7 +206,7 @@ CHECKS: dict[str, Callable[[Expectation, SQLiteStore, Catalog, Any], Outcome]] =
 }
 
 
-def check_all(scenario: Scenario, store: SQLiteStore, catalog: Catalog,
+def check_all(scenario: Scenario, store: Store, catalog: Catalog,
               world: Any) -> list[Outcome]:
     """Run every expectation of the scenario."""
     return [CHECKS[x.kind](x, store, catalog, world) for x in scenario.expectations]

@@ -4,11 +4,9 @@ simulated clock, then the expectations and the post-incident report."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import random
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from crisiscomms.adapters.playbooks import load_catalog
-from crisiscomms.bootstrap import App
+from crisiscomms.bootstrap import App, MappingCredentials
 from crisiscomms.domain.clock import FixedClock
 from crisiscomms.domain.config import Catalog, cross_check
 from crisiscomms.domain.errors import ConfigError, CrisisCommsError
@@ -26,8 +24,6 @@ from crisiscomms.drill.expectations import Outcome, check_all
 from crisiscomms.drill.scenario import Event, Scenario, load_scenario
 from crisiscomms.services import incidents
 from crisiscomms.services import queue as operations
-from crisiscomms.services.dispatch import Dispatcher
-from crisiscomms.services.watch import Watcher
 from crisiscomms.settings import DispatchSettings, PollingSettings, Settings
 from crisiscomms.simulator import Faults, World, serve
 
@@ -110,24 +106,16 @@ def drill_catalog(base: Catalog, scenario: Scenario, sim: Any, path: Path) -> Ca
     return replace(base, sources=out, channels=channels, playbooks=playbooks)
 
 
-@contextlib.contextmanager
-def drill_credentials(catalog: Catalog, x_me_id: str) -> Iterator[None]:
-    """Give every channel drill credentials for the duration (the simulator accepts any)."""
-    saved: dict[str, str | None] = {}
-    try:
-        for ch in catalog.channels.values():
-            for role, env in ch.credentials.items():
-                saved[env] = os.environ.get(env)
-                # tweepy reads our user id from the access token's prefix.
-                os.environ[env] = f"{x_me_id}-drill-{role}" if role == "access_token" \
-                    else f"drill-{role}"
-        yield
-    finally:
-        for env, value in saved.items():
-            if value is None:
-                os.environ.pop(env, None)
-            else:
-                os.environ[env] = value
+def drill_credentials(catalog: Catalog, x_me_id: str) -> MappingCredentials:
+    """Drill credentials for every channel (the simulator accepts any), passed to the app, never
+    written into the environment."""
+    values: dict[str, str] = {}
+    for ch in catalog.channels.values():
+        for role, env in ch.credentials.items():
+            # tweepy reads our user id from the access token's prefix.
+            values[env] = f"{x_me_id}-drill-{role}" if role == "access_token" \
+                else f"drill-{role}"
+    return MappingCredentials(values)
 
 
 class Drill:
@@ -171,11 +159,11 @@ class Drill:
                 source_base_urls={"x": sim.url_for("x"), "mastodon": sim.url_for("mastodon"),
                                   "bluesky": sim.url_for("bluesky")},
                 worker_id="drill")
-            app = App(settings=settings, clock=self.clock)
-            app.__dict__["catalog"] = catalog  # the cached property, pointed at the simulator
+            app = App(settings=settings, clock=self.clock, given_catalog=catalog,
+                      credential_source=drill_credentials(catalog, self.world.accounts.x_me.id),
+                      rng=random.Random(self.scenario.seed), sleep=lambda _s: None)
             try:
-                with drill_credentials(catalog, self.world.accounts.x_me.id):
-                    asyncio.run(self._loop(app))
+                asyncio.run(self._loop(app))
                 outcomes = check_all(self.scenario, app.store, catalog, self.world)
                 report = self._report(app, catalog, report_path)
                 published = sorted((i.channel_id, str(i.action), i.dedupe_key)
@@ -198,22 +186,14 @@ class Drill:
                 raise ConfigError(f"{where}.post.channel: unknown channel {e.post.channel!r}")
 
     async def _loop(self, app: App) -> None:
-        sources, closer = app.build_sources()
-        publishers = app.build_publishers(dry_run=False)
-        rng = random.Random(self.scenario.seed)
-        watcher = Watcher(store=app.store, catalog=app.catalog, sources=sources,
-                          settings=app.settings.polling, rng=rng)
-        dispatcher = Dispatcher(store=app.store, catalog=app.catalog, publishers=publishers,
-                                settings=app.settings.dispatch, worker_id="drill", rng=rng,
-                                sleep=lambda _s: None)
         events = sorted(self.scenario.events, key=lambda e: e.at)
         progress = Progress(now=self.clock.now(), events_total=len(events))
         step = timedelta(seconds=self.scenario.step_seconds)
         pending = list(events)
-        try:
-            for e in pending:
-                if e.publish:
-                    self._script_publish(app.catalog, e)
+        for e in pending:
+            if e.publish:
+                self._script_publish(app.catalog, e)
+        async with app.run_loop(dry_run=False) as loop:
             while self.clock.now() <= self.scenario.end:
                 now = self.clock.now()
                 while pending and pending[0].at <= now:
@@ -221,8 +201,7 @@ class Drill:
                     self._apply(app, e)
                     progress.events_done += 1
                     progress.last_event = e.note or e.kind
-                cycle = await watcher.poll_cycle(now)
-                stats = await asyncio.to_thread(dispatcher.tick, now)
+                cycle, stats = await loop.tick(now)
                 progress.now = now
                 progress.seen += cycle.new_updates
                 progress.queued += cycle.queued
@@ -234,11 +213,6 @@ class Drill:
                 if self.speed > 0:
                     await asyncio.sleep(step.total_seconds() / self.speed)
                 self.clock.set(now + step)
-        finally:
-            for src in sources:
-                with contextlib.suppress(Exception):
-                    await src.aclose()
-            await closer()
 
     def _script_publish(self, catalog: Catalog, e: Event) -> None:
         assert e.publish is not None
@@ -283,10 +257,10 @@ class Drill:
                     operations.reject(store, catalog, clock, it.id, rj.operator, rj.reason)
             elif e.post:
                 self.post_seq += 1
-                (new_id,) = store.enqueue([NewOutboxItem(
+                (new_id,) = operations.enqueue(store, [NewOutboxItem(
                     dedupe_key=f"drill:{self.scenario.name}:post:{self.post_seq}",
                     channel_id=e.post.channel, action=ActionKind.POST, text=e.post.text,
-                    approval="manual", reason="scheduled by the team")], now=clock.now(),
+                    approval="manual", reason="scheduled by the team")], clock,
                     actor=e.post.operator)
                 operations.approve(store, catalog, clock, new_id, e.post.operator,
                                    "scheduled post")
@@ -306,8 +280,8 @@ class Drill:
                 from None
 
     def _report(self, app: App, catalog: Catalog, report_path: Path | None) -> Path | None:
-        from crisiscomms.cli.runtime_cmd import write_atomically
         from crisiscomms.report import build_incident_report, render
+        from crisiscomms.report.files import write_atomically
 
         incs = app.store.incidents()
         if not incs:

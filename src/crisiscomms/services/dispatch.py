@@ -1,24 +1,20 @@
-"""The dispatch half of the watcher: every pending outbox item gets a policy decision, and what
-may go out goes out exactly once.
+"""The dispatch service: every pending outbox item gets a policy decision, and what may go out
+goes out exactly once.
 
-The outbox is a state machine::
-
-    queued ──► leased ──► sending ──► published
-      ▲  │        │          │ ├────► failed         (permanent error, or attempts used up)
-      │  │        │          │ ├────► queued/held    (transient error or 429: later)
-      │  │        │          │ └────► needs_review   (outcome unknown, platform can't tell)
-      │  ├─► held / needs_approval / skipped          (policy decisions; operators act on them)
-      └──┴── lease expired (crashed worker): leased ─► queued; sending ─► ask the platform
-
-A request is only sent after ``sending`` is committed, so after a crash the dispatcher knows
-which items may have reached the platform and asks the platform (``find_existing``) before
-ever sending them again.
+The states and their transitions are ``crisiscomms.domain.outbox``. A request is only sent after
+``sending`` is committed, so after a crash the dispatcher knows which items may have reached the
+platform and asks the platform (``find_existing``) before ever sending them again. Every claim
+carries a fencing token: a worker whose lease was taken over cannot publish, requeue or fail the
+item any more (the store refuses, and the refusal is logged and audited). The lease of a send is
+dated from the moment the send starts and renewed while the request is in flight, so a slow
+platform never lets a second worker take the item over from a live one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,14 +22,15 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from crisiscomms.adapters.store import SQLiteStore
-from crisiscomms.adapters.store.sqlite import PENDING
+from crisiscomms.domain import outbox
+from crisiscomms.domain.clock import isoformat
 from crisiscomms.domain.config import Catalog
 from crisiscomms.domain.errors import (
     OutcomeUnknownError,
     PermanentPublishError,
     PublishError,
     RateLimitedError,
+    StaleWriteError,
     StoreError,
     TransientPublishError,
 )
@@ -41,18 +38,28 @@ from crisiscomms.domain.models import (
     ChannelCounters,
     DecisionAction,
     Incident,
+    ItemEvent,
     ItemState,
     LiveWindow,
+    NewAuditEvent,
     OutboxItem,
+    PublishResult,
     Update,
 )
+from crisiscomms.domain.outbox import PENDING
 from crisiscomms.domain.policy import decide
 from crisiscomms.domain.workcal import local, week_start
-from crisiscomms.ports import Publisher
+from crisiscomms.ports import Clock, Publisher, Store
 from crisiscomms.retry import backoff_delay, call_with_retry
 from crisiscomms.settings import DispatchSettings
 
 log = structlog.get_logger(__name__)
+
+# How long one send may take, all retries included (``call_with_retry``'s deadline): a request
+# started less than this (plus its own time-out and a margin) ago may still land on the
+# platform, so its absence there is not yet proof that it failed.
+SEND_DEADLINE_S = 30.0
+SETTLE_MARGIN_S = 5.0
 
 _STATE_FOR = {
     DecisionAction.HOLD: ItemState.HELD,
@@ -71,16 +78,18 @@ class DispatchStats:
     failed: int = 0
     rate_limited: int = 0
     recovered: int = 0
+    overtaken: int = 0  # writes refused because another worker took the item over
     decision_seconds: list[float] = field(default_factory=list)
 
 
-def channel_counters(store: SQLiteStore, catalog: Catalog, channel_id: str,
+def channel_counters(store: Store, catalog: Catalog, channel_id: str,
                      now: datetime) -> ChannelCounters:
     """A channel's counters for the policy week and local day containing ``now``."""
     policy = catalog.policy
     day_start = local(now, policy).replace(hour=0, minute=0, second=0, microsecond=0)
-    return store.channel_counters(channel_id, now=now, week_start=week_start(now, policy),
-                                  day_start=day_start)
+    with store.reader() as r:
+        return r.outbox.counters(channel_id, now=now, week_start=week_start(now, policy),
+                                 day_start=day_start)
 
 
 def sort_key(item: OutboxItem) -> tuple[int, int, str, int]:
@@ -89,14 +98,50 @@ def sort_key(item: OutboxItem) -> tuple[int, int, str, int]:
     return (0 if item.is_lead else 1, -item.severity_rank, published, item.id)
 
 
+class LeaseKeeper:
+    """Renews an in-flight item's lease while its request is out, from a background thread, so
+    only a worker that died or stalled loses it; says so if the lease was lost meanwhile."""
+
+    def __init__(self, store: Store, item: OutboxItem, lease: timedelta,
+                 now: Callable[[], datetime]) -> None:
+        self.store, self.item, self.lease, self.now = store, item, lease, now
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"lease-{item.id}")
+
+    def _run(self) -> None:
+        interval = max(0.05, self.lease.total_seconds() / 3)
+        while not self._stop.wait(interval):
+            try:
+                with self.store.unit_of_work() as uow:
+                    ok = uow.outbox.renew(self.item, until=self.now() + self.lease)
+                    uow.commit()
+            except StoreError as exc:
+                log.warning("outbox.lease_renew_failed", item=self.item.id, error=str(exc))
+                continue
+            if not ok:
+                self.lost = True
+                log.error("outbox.lease_lost", item=self.item.id, token=self.item.fence)
+                return
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class Dispatcher:
     """Decides and sends pending items, one channel at a time, each channel isolated."""
 
-    def __init__(self, *, store: SQLiteStore, catalog: Catalog,
+    def __init__(self, *, store: Store, catalog: Catalog,
                  publishers: Mapping[str, Publisher], settings: DispatchSettings,
                  worker_id: str, rng: random.Random | None = None,
                  sleep: Callable[[float], None] | None = None,
-                 measure: bool = False) -> None:
+                 measure: bool = False, clock: Clock | None = None) -> None:
         self.store = store
         self.catalog = catalog
         self.publishers = dict(publishers)
@@ -105,16 +150,22 @@ class Dispatcher:
         self.rng = rng or random.Random()
         self.sleep = sleep
         self.measure = measure
+        self.clock = clock
         self.lease = timedelta(seconds=settings.lease_seconds)
+
+    def _now(self, fallback: datetime) -> datetime:
+        """The time now (a send's lease starts when the send starts, not the round)."""
+        return self.clock.now() if self.clock is not None else fallback
 
     # -- one tick -------------------------------------------------------------------
     def tick(self, now: datetime) -> DispatchStats:
         """Recover expired leases, then decide and send every pending item once."""
         stats = DispatchStats()
         self.recover(now, stats)
-        incidents = self.store.incidents()
-        windows = self.store.windows()
-        pending = self.store.items(states=[str(s) for s in PENDING])
+        with self.store.reader() as r:
+            incidents = r.incidents.list()
+            windows = r.windows.list()
+            pending = r.outbox.list(states=[str(s) for s in PENDING])
         by_channel: dict[str, list[OutboxItem]] = {}
         for item in pending:
             by_channel.setdefault(item.channel_id, []).append(item)
@@ -131,6 +182,43 @@ class Dispatcher:
     def counters(self, channel_id: str, now: datetime) -> ChannelCounters:
         return channel_counters(self.store, self.catalog, channel_id, now)
 
+    # -- persisting transitions -------------------------------------------------------
+    def _save(self, before: OutboxItem, after: OutboxItem, now: datetime, reason: str, *,
+              details: dict[str, object] | None = None, audit: str | None = None,
+              audit_details: dict[str, object] | None = None,
+              skip_locked: bool = False) -> OutboxItem:
+        """One transition, its history line and (if named) its audit event, atomically."""
+        with self.store.unit_of_work() as uow:
+            saved = uow.outbox.save(before, after, ItemEvent(now, str(after.state), reason,
+                                                             self.worker_id, dict(details or {})),
+                                    skip_locked=skip_locked)
+            if audit:
+                uow.audit.append(NewAuditEvent(self.worker_id, audit, f"item:{before.id}",
+                                               reason, now, dict(audit_details or {})))
+            uow.commit()
+        return saved
+
+    def _overtaken(self, item: OutboxItem, exc: StaleWriteError, now: datetime,
+                   stats: DispatchStats, what: str) -> None:
+        """A stale write was refused: report it (log and audit), never write it."""
+        stats.overtaken += 1
+        log.error("outbox.stale_write_refused", item=item.id, channel=item.channel_id,
+                  token=item.fence, what=what, error=str(exc))
+        with contextlib.suppress(StoreError), self.store.unit_of_work() as uow:
+            uow.audit.append(NewAuditEvent(
+                self.worker_id, "outbox.stale_write_refused", f"item:{item.id}",
+                f"{what} refused: {exc}"[:500], now,
+                {"token": item.fence, "channel": item.channel_id}))
+            uow.commit()
+
+    def _decide(self, item: OutboxItem, state: ItemState, reason: str, now: datetime) -> None:
+        if item.state is state and item.reason == reason:
+            return  # unchanged: nothing to record
+        # The decision's "hold until" is not stored as the item's schedule: the policy decides
+        # again on every tick, so a hold ends as soon as its cause does.
+        with contextlib.suppress(StaleWriteError):  # changed meanwhile: decided next tick
+            self._save(item, outbox.decide(item, state, reason, now), now, reason)
+
     def _channel_tick(self, channel_id: str, items: Sequence[OutboxItem], now: datetime,
                       incidents: Sequence[Incident], windows: Sequence[LiveWindow],
                       stats: DispatchStats) -> None:
@@ -138,8 +226,8 @@ class Dispatcher:
         publisher = self.publishers.get(channel_id)
         if channel is None or publisher is None:
             for item in items:
-                self.store.set_decision(item.id, state=ItemState.HELD, now=now,
-                                        reason=f"channel {channel_id!r} is not configured")
+                self._decide(item, ItemState.HELD, f"channel {channel_id!r} is not configured",
+                             now)
             return
         counters = self.counters(channel_id, now)
         for item in items:
@@ -150,17 +238,16 @@ class Dispatcher:
                 stats.decision_seconds.append(time.perf_counter() - t0)
             stats.decided += 1
             if decision.action is not DecisionAction.PUBLISH:
-                self.store.set_decision(item.id, state=_STATE_FOR[decision.action],
-                                        reason=decision.reason, now=now)
+                self._decide(item, _STATE_FOR[decision.action], decision.reason, now)
                 stats.held += decision.action is DecisionAction.HOLD
                 continue
             if item.update_id is not None:
-                earlier = self.store.published_for_update(item.update_id, channel_id)
+                with self.store.reader() as r:
+                    earlier = r.outbox.published_for(item.update_id, channel_id)
                 if earlier is not None:
-                    self.store.set_decision(
-                        item.id, state=ItemState.SKIPPED, now=now,
-                        reason=f"duplicate: update already relayed on {channel_id} as item "
-                               f"{earlier.id}")
+                    self._decide(item, ItemState.SKIPPED,
+                                 f"duplicate: update already relayed on {channel_id} as item "
+                                 f"{earlier.id}", now)
                     continue
             outcome = self._send(item, publisher, now, decision.out_of_hours,
                                  decision.over_cap, stats)
@@ -176,52 +263,105 @@ class Dispatcher:
     # -- sending ----------------------------------------------------------------------
     def _send(self, item: OutboxItem, publisher: Publisher, now: datetime, out_of_hours: bool,
               over_cap: bool, stats: DispatchStats) -> str:
-        claimed = self.store.claim(item.id, worker=self.worker_id, now=now, lease=self.lease,
-                                   out_of_hours=out_of_hours, over_cap=over_cap)
-        if claimed is None:
-            return "taken"  # another worker leased it first
+        try:
+            claimed = self._save(
+                item, outbox.claim(item, owner=self.worker_id, until=now + self.lease,
+                                   out_of_hours=out_of_hours, over_cap=over_cap),
+                now, f"leased by {self.worker_id}", skip_locked=True)
+        except StaleWriteError:
+            return "taken"  # another worker (or an operator) got there first
         update = self._update(claimed)
-        if not self.store.mark_sending(item.id, worker=self.worker_id, now=now,
-                                       lease=self.lease):
+        started = self._now(now)
+        try:
+            sending = self._save(claimed, outbox.start_send(claimed, at=started,
+                                                            until=started + self.lease),
+                                 started, "request sent")
+        except StaleWriteError as exc:
+            self._overtaken(claimed, exc, started, stats, "start of send")
             return "taken"
         try:
-            result = call_with_retry(
-                lambda: publisher.publish(claimed, update), what=f"publish:{item.channel_id}",
-                retry_on=(TransientPublishError,), attempts=3, initial_s=1.0,
-                deadline_s=30.0, sleep=self.sleep)
+            with LeaseKeeper(self.store, sending, self.lease, lambda: self._now(started)):
+                result = call_with_retry(
+                    lambda: publisher.publish(sending, update),
+                    what=f"publish:{item.channel_id}", retry_on=(TransientPublishError,),
+                    attempts=3, initial_s=1.0, deadline_s=SEND_DEADLINE_S, sleep=self.sleep)
         except RateLimitedError as exc:
-            reset = max(exc.reset_at, now + timedelta(seconds=1))
-            self.store.pause_channel(item.channel_id, until=reset, now=now,
-                                     reason=f"429 from {item.channel_id}")
-            self.store.release(item.id, state=ItemState.QUEUED, now=now, worker=self.worker_id,
-                               reason="rate limited; waiting for the platform's reset",
-                               error=str(exc)[:300], not_before=reset)
+            t = self._now(now)
+            reset = max(exc.reset_at, t + timedelta(seconds=1))
+            self._pause(item.channel_id, reset, t, f"429 from {item.channel_id}")
+            self._release(sending, ItemState.QUEUED, t, stats,
+                          "rate limited; waiting for the platform's reset", error=str(exc)[:300],
+                          not_before=reset)
             stats.rate_limited += 1
             log.warning("channel.rate_limited", channel=item.channel_id, until=reset.isoformat())
             return "rate_limited"
         except OutcomeUnknownError as exc:
-            return self._resolve_unknown(claimed, publisher, update, now, str(exc), stats)
+            return self._resolve_unknown(sending, publisher, update, self._now(now), str(exc),
+                                         stats)
         except PermanentPublishError as exc:
-            if claimed.attempts > 0 and "duplicate" in str(exc).lower():
+            if sending.attempts > 1 and "duplicate" in str(exc).lower():
                 # A resend refused as a duplicate: the earlier attempt most likely went out.
-                return self._resolve_unknown(claimed, publisher, update, now,
+                return self._resolve_unknown(sending, publisher, update, self._now(now),
                                              f"resend refused as duplicate: {exc}", stats,
                                              resend_refused=True)
-            self._fail(item, now, f"refused by {item.channel_id}: {exc}", stats)
+            self._fail(sending, self._now(now), f"refused by {item.channel_id}: {exc}", stats)
             return "failed"
         except PublishError as exc:
-            self._retry_later(claimed, now, str(exc), stats)
+            self._retry_later(sending, self._now(now), str(exc), stats)
             return "retry"
         except Exception as exc:
             log.exception("publisher.crashed", channel=item.channel_id, item=item.id)
-            return self._resolve_unknown(claimed, publisher, update, now,
+            return self._resolve_unknown(sending, publisher, update, self._now(now),
                                          f"unexpected {type(exc).__name__}", stats)
-        self.store.mark_published(item.id, post_id=result.post_id, url=result.url, now=now,
-                                  worker=self.worker_id, dry_run=result.dry_run)
-        stats.published += 1
+        if not self._published(sending, result, self._now(now), stats):
+            return "taken"
         log.info("outbox.published", item=item.id, channel=item.channel_id,
                  action=str(item.action), post_id=result.post_id, dry_run=result.dry_run)
         return "published"
+
+    def _published(self, item: OutboxItem, result: PublishResult, now: datetime,
+                   stats: DispatchStats, recovered: bool = False) -> bool:
+        reason = "found on platform after unknown outcome" if recovered else (
+            "dry run: recorded, not posted" if result.dry_run else "published")
+        details = {"post_id": result.post_id, "url": result.url, "dry_run": result.dry_run}
+        try:
+            self._save(item, outbox.publish(item, post_id=result.post_id, url=result.url, at=now,
+                                            dry_run=result.dry_run), now, reason,
+                       details=details, audit="outbox.published",
+                       audit_details={"channel": item.channel_id, "action": str(item.action),
+                                      "incident": item.incident_id, "update": item.update_id,
+                                      **details, "out_of_hours": item.out_of_hours,
+                                      "over_cap": item.over_cap})
+        except StaleWriteError as exc:
+            self._overtaken(item, exc, now, stats, f"publish of post {result.post_id}")
+            return False
+        stats.published += 1
+        stats.recovered += int(recovered)
+        return True
+
+    def _release(self, item: OutboxItem, state: ItemState, now: datetime,
+                 stats: DispatchStats, reason: str, *, error: str | None = None,
+                 not_before: datetime | None = None, audit: str | None = None) -> bool:
+        try:
+            self._save(item, outbox.release(item, state=state, reason=reason, at=now,
+                                            error=error, not_before=not_before), now, reason,
+                       details={"error": error} if error else None, audit=audit,
+                       audit_details={"error": error})
+        except StaleWriteError as exc:
+            self._overtaken(item, exc, now, stats, f"release to {state}")
+            return False
+        return True
+
+    def _pause(self, channel_id: str, until: datetime, now: datetime, reason: str) -> None:
+        """Record a platform rate-limit pause; no request may go before ``until``."""
+        wait = max(0.0, (until - now).total_seconds())
+        with self.store.unit_of_work() as uow:
+            uow.channels.pause(channel_id, until=until, reason=reason, wait_seconds=wait)
+            uow.audit.append(NewAuditEvent("dispatcher", "channel.rate_limited",
+                                           f"channel:{channel_id}", reason, now,
+                                           {"until": isoformat(until),
+                                            "wait_seconds": round(wait, 3)}))
+            uow.commit()
 
     def _update(self, item: OutboxItem) -> Update | None:
         if item.update_id is None:
@@ -229,22 +369,23 @@ class Dispatcher:
         return self.store.get_update(item.update_id)
 
     def _fail(self, item: OutboxItem, now: datetime, reason: str, stats: DispatchStats) -> None:
-        self.store.release(item.id, state=ItemState.FAILED, now=now, worker=self.worker_id,
-                           reason=reason[:500], error=reason[:500], audit_action="outbox.failed")
-        stats.failed += 1
-        log.error("outbox.failed", item=item.id, channel=item.channel_id, reason=reason[:300])
+        if self._release(item, ItemState.FAILED, now, stats, reason[:500], error=reason[:500],
+                         audit="outbox.failed"):
+            stats.failed += 1
+            log.error("outbox.failed", item=item.id, channel=item.channel_id,
+                      reason=reason[:300])
 
     def _retry_later(self, item: OutboxItem, now: datetime, error: str,
                      stats: DispatchStats) -> None:
-        attempts = item.attempts + 1
+        attempts = item.attempts
         if attempts >= self.settings.max_attempts:
             self._fail(item, now, f"gave up after {attempts} attempts: {error}", stats)
             return
         wait = backoff_delay(attempts, base=self.settings.retry_base_seconds, cap=900.0,
                              rng=self.rng)
-        self.store.release(item.id, state=ItemState.QUEUED, now=now, worker=self.worker_id,
-                           reason=f"attempt {attempts} failed; retrying in {wait:.0f}s",
-                           error=error[:300], not_before=now + timedelta(seconds=wait))
+        self._release(item, ItemState.QUEUED, now, stats,
+                      f"attempt {attempts} failed; retrying in {wait:.0f}s", error=error[:300],
+                      not_before=now + timedelta(seconds=wait))
         log.warning("outbox.retry", item=item.id, channel=item.channel_id, attempt=attempts,
                     wait_s=round(wait, 1))
 
@@ -262,48 +403,73 @@ class Dispatcher:
                 # hand a probably-published item to a person at once.
                 wait = backoff_delay(item.lookups + 1, base=self.settings.retry_base_seconds,
                                      cap=900.0, rng=self.rng)
-                self.store.defer_lookup(item.id, worker=self.worker_id, now=now,
-                                        until=now + timedelta(seconds=wait),
-                                        error=str(exc)[:300])
+                until = now + timedelta(seconds=wait)
+                reason = f"platform could not confirm yet; asking again at {isoformat(until)}"
+                try:
+                    self._save(item, outbox.defer_lookup(item, until=until,
+                                                         error=str(exc)[:300]),
+                               now, reason, details={"error": str(exc)[:300]})
+                except StaleWriteError as stale:
+                    self._overtaken(item, stale, now, stats, "deferred lookup")
                 return "deferred"
-            self.store.release(
-                item.id, state=ItemState.NEEDS_REVIEW, now=now, worker=self.worker_id,
-                reason=f"outcome unknown ({why}) and the platform could not confirm: check "
-                       f"{item.channel_id} by hand, then 'queue retry' or 'queue reject'",
-                error=str(exc)[:300], audit_action="outbox.needs_review")
+            self._release(
+                item, ItemState.NEEDS_REVIEW, now, stats,
+                f"outcome unknown ({why}) and the platform could not confirm: check "
+                f"{item.channel_id} by hand, then 'queue retry' or 'queue reject'",
+                error=str(exc)[:300], audit="outbox.needs_review")
             return "review"
         if found is not None:
-            with contextlib.suppress(StoreError):
-                self.store.mark_published(item.id, post_id=found.post_id, url=found.url, now=now,
-                                          worker=self.worker_id, dry_run=found.dry_run,
-                                          recovered=True)
-            stats.recovered += 1
-            stats.published += 1
-            return "published"
+            return "published" if self._published(item, found, now, stats, recovered=True) \
+                else "taken"
+        settled = self._settled_at(item)
+        if not resend_refused and settled is not None and now < settled:
+            # Not there *yet*: the request (ours, or a dead worker's) may still be in flight
+            # and land. A resend now could make a duplicate; ask again once it cannot land.
+            reason = (f"not on {item.channel_id} yet; the request sent at "
+                      f"{isoformat(item.sent_at or now)} may still land: asking again at "
+                      f"{isoformat(settled)}")
+            try:
+                self._save(item, outbox.defer_lookup(item, until=settled, error=why[:300],
+                                                     count=False), now, reason)
+            except StaleWriteError as stale:
+                self._overtaken(item, stale, now, stats, "deferred lookup")
+            return "deferred"
         if resend_refused:
-            self.store.release(
-                item.id, state=ItemState.NEEDS_REVIEW, now=now, worker=self.worker_id,
-                reason=f"{item.channel_id} refused a resend as duplicate content but the earlier "
-                       "post was not found: check by hand, then 'queue retry --force' or "
-                       "'queue reject'", error=why[:300], audit_action="outbox.needs_review")
+            self._release(
+                item, ItemState.NEEDS_REVIEW, now, stats,
+                f"{item.channel_id} refused a resend as duplicate content but the earlier "
+                "post was not found: check by hand, then 'queue retry --force' or "
+                "'queue reject'", error=why[:300], audit="outbox.needs_review")
             return "review"
         self._retry_later(item, now, f"not on the platform after: {why}", stats)
         return "retry"
 
+    def _settled_at(self, item: OutboxItem) -> datetime | None:
+        """When the item's last request can no longer land on the platform."""
+        if item.sent_at is None:
+            return None
+        return item.sent_at + timedelta(seconds=SEND_DEADLINE_S + self.settings.timeout_seconds
+                                        + SETTLE_MARGIN_S)
+
     def recover(self, now: datetime, stats: DispatchStats | None = None) -> None:
-        """Take up items whose worker's lease expired (it crashed or hung)."""
-        for item in self.store.expired_leases(now):
-            if not self.store.take_over(item.id, worker=self.worker_id, now=now,
-                                        lease=self.lease):
-                continue
+        """Take up items whose worker's lease expired (it crashed or stalled): a leased one
+        goes back to the queue; a sending one is looked up on the platform first."""
+        stats = stats or DispatchStats()
+        with self.store.reader() as r:
+            expired = r.outbox.expired(now)
+        for item in expired:
+            try:
+                mine = self._save(item, outbox.take_over(item, owner=self.worker_id, now=now,
+                                                         until=now + self.lease),
+                                  now, "lease expired; taken over", skip_locked=True)
+            except StaleWriteError:
+                continue  # another worker took it over first
             if item.state is ItemState.LEASED:
-                self.store.release(item.id, state=ItemState.QUEUED, now=now,
-                                   worker=self.worker_id,
-                                   reason=f"lease of {item.lease_owner} expired before sending")
+                self._release(mine, ItemState.QUEUED, now, stats,
+                              f"lease of {item.lease_owner} expired before sending")
                 continue
             publisher = self.publishers.get(item.channel_id)
             if publisher is None:
                 continue
-            self._resolve_unknown(item, publisher, self._update(item), now,
-                                  f"worker {item.lease_owner} stopped while sending",
-                                  stats or DispatchStats())
+            self._resolve_unknown(mine, publisher, self._update(mine), now,
+                                  f"worker {item.lease_owner} stopped while sending", stats)

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import structlog
 
-from crisiscomms.adapters.store import SQLiteStore
+from crisiscomms.domain.clock import isoformat
 from crisiscomms.domain.config import Catalog, Playbook, normalise_hashtag
 from crisiscomms.domain.errors import ConfigError, NotFoundError, RefusedError
 from crisiscomms.domain.matching import (
@@ -17,25 +17,14 @@ from crisiscomms.domain.matching import (
     match,
     message_items,
 )
-from crisiscomms.domain.models import Incident, NewOutboxItem, RecordedUpdate
-from crisiscomms.ports import Clock
+from crisiscomms.domain.models import Incident, NewAuditEvent, NewOutboxItem, RecordedUpdate
+from crisiscomms.ports import Clock, Store, UnitOfWork
+from crisiscomms.services.operators import audit_refusal, check_operator
 
 log = structlog.get_logger(__name__)
 
 
-def check_operator(store: SQLiteStore, catalog: Catalog, clock: Clock, operator: str,
-                   action: str, subject: str) -> None:
-    """Refuse (and audit the refusal) if policy.yaml lists operators and this is not one."""
-    allowed = catalog.policy.operators
-    if allowed and operator not in allowed:
-        store.append_audit(actor=operator, action=f"{action}.refused", subject=subject,
-                           reason=f"operator {operator!r} is not listed in policy.yaml operators",
-                           now=clock.now())
-        raise RefusedError(f"operator {operator!r} may not {action.split('.')[-1]}: not listed "
-                           f"in {catalog.files.get('policy')} operators")
-
-
-def activate(store: SQLiteStore, catalog: Catalog, clock: Clock, *, playbook: str,
+def activate(store: Store, catalog: Catalog, clock: Clock, *, playbook: str,
              reason: str, operator: str, hashtags: Sequence[str] = (),
              lead: str | None = None) -> Incident:
     """Turn the crisis flag on for a playbook: create the incident, queue its opening posts."""
@@ -56,40 +45,41 @@ def activate(store: SQLiteStore, catalog: Catalog, clock: Clock, *, playbook: st
     try:
         catalog.check_activatable(pb)
     except RefusedError as exc:
-        store.append_audit(actor=operator, action="incident.activate.refused",
-                           subject=f"playbook:{pb.name}", reason=str(exc), now=clock.now())
+        audit_refusal(store, clock, operator, "incident.activate.refused",
+                      f"playbook:{pb.name}", str(exc))
         raise
     now = clock.now()
-
-    def opening_items(incident: Incident) -> list[NewOutboxItem]:
+    with store.unit_of_work() as uow:
+        incident = uow.incidents.add(playbook=pb.name, hashtags=tags, lead=chosen_lead,
+                                     reason=reason.strip(), operator=operator, at=now)
+        uow.audit.append(NewAuditEvent(
+            operator, "incident.activated", f"incident:{incident.id}", incident.reason, now,
+            {"playbook": pb.name, "hashtags": list(tags), "lead": chosen_lead,
+             "channels": sorted({c.channel for c in pb.channels})}))
         items: list[NewOutboxItem] = []
         if pb.activation_message:
             items += message_items(incident, pb, catalog, ACTIVATION, pb.activation_message)
-        items += _backfill(store, catalog, pb, incident)
-        return items
-
-    incident = store.create_incident(
-        playbook=pb.name, hashtags=tags, lead=chosen_lead, reason=reason.strip(),
-        operator=operator, now=now, then=opening_items,
-        details={"channels": sorted({c.channel for c in pb.channels})})
+        items += _backfill(uow, catalog, pb, incident)
+        uow.outbox.add(items, at=now, actor=operator)
+        uow.commit()
     log.info("incident.activated", incident=incident.id, playbook=pb.name, lead=chosen_lead,
              hashtags=tags, operator=operator)
     return incident
 
 
-def _backfill(store: SQLiteStore, catalog: Catalog, pb: Playbook,
+def _backfill(uow: UnitOfWork, catalog: Catalog, pb: Playbook,
               incident: Incident) -> list[NewOutboxItem]:
     """The lead agency's updates published in the window before activation."""
     leads = sorted(lead_agency_sources(catalog, incident) & {s.source for s in pb.sources})
     since = incident.activated_at - timedelta(minutes=pb.backfill_minutes)
     items: list[NewOutboxItem] = []
-    for update, _, _ in store.updates(source_ids=leads, published_from=since):
+    for update, _, _ in uow.updates.list(source_ids=leads, published_from=since):
         items += match(RecordedUpdate(update, "new"), catalog=catalog,
                        incidents=[incident]).items
     return items
 
 
-def resolve_incident(store: SQLiteStore, incident_id: int | None) -> Incident:
+def resolve_incident(store: Store, incident_id: int | None) -> Incident:
     """The incident named, or the only active one."""
     if incident_id is not None:
         return store.get_incident(incident_id)
@@ -102,7 +92,7 @@ def resolve_incident(store: SQLiteStore, incident_id: int | None) -> Incident:
     return active[0]
 
 
-def deactivate(store: SQLiteStore, catalog: Catalog, clock: Clock, *, incident_id: int | None,
+def deactivate(store: Store, catalog: Catalog, clock: Clock, *, incident_id: int | None,
                reason: str, operator: str) -> Incident:
     """Stand an incident down; queue its stand-down message. The flag goes off with the last."""
     if not reason.strip():
@@ -111,19 +101,24 @@ def deactivate(store: SQLiteStore, catalog: Catalog, clock: Clock, *, incident_i
     check_operator(store, catalog, clock, operator, "incident.deactivate",
                    f"incident:{incident.id}")
     pb = catalog.playbooks.get(incident.playbook)
-
-    def stand_down(inc: Incident) -> list[NewOutboxItem]:
-        if pb is None or not pb.stand_down_message:
-            return []
-        return message_items(inc, pb, catalog, STAND_DOWN, pb.stand_down_message)
-
-    closed = store.close_incident(incident.id, reason=reason.strip(), operator=operator,
-                                  now=clock.now(), then=stand_down)
+    now = clock.now()
+    with store.unit_of_work() as uow:
+        if not uow.incidents.stand_down(incident.id, at=now, operator=operator,
+                                        reason=reason.strip()):
+            raise RefusedError(f"incident {incident.id} is already stood down")
+        closed = uow.incidents.get(incident.id)
+        uow.audit.append(NewAuditEvent(operator, "incident.deactivated",
+                                       f"incident:{incident.id}", reason.strip(), now,
+                                       {"playbook": incident.playbook}))
+        if pb is not None and pb.stand_down_message:
+            uow.outbox.add(message_items(closed, pb, catalog, STAND_DOWN,
+                                         pb.stand_down_message), at=now, actor=operator)
+        uow.commit()
     log.info("incident.deactivated", incident=closed.id, operator=operator)
     return closed
 
 
-def change_lead(store: SQLiteStore, catalog: Catalog, clock: Clock, *, lead: str, reason: str,
+def change_lead(store: Store, catalog: Catalog, clock: Clock, *, lead: str, reason: str,
                 operator: str, incident_id: int | None = None) -> Incident:
     """Hand an active incident's lead to another allowed lead agency."""
     if not reason.strip():
@@ -137,7 +132,15 @@ def change_lead(store: SQLiteStore, catalog: Catalog, clock: Clock, *, lead: str
                           f"(allowed: {', '.join(pb.leads)})")
     if lead == incident.lead:
         raise RefusedError(f"{lead!r} already leads incident {incident.id}")
-    changed = store.change_lead(incident.id, lead=lead, reason=reason.strip(),
-                                operator=operator, now=clock.now())
+    now = clock.now()
+    with store.unit_of_work() as uow:
+        if not uow.incidents.change_lead(incident.id, lead=lead):
+            raise RefusedError(f"incident {incident.id} is stood down; its lead is final")
+        changed = uow.incidents.get(incident.id)
+        uow.audit.append(NewAuditEvent(operator, "incident.lead_changed",
+                                       f"incident:{incident.id}", reason.strip(), now,
+                                       {"from": incident.lead, "to": lead,
+                                        "at": isoformat(now)}))
+        uow.commit()
     log.info("incident.lead_changed", incident=changed.id, lead=lead, operator=operator)
     return changed

@@ -1,93 +1,120 @@
-"""Operator use cases on the outbox: approve, reject, hold, retry, edit, explain, windows.
-
-Every decision is audited with its operator (the store appends the audit event in the same
-transaction as the change).
-"""
+"""The queue service: operators' decisions on outbox items (approve, reject, hold, retry,
+edit) and ``explain``. Each change is a domain transition, saved with its audit event in one
+unit of work."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from crisiscomms.adapters.store import SQLiteStore
+from crisiscomms.domain import outbox
 from crisiscomms.domain.clock import isoformat
 from crisiscomms.domain.config import Catalog
 from crisiscomms.domain.errors import ConfigError
-from crisiscomms.domain.models import DecisionAction, ItemState, LiveWindow, OutboxItem
+from crisiscomms.domain.models import (
+    DecisionAction,
+    ItemEvent,
+    ItemState,
+    NewAuditEvent,
+    NewOutboxItem,
+    OutboxItem,
+)
+from crisiscomms.domain.outbox import FOREVER
 from crisiscomms.domain.policy import decide
 from crisiscomms.domain.posttext import fits
 from crisiscomms.domain.workcal import local
-from crisiscomms.ports import Clock
+from crisiscomms.ports import Clock, Store
 from crisiscomms.services.dispatch import channel_counters
-from crisiscomms.services.incidents import check_operator
+from crisiscomms.services.operators import check_operator
 
 PENDING = ("queued", "held", "needs_approval")
-FOREVER = datetime(9999, 1, 1, tzinfo=UTC)
 
 
-def approve(store: SQLiteStore, catalog: Catalog, clock: Clock, item_id: int, operator: str,
+def _change(store: Store, clock: Clock, item_id: int, operator: str, action: str,
+            change: Callable[[OutboxItem, datetime], OutboxItem],
+            extra: Callable[[OutboxItem, OutboxItem], dict[str, Any]] | None = None,
+            ) -> OutboxItem:
+    """One operator transition of one item: the change, its history line and its audit event
+    in one unit of work. A concurrent change makes it fail (``StaleWriteError``), never lost."""
+    now = clock.now()
+    with store.unit_of_work() as uow:
+        before = uow.outbox.get(item_id)
+        after = change(before, now)
+        saved = uow.outbox.save(before, after, ItemEvent(now, str(after.state), after.reason,
+                                                         operator, {"action": action}))
+        details: dict[str, Any] = {"from": str(before.state), "to": str(after.state),
+                                   "channel": before.channel_id}
+        if extra is not None:
+            details.update(extra(before, after))
+        uow.audit.append(NewAuditEvent(operator, f"queue.{action}", f"item:{item_id}",
+                                       after.reason, now, details))
+        uow.commit()
+    return saved
+
+
+def enqueue(store: Store, items: Sequence[NewOutboxItem], clock: Clock,
+            actor: str) -> list[int]:
+    """Queue items the team wrote (a scheduled post); a repeated dedupe key is ignored."""
+    with store.unit_of_work() as uow:
+        ids = uow.outbox.add(items, at=clock.now(), actor=actor)
+        uow.commit()
+    return ids
+
+
+def approve(store: Store, catalog: Catalog, clock: Clock, item_id: int, operator: str,
             reason: str) -> OutboxItem:
     """Approve an item; the policy then decides when it goes."""
     check_operator(store, catalog, clock, operator, "queue.approve", f"item:{item_id}")
-    now = clock.now()
-    return store.operator_update(item_id, operator=operator, now=now, action="approve",
-                                 reason=f"approved by {operator}: {reason}",
-                                 sets={"approved_by": operator, "approved_at": now},
-                                 allowed_from=PENDING, new_state=ItemState.QUEUED)
+    return _change(store, clock, item_id, operator, "approve",
+                   lambda it, now: outbox.approve(it, by=operator, at=now,
+                                                  reason=f"approved by {operator}: {reason}"))
 
 
-def reject(store: SQLiteStore, catalog: Catalog, clock: Clock, item_id: int, operator: str,
+def reject(store: Store, catalog: Catalog, clock: Clock, item_id: int, operator: str,
            reason: str) -> OutboxItem:
     """Reject an item for good."""
     check_operator(store, catalog, clock, operator, "queue.reject", f"item:{item_id}")
     if not reason.strip():
         raise ConfigError("--reason: a reason is required")
-    now = clock.now()
-    return store.operator_update(item_id, operator=operator, now=now, action="reject",
-                                 reason=f"rejected by {operator}: {reason}",
-                                 sets={"done_at": now},
-                                 allowed_from=(*PENDING, "needs_review", "failed"),
-                                 new_state=ItemState.REJECTED)
+    return _change(store, clock, item_id, operator, "reject",
+                   lambda it, now: outbox.reject(it, at=now,
+                                                 reason=f"rejected by {operator}: {reason}"))
 
 
-def hold(store: SQLiteStore, catalog: Catalog, clock: Clock, item_id: int, operator: str,
+def hold(store: Store, catalog: Catalog, clock: Clock, item_id: int, operator: str,
          reason: str, until: datetime | None) -> OutboxItem:
     """Hold an item until a time, or until 'queue retry' releases it."""
     check_operator(store, catalog, clock, operator, "queue.hold", f"item:{item_id}")
-    now = clock.now()
-    if until is not None and until <= now:
+    if until is not None and until <= clock.now():
         raise ConfigError("--until: must be in the future")
-    return store.operator_update(
-        item_id, operator=operator, now=now, action="hold",
-        reason=f"held by {operator}: {reason}" + (f" until {isoformat(until)}" if until else ""),
-        sets={"not_before": until or FOREVER}, allowed_from=PENDING, new_state=ItemState.HELD)
+    why = f"held by {operator}: {reason}" + (f" until {isoformat(until)}" if until else "")
+    return _change(store, clock, item_id, operator, "hold",
+                   lambda it, now: outbox.hold(it, until=until, reason=why))
 
 
-def retry(store: SQLiteStore, catalog: Catalog, clock: Clock, item_id: int, operator: str,
+def retry(store: Store, catalog: Catalog, clock: Clock, item_id: int, operator: str,
           force: bool = False) -> OutboxItem:
     """Back to the queue. A needs-review item is first checked on the platform (the dispatcher
     asks ``find_existing`` before any resend) unless ``force`` is given."""
     check_operator(store, catalog, clock, operator, "queue.retry", f"item:{item_id}")
-    now = clock.now()
-    item = store.get_item(item_id)
-    if item.state is ItemState.NEEDS_REVIEW and not force:
-        # Back to 'sending' with an expired lease: the dispatcher's recovery path looks on the
-        # platform first and only resends if the platform certainly does not have it.
-        return store.operator_update(
-            item_id, operator=operator, now=now, action="retry",
-            reason=f"retry by {operator}: platform will be checked before any resend",
-            sets={"lease_until": now, "lease_owner": f"review:{operator}"},
-            allowed_from=("needs_review",), new_state=ItemState.SENDING)
-    return store.operator_update(
-        item_id, operator=operator, now=now, action="retry",
-        reason=f"retry by {operator}" + (" (forced resend)" if force else ""),
-        sets={"not_before": None, "attempts": 0, "done_at": None},
-        allowed_from=("failed", "held", "needs_review", "queued", "needs_approval"),
-        new_state=ItemState.QUEUED)
+
+    def change(it: OutboxItem, now: datetime) -> OutboxItem:
+        if it.state is ItemState.NEEDS_REVIEW and not force:
+            # In flight with an expired lease: the dispatcher's recovery looks on the platform
+            # first and only resends if the platform certainly does not have it.
+            return outbox.retry(it, now=now, check_platform=True, by=operator,
+                                reason=f"retry by {operator}: platform will be checked "
+                                       "before any resend")
+        return outbox.retry(it, now=now, check_platform=False, by=operator,
+                            reason=f"retry by {operator}" + (" (forced resend)" if force
+                                                             else ""))
+
+    return _change(store, clock, item_id, operator, "retry", change)
 
 
-def edit(store: SQLiteStore, catalog: Catalog, clock: Clock, item_id: int, operator: str,
+def edit(store: Store, catalog: Catalog, clock: Clock, item_id: int, operator: str,
          text: str) -> OutboxItem:
     """Replace the text that will be sent; the original is kept beside the edit."""
     check_operator(store, catalog, clock, operator, "queue.edit", f"item:{item_id}")
@@ -98,25 +125,13 @@ def edit(store: SQLiteStore, catalog: Catalog, clock: Clock, item_id: int, opera
         raise ConfigError("--text: must not be empty")
     if channel is not None and not fits(text, channel.platform):
         raise ConfigError(f"--text: too long for {channel.platform} (item {item_id})")
-    return store.operator_update(item_id, operator=operator, now=clock.now(), action="edit",
-                                 reason=f"text edited by {operator}",
-                                 sets={"edited_text": text}, allowed_from=PENDING,
-                                 new_state=item.state)
+    return _change(store, clock, item_id, operator, "edit",
+                   lambda it, now: outbox.edit(it, text=text,
+                                               reason=f"text edited by {operator}"),
+                   lambda before, after: {"edited_text": text, "original_text": before.text})
 
 
-def add_window(store: SQLiteStore, catalog: Catalog, clock: Clock, start: datetime,
-               end: datetime, reason: str, operator: str) -> LiveWindow:
-    """Add a live-event window (policy section 7)."""
-    check_operator(store, catalog, clock, operator, "window.add", "window")
-    if end <= start:
-        raise ConfigError("--to: must be after --from")
-    if not reason.strip():
-        raise ConfigError("--reason: a reason is required")
-    return store.add_window(start=start, end=end, reason=reason, operator=operator,
-                            now=clock.now())
-
-
-def explain(store: SQLiteStore, catalog: Catalog, item_id: int, at: datetime) -> dict[str, Any]:
+def explain(store: Store, catalog: Catalog, item_id: int, at: datetime) -> dict[str, Any]:
     """Why an item is where it is, and when it would go, as of ``at``."""
     item = store.get_item(item_id)
     info: dict[str, Any] = {"item": item_id, "channel": item.channel_id,

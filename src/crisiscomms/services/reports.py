@@ -13,12 +13,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from crisiscomms import __version__
-from crisiscomms.adapters.store import SQLiteStore
 from crisiscomms.domain.clock import isoformat
 from crisiscomms.domain.config import Catalog
 from crisiscomms.domain.matching import lead_agency_sources
 from crisiscomms.domain.models import AuditEvent, Incident, OutboxItem, Update
 from crisiscomms.domain.workcal import in_regular_hours, week_bounds
+from crisiscomms.ports import Store
 
 SCHEMA = "crisiscomms.report/1"
 SYSTEM_ACTORS_PREFIXES = ("watcher", "dispatcher", "system")
@@ -43,7 +43,7 @@ def _stats(values: Sequence[float]) -> dict[str, Any]:
             "p95_s": percentile(values, 95), "max_s": max(values) if values else None}
 
 
-def _integrity(store: SQLiteStore, now: datetime) -> dict[str, Any]:
+def _integrity(store: Store, now: datetime) -> dict[str, Any]:
     chain = store.verify_audit()
     return {"audit_chain_ok": chain.ok, "audit_events": chain.count,
             "audit_head_hash": chain.head_hash, "problem": chain.problem or None,
@@ -51,12 +51,12 @@ def _integrity(store: SQLiteStore, now: datetime) -> dict[str, Any]:
             "schema": SCHEMA}
 
 
-def _item_outcome(store: SQLiteStore, item: OutboxItem) -> dict[str, Any]:
+def _item_outcome(store: Store, item: OutboxItem) -> dict[str, Any]:
     events = store.item_events(item.id)
-    approvals = [{"by": e["actor"], "at": _iso(e["at"]), "decision": e["details"].get("action")}
-                 for e in events if e["details"].get("action") in ("approve", "reject", "edit",
+    approvals = [{"by": e.actor, "at": _iso(e.at), "decision": e.details.get("action")}
+                 for e in events if e.details.get("action") in ("approve", "reject", "edit",
                                                                    "hold", "retry")]
-    held = [e["reason"] for e in events if e["state"] in ("held", "needs_approval")]
+    held = [e.reason for e in events if e.state in ("held", "needs_approval")]
     return {
         "item": item.id, "channel": item.channel_id, "action": str(item.action),
         "state": str(item.state), "reason": item.reason,
@@ -71,7 +71,7 @@ def _item_outcome(store: SQLiteStore, item: OutboxItem) -> dict[str, Any]:
     }
 
 
-def build_incident_report(store: SQLiteStore, catalog: Catalog, incident: Incident,
+def build_incident_report(store: Store, catalog: Catalog, incident: Incident,
                           now: datetime) -> dict[str, Any]:
     """Everything the board, auditors and an FOI request ask about one incident."""
     pb = catalog.playbooks.get(incident.playbook)
@@ -206,7 +206,7 @@ def _update_json(u: Update, disposition: str, baseline: bool, lead: bool) -> dic
     }
 
 
-def build_period_report(store: SQLiteStore, catalog: Catalog, start: datetime, end: datetime,
+def build_period_report(store: Store, catalog: Catalog, start: datetime, end: datetime,
                         now: datetime) -> dict[str, Any]:
     """Normal-mode period: posts per channel per week against the caps, and what was held."""
     policy = catalog.policy
@@ -226,10 +226,10 @@ def build_period_report(store: SQLiteStore, catalog: Catalog, start: datetime, e
         if it.incident_id is not None:
             continue
         for e in store.item_events(it.id):
-            if e["at"] and start <= e["at"] < end and e["state"] == "held" \
-                    and not in_regular_hours(e["at"], policy):
-                held.append({"item": it.id, "channel": it.channel_id, "at": _iso(e["at"]),
-                             "reason": e["reason"], "state_now": str(it.state)})
+            if e.at and start <= e.at < end and e.state == "held" \
+                    and not in_regular_hours(e.at, policy):
+                held.append({"item": it.id, "channel": it.channel_id, "at": _iso(e.at),
+                             "reason": e.reason, "state_now": str(it.state)})
     return {
         "schema": SCHEMA, "kind": "period",
         "header": {"from": isoformat(start), "to": isoformat(end),

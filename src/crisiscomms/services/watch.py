@@ -16,18 +16,19 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from crisiscomms.adapters.store import SQLiteStore
 from crisiscomms.domain.config import Catalog
-from crisiscomms.domain.errors import SourceError
+from crisiscomms.domain.errors import SourceError, StaleWriteError
 from crisiscomms.domain.matching import all_lead_sources, match, priority
 from crisiscomms.domain.models import (
     Incident,
+    NewAuditEvent,
     NewOutboxItem,
     PollResult,
     RecordedUpdate,
     SourceState,
+    Update,
 )
-from crisiscomms.ports import Source
+from crisiscomms.ports import Source, Store, UnitOfWork
 from crisiscomms.retry import backoff_delay
 from crisiscomms.settings import PollingSettings
 
@@ -52,19 +53,25 @@ class CycleStats:
     failed: int = 0
     new_updates: int = 0
     queued: int = 0
+    overtaken: int = 0  # polls whose lease another watcher took over: not recorded
     errors: dict[str, str] = field(default_factory=dict)
 
 
 class Watcher:
     """Polls the sources that matter now and queues what they publish."""
 
-    def __init__(self, *, store: SQLiteStore, catalog: Catalog, sources: Sequence[Source],
-                 settings: PollingSettings, rng: random.Random | None = None) -> None:
+    def __init__(self, *, store: Store, catalog: Catalog, sources: Sequence[Source],
+                 settings: PollingSettings, rng: random.Random | None = None,
+                 owner: str = "watcher") -> None:
         self.store = store
         self.catalog = catalog
         self.sources = list(sources)
         self.settings = settings
         self.rng = rng or random.Random()
+        self.owner = owner
+        # A poll's lease outlives its longest possible poll (the fetch deadline), so another
+        # watcher takes a source over only from a watcher that died or stalled.
+        self.lease = timedelta(seconds=max(60.0, 3 * settings.timeout_seconds + 30.0))
 
     # -- scheduling -----------------------------------------------------------------
     def incident_source_ids(self, incidents: Sequence[Incident]) -> set[str]:
@@ -113,15 +120,38 @@ class Watcher:
         stats = CycleStats()
         if not due:
             return stats
+        # Claim what is due: a source another watcher polls (or polled since we looked) is
+        # skipped, so each due source is polled by one watcher per interval.
+        with self.store.unit_of_work() as uow:
+            claimed = uow.sources.claim({src.key: st for src, st in due}, owner=self.owner,
+                                        now=now, lease=self.lease)
+            uow.commit()
+        due = [(src, claimed[src.key]) for src, _ in due if src.key in claimed]
+        if not due:
+            return stats
         results = await asyncio.gather(*(self._poll(src, st, now) for src, st in due))
         for (src, st), result in zip(due, results, strict=True):
             stats.polled += 1
             interval = self._interval(src, incident_ids)
-            if isinstance(result, SourceError):
-                self._record_failure(src, st, result, now, stats)
-                continue
-            self._record_success(src, st, result, now, interval, incidents, stats)
+            try:
+                if isinstance(result, SourceError):
+                    self._record_failure(src, st, result, now, stats)
+                    continue
+                self._record_success(src, st, result, now, interval, incidents, stats)
+            except StaleWriteError as exc:
+                self._overtaken(src, exc, now, stats)
         return stats
+
+    def _overtaken(self, src: Source, exc: StaleWriteError, now: datetime,
+                   stats: CycleStats) -> None:
+        """Another watcher took this source's lease over while we polled: our result is
+        dropped (theirs counts), and that is reported, never silently written."""
+        stats.overtaken += 1
+        log.warning("source.poll_overtaken", source=src.key, error=str(exc))
+        with self.store.unit_of_work() as uow:
+            uow.audit.append(NewAuditEvent(self.owner, "source.poll_overtaken",
+                                           f"source:{src.key}", str(exc)[:300], now))
+            uow.commit()
 
     async def _poll(self, src: Source, st: SourceState, now: datetime) -> PollResult | SourceError:
         try:
@@ -144,8 +174,8 @@ class Watcher:
                 and now - st.last_polled_at
                 >= timedelta(seconds=self._interval(src, incident_ids)))
 
-    def _audit_refused(self, src: Source, state: SourceState, result: PollResult,
-                       now: datetime) -> None:
+    def _audit_refused(self, uow: UnitOfWork, src: Source, state: SourceState,
+                       result: PollResult, now: datetime) -> None:
         """Audit each refused item once (e.g. an X post from an id that is not pinned)."""
         if not result.refused:
             return
@@ -154,8 +184,8 @@ class Watcher:
             if what in seen:
                 continue
             seen.append(what)
-            self.store.append_audit(actor="watcher", action="source.refused_item",
-                                    subject=f"source:{src.key}", reason=what, now=now)
+            uow.audit.append(NewAuditEvent("watcher", "source.refused_item",
+                                           f"source:{src.key}", what, now))
         state.extra[REFUSED_SEEN] = seen[-200:]
 
     def _jitter(self) -> float:
@@ -175,22 +205,24 @@ class Watcher:
         new = replace(st, last_polled_at=now, next_poll_at=next_at, extra=extra,
                       failures=failures, last_error=str(exc)[:500],
                       last_error_class=exc.error_class, error_count=st.error_count + 1)
-        self.store.save_source_state(new)
-        if exc.error_class in REFUSALS and exc.error_class != st.last_error_class:
-            # A security refusal (redirect to another host, https downgrade, private
-            # address) is audited the first time, not only after repeated failures.
-            self.store.append_audit(actor="watcher", action="source.refused",
-                                    subject=f"source:{src.key}", reason=exc.error_class,
-                                    now=now, details={"error": str(exc)[:300]})
+        with self.store.unit_of_work() as uow:
+            uow.sources.save(new, owner=self.owner)
+            if exc.error_class in REFUSALS and exc.error_class != st.last_error_class:
+                # A security refusal (redirect to another host, https downgrade, private
+                # address) is audited the first time, not only after repeated failures.
+                uow.audit.append(NewAuditEvent("watcher", "source.refused",
+                                               f"source:{src.key}", exc.error_class, now,
+                                               {"error": str(exc)[:300]}))
+            if failures == self.settings.failure_alert_after:
+                uow.audit.append(NewAuditEvent(
+                    "watcher", "source.failing", f"source:{src.key}",
+                    f"{failures} consecutive failures; last: {exc.error_class}", now,
+                    {"error": str(exc)[:300]}))
+            uow.commit()
         stats.failed += 1
         stats.errors[src.key] = exc.error_class
         log.warning("source.failed", source=src.key, error_class=exc.error_class,
                     error=str(exc)[:300], failures=failures, retry_in_s=round(wait, 1))
-        if failures == self.settings.failure_alert_after:
-            self.store.append_audit(
-                actor="watcher", action="source.failing", subject=f"source:{src.key}",
-                reason=f"{failures} consecutive failures; last: {exc.error_class}",
-                now=now, details={"error": str(exc)[:300]})
 
     def _record_success(self, src: Source, st: SourceState, result: PollResult, now: datetime,
                         interval: float, incidents: Sequence[Incident],
@@ -200,11 +232,6 @@ class Watcher:
         if result.rate_limited_until is not None:
             next_at = max(next_at, result.rate_limited_until)
             extra[NOT_BEFORE] = result.rate_limited_until.isoformat()
-        if st.failures >= self.settings.failure_alert_after:
-            self.store.append_audit(actor="watcher", action="source.recovered",
-                                    subject=f"source:{src.key}",
-                                    reason=f"polled successfully after {st.failures} failures",
-                                    now=now)
         new = replace(
             st, last_polled_at=now, next_poll_at=next_at, last_ok_at=now, failures=0,
             etag=result.etag if result.etag is not None else st.etag,
@@ -212,29 +239,48 @@ class Watcher:
             else st.last_modified,
             cursor=result.cursor if result.cursor is not None else st.cursor,
             extra=extra, baseline_done=True)
-        self._audit_refused(src, new, result, now)
-        if result.not_modified or not result.updates:
-            stats.not_modified += int(result.not_modified)
-            self.store.save_source_state(new)
-            log.debug("source.polled", source=src.key, not_modified=result.not_modified)
-            return
         baseline = not st.baseline_done
         leads = all_lead_sources(self.catalog, incidents)
         ordered = sorted((u for u in result.updates
                           if u.source_id in src.source_ids and u.source_id in
                           self.catalog.sources), key=lambda u: priority(u, leads))
-        def plan(recorded: list[RecordedUpdate]) -> tuple[list[NewOutboxItem], dict[int, str]]:
+        with self.store.unit_of_work() as uow:
+            if st.failures >= self.settings.failure_alert_after:
+                uow.audit.append(NewAuditEvent(
+                    "watcher", "source.recovered", f"source:{src.key}",
+                    f"polled successfully after {st.failures} failures", now))
+            self._audit_refused(uow, src, new, result, now)
+            recorded = self._record_updates(uow, ordered, baseline)
             items: list[NewOutboxItem] = []
-            dispositions: dict[int, str] = {}
             for rec in recorded:
                 m = match(rec, catalog=self.catalog, incidents=incidents, baseline=baseline,
                           now=now)
-                dispositions[rec.update.id or 0] = m.disposition
+                uow.updates.set_disposition(rec.update.id or 0, m.disposition)
                 items += m.items
-            stats.queued += len(items)
-            return items, dispositions
-
-        recorded = self.store.record_poll(new, ordered, baseline=baseline, plan=plan)
+            uow.outbox.add(items, at=now)
+            # The new state (cursor, ETag) is saved with what it found, in one transaction:
+            # a crash can never separate "seen" from "queued".
+            uow.sources.save(new, owner=self.owner)
+            uow.commit()
+        stats.queued += len(items)
         stats.new_updates += len(recorded)
+        if result.not_modified or not result.updates:
+            stats.not_modified += int(result.not_modified)
+            log.debug("source.polled", source=src.key, not_modified=result.not_modified)
+            return
         log.info("source.polled", source=src.key, updates=len(result.updates),
                  new=len(recorded), baseline=baseline)
+
+    @staticmethod
+    def _record_updates(uow: UnitOfWork, updates: Sequence[Update],
+                        baseline: bool) -> list[RecordedUpdate]:
+        """Each update is new, a new revision (same id, different content), or already seen."""
+        out: list[RecordedUpdate] = []
+        for u in updates:
+            latest = uow.updates.latest(u.source_id, u.external_id)
+            if latest is not None and latest[1] == u.content_hash:
+                continue
+            stored = uow.updates.add(u, revision=1 if latest is None else latest[0] + 1,
+                                     baseline=baseline)
+            out.append(RecordedUpdate(stored, "new" if latest is None else "revision"))
+        return out

@@ -70,7 +70,8 @@ class FaultsAndLog:
             if logged:
                 return
             logged = True
-            note = f"accept_then_timeout:{status}" if roll.hang else ""
+            note = f"accept_then_timeout:{status}" if roll.hang else (
+                "slow_accept" if roll.slow_accept else "")
             quota_key, reset_at = str(state.get("quota_key", "")), state.get("reset_at")
             world.log_request(
                 RequestRecord(

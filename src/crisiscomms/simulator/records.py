@@ -38,7 +38,9 @@ class Faults:
     ``paths``, or all when empty). ``drop_rate`` closes the connection without a response;
     ``accept_then_timeout_rate`` (POSTs only) lets the handler record the post, then holds
     the response for ``hang_seconds`` of real time and drops the connection. ``slow_seconds``
-    is a real-time delay before every matching request. ``burst_429`` windows are simulated
+    is a real-time delay before every matching request. ``slow_accept_rate`` (POSTs only) holds
+    a create for ``slow_accept_seconds`` of real time *before* the platform records it: a send
+    slower than the dispatcher's lease. ``burst_429`` windows are simulated
     time: every request to that platform inside ``[start, end)`` is refused as rate-limited
     with its reset at ``end``.
     """
@@ -53,6 +55,8 @@ class Faults:
     status_5xx: int = 503
     paths: tuple[str, ...] = ()
     burst_methods: tuple[str, ...] = ()  # empty: bursts refuse every method
+    slow_accept_rate: float = 0.0
+    slow_accept_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         # Accept lists from callers and scenario files; keep the dataclass hashable.
@@ -69,6 +73,7 @@ class FaultRoll(NamedTuple):
     error: bool
     hang: bool
     slow_seconds: float
+    slow_accept: bool = False  # a create held longer than a lease before it is recorded
 
 
 class RequestRecord(NamedTuple):

@@ -344,11 +344,15 @@ class World:
                 return FaultRoll(False, False, False, 0.0)
             # Always draw three numbers so one rate does not shift the others' sequence.
             r_drop, r_error, r_hang = (self._rng.random() for _ in range(3))
+            # A fourth only when slow accepts are asked for (older seeds replay unchanged).
+            slow_accept = f.slow_accept_rate > 0 and method == "POST" and \
+                self._rng.random() < f.slow_accept_rate
         return FaultRoll(
             drop=r_drop < f.drop_rate,
             error=r_error < f.error_rate_5xx,
             hang=method == "POST" and r_hang < f.accept_then_timeout_rate,
-            slow_seconds=f.slow_seconds,
+            slow_seconds=f.slow_seconds + (f.slow_accept_seconds if slow_accept else 0.0),
+            slow_accept=slow_accept,
         )
 
     def burst_reset(self, platform: str, method: str = "") -> datetime | None:

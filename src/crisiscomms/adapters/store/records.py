@@ -1,13 +1,14 @@
-"""Row <-> domain object conversion for the SQLite store."""
+"""Row <-> domain object conversion for the SQL stores."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
+from collections.abc import Mapping
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
-from crisiscomms.adapters.store.base import dt, dumps, ts
+from crisiscomms.domain.clock import isoformat, parse_instant, utc
 from crisiscomms.domain.models import (
     ActionKind,
     CapInfo,
@@ -21,8 +22,28 @@ from crisiscomms.domain.models import (
     Update,
 )
 
+Row = Mapping[str, Any]
 
-def incident_from_row(r: sqlite3.Row) -> Incident:
+
+def ts(value: datetime | None) -> str | None:
+    """Datetime to the stored text form (sortable UTC ISO-8601)."""
+    return None if value is None else isoformat(value)
+
+
+def dt(value: str | datetime | None) -> datetime | None:
+    """A stored instant (text, or a driver's datetime) back to an aware UTC datetime."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return utc(value)
+    return parse_instant(value)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def incident_from_row(r: Row) -> Incident:
     return Incident(
         id=r["id"], playbook=r["playbook"], hashtags=tuple(json.loads(r["hashtags"])),
         lead=r["lead"], activated_at=dt(r["activated_at"]),  # type: ignore[arg-type]
@@ -64,7 +85,7 @@ def native_from_json(text: str | None) -> NativeRef | None:
     return NativeRef(**d)
 
 
-def update_from_row(r: sqlite3.Row) -> Update:
+def update_from_row(r: Row) -> Update:
     return Update(
         id=r["id"], source_id=r["source_id"], agency=r["agency"], kind=SourceKind(r["kind"]),
         external_id=r["external_id"], url=r["url"], title=r["title"], text=r["text"],
@@ -75,7 +96,7 @@ def update_from_row(r: sqlite3.Row) -> Update:
     )
 
 
-def item_from_row(r: sqlite3.Row) -> OutboxItem:
+def item_from_row(r: Row) -> OutboxItem:
     return OutboxItem(
         id=r["id"], dedupe_key=r["dedupe_key"], channel_id=r["channel_id"],
         action=ActionKind(r["action"]), text=r["text"], state=ItemState(r["state"]),
@@ -92,15 +113,17 @@ def item_from_row(r: sqlite3.Row) -> OutboxItem:
         sent_at=dt(r["sent_at"]), done_at=dt(r["done_at"]),
         out_of_hours=bool(r["out_of_hours"]), over_cap=bool(r["over_cap"]),
         native=native_from_json(r["native"]), url=r["url"],
+        version=r["version"], fence=r["fence"],
     )
 
 
-def state_from_row(r: sqlite3.Row) -> SourceState:
+def state_from_row(r: Row) -> SourceState:
     return SourceState(
         source_id=r["key"], cursor=r["cursor"], etag=r["etag"],
         last_modified=r["last_modified"], baseline_done=bool(r["baseline_done"]),
         last_polled_at=dt(r["last_polled_at"]), next_poll_at=dt(r["next_poll_at"]),
         last_ok_at=dt(r["last_ok_at"]), failures=r["failures"], last_error=r["last_error"],
         last_error_class=r["last_error_class"], error_count=r["error_count"],
-        extra=json.loads(r["extra"] or "{}"),
+        extra=json.loads(r["extra"] or "{}"), lease_owner=r["lease_owner"],
+        lease_until=dt(r["lease_until"]), fence=r["fence"],
     )

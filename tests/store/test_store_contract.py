@@ -1,0 +1,453 @@
+"""The store contract (huey's ``StorageTests`` idea): every backend of the Store port (memory,
+SQLite, PostgreSQL) must behave the same, method by method, transition by transition, under
+fencing and under concurrency."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from crisiscomms.domain import outbox
+from crisiscomms.domain.errors import (
+    NotFoundError,
+    RefusedError,
+    StaleWriteError,
+    TransitionRefusedError,
+)
+from crisiscomms.domain.models import (
+    ActionKind,
+    ItemEvent,
+    ItemState,
+    NewAuditEvent,
+    NewOutboxItem,
+    OutboxItem,
+    SourceKind,
+    SourceState,
+    Update,
+    WatcherInfo,
+)
+from crisiscomms.ports import Store
+
+from .conftest import Backend
+
+NOW = datetime(2026, 11, 27, 18, 0, tzinfo=UTC)
+LEASE = timedelta(minutes=2)
+
+
+def new_item(key: str = "k1", channel: str = "x") -> NewOutboxItem:
+    return NewOutboxItem(dedupe_key=key, channel_id=channel, action=ActionKind.POST, text="hi")
+
+
+def add_items(store: Store, *items: NewOutboxItem) -> list[int]:
+    with store.unit_of_work() as uow:
+        ids = uow.outbox.add(list(items), at=NOW)
+        uow.commit()
+    return ids
+
+
+def save(store: Store, before: OutboxItem, after: OutboxItem, why: str = "t",
+         skip_locked: bool = False) -> OutboxItem:
+    with store.unit_of_work() as uow:
+        saved = uow.outbox.save(before, after, ItemEvent(NOW, str(after.state), why, "test"),
+                                skip_locked=skip_locked)
+        uow.commit()
+    return saved
+
+
+def claim(store: Store, item: OutboxItem, owner: str, now: datetime = NOW) -> OutboxItem:
+    return save(store, item, outbox.claim(item, owner=owner, until=now + LEASE,
+                                          out_of_hours=False, over_cap=False), skip_locked=True)
+
+
+def update(ext: str = "e1", text: str = "flood warning") -> Update:
+    return Update(id=None, source_id="ea", agency="Environment Agency", kind=SourceKind.RSS,
+                  external_id=ext, url="https://example.gov.uk/1", title="t", text=text,
+                  published_at=NOW, fetched_at=NOW, content_hash=f"h-{text}")
+
+
+# -- incidents ---------------------------------------------------------------------------------
+def test_incidents_add_get_list_and_one_active_per_playbook(store: Store):
+    with store.unit_of_work() as uow:
+        inc = uow.incidents.add(playbook="flooding", hashtags=["#EssexFlood"], lead="ea",
+                                reason="r", operator="alice", at=NOW)
+        uow.commit()
+    assert inc.id is not None and inc.active and inc.hashtags == ("#EssexFlood",)
+    assert store.get_incident(inc.id) == inc
+    assert store.active_incidents() == [inc]
+    with pytest.raises(RefusedError, match="already active"), store.unit_of_work() as uow:
+        uow.incidents.add(playbook="flooding", hashtags=[], lead="ea", reason="r",
+                          operator="bob", at=NOW)
+    with store.unit_of_work() as uow:
+        assert uow.incidents.stand_down(inc.id, at=NOW, operator="alice", reason="over")
+        assert not uow.incidents.stand_down(inc.id, at=NOW, operator="alice", reason="again")
+        assert not uow.incidents.change_lead(inc.id, lead="police")
+        uow.commit()
+    (closed,) = store.incidents()
+    assert not closed.active and closed.deactivated_by == "alice"
+    assert store.active_incidents() == []
+    with pytest.raises(NotFoundError, match="unknown incident 999"):
+        store.get_incident(999)
+
+
+def test_a_unit_of_work_without_commit_writes_nothing(store: Store):
+    with store.unit_of_work() as uow:
+        uow.incidents.add(playbook="p", hashtags=[], lead="l", reason="r", operator="o",
+                          at=NOW)
+        uow.outbox.add([new_item()], at=NOW)
+        uow.audit.append(NewAuditEvent("o", "test.event", "s", "r", NOW))
+    assert store.incidents() == [] and store.items() == []
+    assert store.audit_events() == [] and store.verify_audit().ok
+
+
+def test_an_error_inside_a_unit_of_work_rolls_everything_back(store: Store):
+    with pytest.raises(RuntimeError), store.unit_of_work() as uow:
+        uow.outbox.add([new_item()], at=NOW)
+        uow.audit.append(NewAuditEvent("o", "test.event", "s", "r", NOW))
+        raise RuntimeError("boom")
+    assert store.items() == [] and store.audit_events() == []
+
+
+# -- updates and sources -------------------------------------------------------------------------
+def test_updates_revisions_dispositions_and_filters(store: Store):
+    with store.unit_of_work() as uow:
+        assert uow.updates.latest("ea", "e1") is None
+        first = uow.updates.add(update(), revision=1, baseline=True)
+        second = uow.updates.add(update(text="flood warning (updated)"), revision=2,
+                                 baseline=False)
+        uow.updates.set_disposition(second.id or 0, "queued")
+        uow.commit()
+    assert first.id and second.id and first.id != second.id
+    with store.reader() as r:
+        assert r.updates.latest("ea", "e1") == (2, "h-flood warning (updated)")
+    rows = store.updates(source_ids=["ea"])
+    assert [(u.revision, d, b) for u, d, b in rows] == [(1, "", True), (2, "queued", False)]
+    assert store.updates(source_ids=[]) == []
+    assert store.updates(published_from=NOW + timedelta(seconds=1)) == []
+    assert store.get_update(second.id).text == "flood warning (updated)"
+
+
+def test_the_same_revision_cannot_be_stored_twice(backend: Backend):
+    a, b = backend.open(), backend.open()
+    with a.unit_of_work() as uow:
+        uow.updates.add(update(), revision=1, baseline=False)
+        uow.commit()
+    with pytest.raises(Exception), b.unit_of_work() as uow:
+        uow.updates.add(update(text="other"), revision=1, baseline=False)
+        uow.commit()
+    assert len(a.updates()) == 1
+
+
+def test_source_state_claim_save_and_fencing(backend: Backend):
+    a, b = backend.open(), backend.open()
+    seen = a.source_state("ea")
+    assert seen == SourceState(source_id="ea")
+    with a.unit_of_work() as uow:
+        got = uow.sources.claim({"ea": seen}, owner="w1", now=NOW, lease=LEASE)
+        uow.commit()
+    with b.unit_of_work() as uow:  # held by w1: w2 gets nothing
+        assert uow.sources.claim({"ea": seen}, owner="w2", now=NOW, lease=LEASE) == {}
+        uow.commit()
+    mine = got["ea"]
+    assert mine.lease_owner == "w1" and mine.fence == seen.fence + 1
+    # w1 stalls past its lease; w2 takes the source over and records its poll.
+    later = NOW + LEASE + timedelta(seconds=1)
+    with b.unit_of_work() as uow:
+        theirs = uow.sources.claim({"ea": b.source_state("ea")}, owner="w2", now=later,
+                                   lease=LEASE)["ea"]
+        uow.commit()
+    with b.unit_of_work() as uow:
+        uow.sources.save(replace(theirs, cursor="c2", last_polled_at=later), owner="w2")
+        uow.commit()
+    with pytest.raises(StaleWriteError, match="taken over"), a.unit_of_work() as uow:
+        uow.sources.save(replace(mine, cursor="c1"), owner="w1")
+        uow.commit()
+    final = a.source_state("ea")
+    assert final.cursor == "c2" and final.lease_owner is None
+    # A state seen before that poll is stale: claiming with it gets nothing.
+    with a.unit_of_work() as uow:
+        assert uow.sources.claim({"ea": seen}, owner="w1", now=later, lease=LEASE) == {}
+        uow.commit()
+    assert [s.source_id for s in a.source_states()] == ["ea"]
+
+
+def test_two_watchers_racing_for_due_sources_split_them(backend: Backend):
+    keys = [f"s{i:02d}" for i in range(20)]
+    stores = [backend.open(), backend.open()]
+    won: dict[str, list[str]] = {"w0": [], "w1": []}
+    barrier = threading.Barrier(2)
+
+    def go(i: int) -> None:
+        s = stores[i]
+        seen = {k: s.source_state(k) for k in keys}
+        barrier.wait()
+        with s.unit_of_work() as uow:
+            got = uow.sources.claim(seen, owner=f"w{i}", now=NOW, lease=LEASE)
+            uow.commit()
+        won[f"w{i}"] = sorted(got)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(won["w0"] + won["w1"]) == keys  # each source claimed exactly once
+
+
+# -- the outbox ----------------------------------------------------------------------------------
+def test_outbox_add_is_idempotent_and_lists_filter(store: Store):
+    assert add_items(store, new_item("k1"), new_item("k2", "fb")) != []
+    assert add_items(store, new_item("k1")) == []
+    assert [i.dedupe_key for i in store.items()] == ["k1", "k2"]
+    assert [i.dedupe_key for i in store.items(channel_id="fb")] == ["k2"]
+    assert [i.dedupe_key for i in store.items(states=["queued"], limit=1)] == ["k1"]
+    assert store.queue_counts() == {"queued": 2}
+    (first, _) = store.items()
+    assert [e.reason for e in store.item_events(first.id)] == ["queued"]
+    with pytest.raises(NotFoundError, match="unknown outbox item 999"):
+        store.get_item(999)
+
+
+def test_the_whole_happy_path_of_an_item(store: Store):
+    (item_id,) = add_items(store, new_item())
+    item = store.get_item(item_id)
+    leased = claim(store, item, "w1")
+    assert leased.state is ItemState.LEASED and leased.version == item.version + 1
+    sending = save(store, leased, outbox.start_send(leased, at=NOW, until=NOW + LEASE))
+    assert sending.attempts == 1
+    done = save(store, sending, outbox.publish(sending, post_id="123", url="u", at=NOW))
+    stored = store.get_item(item_id)
+    assert stored == done and stored.state is ItemState.PUBLISHED
+    assert stored.platform_post_id == "123" and stored.lease_owner is None
+    assert [e.state for e in store.item_events(item_id)] == ["queued", "leased", "sending",
+                                                             "published"]
+    with store.reader() as r:
+        assert r.outbox.published_for(0, "x") is None
+        c = r.outbox.counters("x", now=NOW, week_start=NOW - timedelta(days=1),
+                              day_start=NOW - timedelta(hours=1))
+    assert c.week_count == 1 and c.normal_week_count == 1 and c.last_hour_count == 1
+
+
+def test_a_write_from_a_stale_copy_is_refused_and_changes_nothing(store: Store):
+    (item_id,) = add_items(store, new_item())
+    item = store.get_item(item_id)
+    save(store, item, outbox.hold(item, until=None, reason="held by alice"))
+    with pytest.raises(StaleWriteError, match=f"item {item_id}"):
+        save(store, item, outbox.approve(item, by="bob", at=NOW, reason="ok"))
+    now = store.get_item(item_id)
+    assert now.state is ItemState.HELD and now.approved_by is None
+    assert len(store.item_events(item_id)) == 2
+
+
+@pytest.mark.parametrize("name", sorted(outbox.TRANSITIONS))
+def test_every_transition_is_refused_from_a_state_it_may_not_start_in(store: Store,
+                                                                     name: str):
+    (item_id,) = add_items(store, new_item())
+    item = store.get_item(item_id)
+    t = outbox.TRANSITIONS[name]
+    wrong = sorted(set(ItemState) - t.allowed_from)
+    assert wrong, f"{name} is allowed from every state"
+    for state in wrong:
+        with pytest.raises(TransitionRefusedError, match=f"'{name}' needs it to be one of"):
+            outbox.check(replace(item, state=state), name)
+    assert store.get_item(item_id) == item
+
+
+def test_fencing_a_stale_owner_cannot_publish_requeue_or_fail(backend: Backend):
+    a, b = backend.open(), backend.open()
+    (item_id,) = add_items(a, new_item())
+    leased = claim(a, a.get_item(item_id), "w1")
+    sending = save(a, leased, outbox.start_send(leased, at=NOW, until=NOW + LEASE))
+    # w1 hangs; its lease expires; w2 takes over (new token) and finds the post on the platform.
+    later = NOW + LEASE + timedelta(seconds=1)
+    with b.reader() as r:
+        (expired,) = r.outbox.expired(later)
+    with pytest.raises(TransitionRefusedError, match="lease of w1 runs until"):
+        outbox.take_over(expired, owner="w2", now=NOW, until=NOW + LEASE)
+    mine = save(b, expired, outbox.take_over(expired, owner="w2", now=later,
+                                             until=later + LEASE), skip_locked=True)
+    assert mine.fence == sending.fence + 1
+    with a.unit_of_work() as uow:  # w1's lease keeper can no longer renew
+        assert not uow.outbox.renew(sending, until=later + LEASE)
+        uow.commit()
+    for stale in (outbox.publish(sending, post_id="dup", url="", at=later),
+                  outbox.release(sending, state=ItemState.QUEUED, reason="retry", at=later),
+                  outbox.release(sending, state=ItemState.FAILED, reason="gave up", at=later)):
+        with pytest.raises(StaleWriteError):
+            save(a, sending, stale)
+    done = save(b, mine, outbox.publish(mine, post_id="123", url="", at=later))
+    assert store_state(b, item_id) == ("published", "123")
+    assert done.fence == mine.fence
+    with b.unit_of_work() as uow:
+        assert uow.outbox.renew(done, until=later) is False  # not in flight any more
+        uow.commit()
+
+
+def store_state(store: Store, item_id: int) -> tuple[str, str | None]:
+    it = store.get_item(item_id)
+    return str(it.state), it.platform_post_id
+
+
+def test_the_holder_renews_its_lease(store: Store):
+    (item_id,) = add_items(store, new_item())
+    leased = claim(store, store.get_item(item_id), "w1")
+    sending = save(store, leased, outbox.start_send(leased, at=NOW, until=NOW + LEASE))
+    with store.unit_of_work() as uow:
+        assert uow.outbox.renew(sending, until=NOW + 2 * LEASE)
+        uow.commit()
+    with store.reader() as r:
+        assert r.outbox.expired(NOW + LEASE + timedelta(seconds=1)) == []
+        assert [i.id for i in r.outbox.expired(NOW + 3 * LEASE)] == [item_id]
+    # Renewal does not change the version: the holder's next transition still applies.
+    save(store, sending, outbox.publish(sending, post_id="1", url="", at=NOW))
+
+
+def test_two_units_of_work_racing_for_one_item_one_wins(backend: Backend):
+    stores = [backend.open() for _ in range(4)]
+    (item_id,) = add_items(stores[0], new_item())
+    item = stores[0].get_item(item_id)
+    barrier = threading.Barrier(len(stores))
+    results: list[str] = []
+
+    def go(i: int) -> None:
+        barrier.wait()
+        try:
+            claim(stores[i], item, f"w{i}")
+            results.append("won")
+        except StaleWriteError:
+            results.append("lost")
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["lost"] * 3 + ["won"]
+    assert stores[0].get_item(item_id).fence == 1
+
+
+def test_racing_activations_leave_one_incident(backend: Backend):
+    stores = [backend.open() for _ in range(6)]
+    barrier = threading.Barrier(len(stores))
+    results: list[str] = []
+
+    def go(s: Store) -> None:
+        barrier.wait()
+        try:
+            with s.unit_of_work() as uow:
+                uow.incidents.add(playbook="flooding", hashtags=["#A"], lead="l", reason="r",
+                                  operator="o", at=NOW)
+                uow.audit.append(NewAuditEvent("o", "incident.activated", "i", "r", NOW))
+                uow.commit()
+            results.append("ok")
+        except RefusedError:
+            results.append("refused")
+
+    threads = [threading.Thread(target=go, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["ok"] + ["refused"] * 5
+    assert len(stores[0].active_incidents()) == 1
+    assert stores[0].verify_audit().count == 1
+
+
+# -- the audit chain -----------------------------------------------------------------------------
+def test_audit_append_events_and_verify(store: Store):
+    with store.unit_of_work() as uow:
+        for i in range(3):
+            uow.audit.append(NewAuditEvent("a", "test.event", f"s{i}", "r", NOW, {"i": i}))
+        uow.audit.append(NewAuditEvent("b", "other.thing", "s", "r", NOW + timedelta(hours=1)))
+        uow.commit()
+    events = store.audit_events()
+    assert [e.seq for e in events] == [1, 2, 3, 4]
+    assert events[0].details == {"i": 0} and events[1].prev_hash == events[0].hash
+    assert [e.seq for e in store.audit_events(action_prefix="test.")] == [1, 2, 3]
+    assert [e.seq for e in store.audit_events(since=NOW + timedelta(minutes=1))] == [4]
+    assert [e.seq for e in store.audit_events(limit=2)] == [1, 2]
+    assert store.audit_events(action_prefix="test_") == []  # '_' is not a wildcard
+    report = store.verify_audit()
+    assert report.ok and report.count == 4 and report.head_hash == events[-1].hash
+
+
+def test_concurrent_appends_make_one_chain_with_no_gaps(backend: Backend):
+    stores = [backend.open() for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+
+    def go(i: int) -> None:
+        barrier.wait()
+        for n in range(10):
+            with stores[i].unit_of_work() as uow:
+                uow.audit.append(NewAuditEvent(f"w{i}", "test.event", f"{i}:{n}", "r", NOW))
+                uow.commit()
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    report = stores[0].verify_audit()
+    assert report.ok and report.count == 40
+    assert [e.seq for e in stores[0].audit_events()] == list(range(1, 41))
+
+
+# -- channels, windows, watchers -----------------------------------------------------------------
+def test_channel_pauses_accumulate(store: Store):
+    with store.unit_of_work() as uow:
+        uow.channels.pause("x", until=NOW + timedelta(minutes=15), reason="429", wait_seconds=900)
+        uow.channels.pause("x", until=NOW + timedelta(minutes=5), reason="429 again",
+                           wait_seconds=300)
+        uow.commit()
+    (x,) = store.channel_states().values()
+    assert x.paused_until == NOW + timedelta(minutes=5) and x.rate_limit_waits == 2
+    assert x.rate_limit_wait_seconds == 1200 and x.last_error == "429 again"
+    with store.reader() as r:
+        assert r.outbox.counters("x", now=NOW, week_start=NOW, day_start=NOW).paused_until \
+            == NOW + timedelta(minutes=5)
+
+
+def test_windows_add_list_remove(store: Store):
+    with store.unit_of_work() as uow:
+        w = uow.windows.add(start=NOW, end=NOW + timedelta(hours=1), reason="Q&A",
+                            operator="alice", at=NOW)
+        uow.commit()
+    assert store.windows() == [w] and w.created_by == "alice"
+    with store.unit_of_work() as uow:
+        assert uow.windows.remove(w.id or 0)
+        assert not uow.windows.remove(w.id or 0)
+        uow.commit()
+    assert store.windows() == []
+
+
+def test_watchers_heartbeat_list_and_remove(store: Store):
+    a = WatcherInfo("host-a:1", "host-a", 1, NOW, NOW)
+    b = WatcherInfo("host-b:2", "host-b", 2, NOW, NOW + timedelta(seconds=5))
+    with store.unit_of_work() as uow:
+        uow.watchers.heartbeat(a)
+        uow.watchers.heartbeat(b)
+        uow.watchers.heartbeat(replace(a, last_seen_at=NOW + timedelta(seconds=10)))
+        uow.commit()
+    assert [(w.worker_id, w.last_seen_at) for w in store.watchers()] == [
+        ("host-a:1", NOW + timedelta(seconds=10)), ("host-b:2", NOW + timedelta(seconds=5))]
+    with store.unit_of_work() as uow:
+        uow.watchers.remove("host-a:1")
+        uow.commit()
+    assert [w.host for w in store.watchers()] == ["host-b"]
+
+
+def test_a_reader_cannot_commit(store: Store):
+    with pytest.raises(Exception, match="read-only"), store.reader() as r:
+        r.commit()
+
+
+def test_migrations_from_an_empty_database_and_again(backend: Backend):
+    first = backend.open()
+    assert first.schema_version == 4
+    with first.unit_of_work() as uow:
+        uow.outbox.add([new_item()], at=NOW)
+        uow.commit()
+    again = backend.open()  # re-opening migrates nothing and loses nothing
+    assert again.schema_version == 4 and len(again.items()) == 1
