@@ -1,5 +1,6 @@
 """What the benchmarks share: percentiles, per-process CPU/RSS readings, quiet logging,
-the loopback feed server as a child process, and the result format."""
+the loopback feed server as a child process, a throw-away PostgreSQL cluster and the result
+format."""
 
 from __future__ import annotations
 
@@ -129,6 +130,66 @@ def feed_server(feeds: int, *, hosts: int = 10, seed: int = 1,
             proc.wait(5)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+class PgServer:
+    """A throw-away PostgreSQL cluster (``tests.pgserver.PgCluster``: initdb in a temp dir,
+    fsync and synchronous_commit off) and the CPU its processes have used."""
+
+    def __init__(self) -> None:
+        from tests.pgserver import PgCluster
+
+        self.cluster = PgCluster()
+        assert self.cluster.datadir is not None
+        pidfile = self.cluster.datadir / "postmaster.pid"
+        self.postmaster_pid = int(pidfile.read_text().split()[0])
+
+    def create_database(self, name: str) -> str:
+        return self.cluster.create_database(name)
+
+    @property
+    def cpu_seconds(self) -> float:
+        """utime + stime of the postmaster and every live child (backends, walwriter, ...),
+        plus what its exited children used (cutime + cstime): take differences."""
+        pm = self.postmaster_pid
+        total = 0.0
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(entry.name) == pm or int(fields[1]) == pm:
+                # After the ")": state, ppid, ... utime, stime, cutime, cstime (14-17 in proc(5)).
+                total += sum(int(f) for f in fields[11:15]) / _CLK_TCK
+        return total
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+
+@contextlib.contextmanager
+def pg_server() -> Iterator[PgServer | str]:
+    """A started throw-away cluster, stopped (and its dir removed) afterwards; or, if
+    PostgreSQL cannot run here, the one-line reason why (the caller reports it as skipped)."""
+    from tests.pgserver import PgUnavailableError
+
+    reason = ""
+    try:
+        server = PgServer()
+    except PgUnavailableError as exc:
+        reason = str(exc)
+    except (OSError, subprocess.SubprocessError) as exc:
+        reason = f"could not start PostgreSQL: {(str(exc).splitlines() or [repr(exc)])[0]}"
+    if reason:
+        yield reason
+        return
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def write_result(path: str | None, result: dict[str, Any]) -> None:

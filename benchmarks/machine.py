@@ -54,8 +54,27 @@ def _commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
+def _postgres() -> str:
+    """The version of the PostgreSQL server the PostgreSQL benchmarks would start ("" if
+    there is none)."""
+    try:
+        from tests.pgserver import find_bindir
+
+        bindir = find_bindir()
+        if bindir is None:
+            return ""
+        out = subprocess.run([str(bindir / "postgres"), "--version"],  # noqa: S603
+                             capture_output=True, text=True, timeout=10)
+    except (ImportError, OSError, subprocess.SubprocessError):
+        return ""
+    # "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)" -> "15.18"
+    words = out.stdout.split()
+    return words[2] if out.returncode == 0 and len(words) > 2 else ""
+
+
 def describe() -> dict[str, Any]:
-    """CPU model, cores, memory, Python, OS, SQLite, kernel, load and the commit measured."""
+    """CPU model, cores, memory, Python, OS, SQLite, PostgreSQL, kernel, load and the commit
+    measured."""
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -74,6 +93,7 @@ def describe() -> dict[str, Any]:
         "os": _os_name(),
         "kernel": platform.release(),
         "sqlite": sqlite3.sqlite_version,
+        "postgresql": _postgres(),
         "load_avg_at_start": load,
         "executable": sys.executable,
         "commit": _commit(),

@@ -1,15 +1,22 @@
 """Run every benchmark and print one table (``make bench``).
 
     python -m benchmarks.run                 # everything, full size (a few minutes)
-    python -m benchmarks.run --quick         # 100 sources, 500 items; no drill, no feed2toot
+    python -m benchmarks.run --quick         # 100 sources, 500 items (PostgreSQL: 500, and
+                                             # 100 per contention run); no drill, no feed2toot
     python -m benchmarks.run --only watch-1000 --only dispatch-10k
+    python -m benchmarks.run --only dispatch-10k --only dispatch-10k-pg --only claim-contention-pg
     python -m benchmarks.run --profile prof/ # also write a cProfile file per benchmark
 
 Each benchmark runs in its own process (``python -m benchmarks.<module> --json-out ...``) so
 its CPU time and peak RSS are its own. The table and the machine's description are printed
 and written as JSON (``--json``, default ``bench-results.json``). Targets are shown with a
 verdict, never enforced: benchmarks on a shared machine are noisy. The exit status is
-non-zero only when a benchmark could not run.
+non-zero only when a benchmark could not run or a correctness check failed (an item published
+twice, or not at all, in ``claim-contention-pg``).
+
+The PostgreSQL benchmarks (``dispatch-10k-pg``, ``claim-contention-pg``) each start a
+throw-away cluster (``tests.pgserver.PgCluster``) and stop it; where PostgreSQL cannot run they
+print one "skipped" row with the reason and the run goes on.
 """
 
 from __future__ import annotations
@@ -39,6 +46,11 @@ class Bench:
     quick_args: list[str] | None  # None: skipped with --quick
     rows: Callable[[dict[str, Any]], list[tuple[str, str, str, str]]]
     timeout: float = 1800.0
+    # Rows that compare with benchmarks run before this one (their results so far).
+    compare: Callable[[dict[str, Any], dict[str, Any]], list[tuple[str, str, str, str]]] \
+        | None = None
+    # A correctness check on the result: False fails the run (not a target, never noise).
+    check: Callable[[dict[str, Any]], bool] | None = None
 
 
 def _f(x: Any, digits: int = 2) -> str:
@@ -90,14 +102,15 @@ def watch_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     ]
 
 
-def dispatch_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+def dispatch_rows(r: dict[str, Any], *, target: bool = True) -> list[tuple[str, str, str, str]]:
     ips = r["items_per_s"]
     return [
         ("items (incl. activation msgs)",
          f"{r['published']:,} published of {r['pending_at_start']:,} in {r['ticks']} ticks",
          "", ""),
         ("throughput", f"{_f(ips, 0)} items/s ({_f(r['wall_s'])} s wall, "
-         f"{_f(r['cpu_s'])} s CPU)", ">= 500 items/s", _verdict(ips >= 500)),
+         f"{_f(r['cpu_s'])} s CPU)", ">= 500 items/s" if target else "",
+         _verdict(ips >= 500) if target else ""),
         ("wall per item", f"{_f(r['wall_per_item_ms'], 3)} ms", "", ""),
         ("decision latency p50 / p99",
          f"{_f(r['decision_p50_ms'], 3)} / {_f(r['decision_p99_ms'], 3)} ms "
@@ -105,6 +118,71 @@ def dispatch_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         ("enqueue (one call)", f"{_f(r['enqueue_s'], 3)} s for {r['items_enqueued']:,}",
          "", ""),
     ]
+
+
+def skipped_row(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    return [("skipped", str(r["skipped"]), "", "")]
+
+
+def dispatch_pg_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    if "skipped" in r:
+        return skipped_row(r)
+    rows = dispatch_rows(r, target=False)
+    rows.insert(2, ("server CPU (PostgreSQL processes)",
+                    f"{_f(r['server_cpu_s'])} s during the ticks (client CPU above)", "", ""))
+    return rows
+
+
+def dispatch_compare_rows(r: dict[str, Any],
+                          before: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    if "skipped" in r:
+        return []
+    sq = before.get("dispatch-10k", {})
+    if "items_per_s" not in sq:
+        return [("vs SQLite (same workload)", "n/a: dispatch-10k not in this run", "", "")]
+    pg_cpu = 1000 * (r["cpu_s"] + r["server_cpu_s"]) / max(1, r["published"])
+    sq_cpu = 1000 * sq["cpu_s"] / max(1, sq["published"])
+    return [("vs SQLite (same workload)",
+             f"{r['items_per_s'] / sq['items_per_s']:.2f}x the items/s "
+             f"({_f(r['items_per_s'], 0)} vs {_f(sq['items_per_s'], 0)}); CPU/item "
+             f"{pg_cpu:.2f} ms (client+server) vs {sq_cpu:.2f} ms", "", "")]
+
+
+def _workers(n: int) -> str:
+    return f"{n} worker" + ("" if n == 1 else "s")
+
+
+def contention_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    if "skipped" in r:
+        return skipped_row(r)
+    runs = r["runs"]
+    rows = [("queue per run", f"{runs[0]['queued']:,} items pending, crisis active, dry-run "
+             "publishers; fresh database per run", "", "")]
+    for run in runs:
+        n = run["workers"]
+        rows.append((_workers(n),
+                     f"{_f(run['items_per_s'], 0)} items/s ({_f(run['wall_s'])} s wall; CPU "
+                     f"{_f(run['cpu_s'])} s client, {_f(run['server_cpu_s'])} s server); "
+                     f"{_f(run['speedup_vs_first'])}x of {_workers(runs[0]['workers'])}",
+                     "", ""))
+        if n > 1:
+            split = " / ".join(f"{w['published']:,}" for w in run["per_worker"])
+            rows.append((f"{_workers(n)}: published each, lost claims",
+                         f"{split}; {run['lost_claims']:,} items decided but taken by another "
+                         "worker", "", ""))
+    errors = [e for run in runs for e in run["errors"]]
+    published = ", ".join(f"{run['published']:,}" for run in runs)
+    value = (f"{published} of {runs[0]['queued']:,} published; {r['duplicates']} duplicates "
+             "(publish calls, 'published' events, audit events per item)")
+    if errors:
+        value += f"; worker crashed: {errors[0]}"
+    rows.append(("published exactly once", value, "0 duplicates",
+                 _verdict(bool(r["exactly_once_ok"]))))
+    return rows
+
+
+def contention_ok(r: dict[str, Any]) -> bool:
+    return "skipped" in r or bool(r["exactly_once_ok"])
 
 
 def drill_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -154,6 +232,13 @@ BENCHES = [
           ["--feeds", "100", "--cycles", "2"], watch_rows),
     Bench("dispatch-10k", "benchmarks.dispatch", ["--items", "10000"], ["--items", "500"],
           dispatch_rows),
+    # The same workload on PostgreSQL, right after the SQLite one, so the ratio means something.
+    Bench("dispatch-10k-pg", "benchmarks.dispatch", ["--items", "10000", "--store", "postgresql"],
+          ["--items", "500", "--store", "postgresql"], dispatch_pg_rows,
+          compare=dispatch_compare_rows),
+    Bench("claim-contention-pg", "benchmarks.claim_contention",
+          ["--items", "4000", "--workers", "1,2,4"], ["--items", "100", "--workers", "1,2,4"],
+          contention_rows, check=contention_ok),
     Bench("drill-tta", "benchmarks.drill_tta", [], None, drill_rows),
     Bench("feed2toot", "benchmarks.feed2toot_cmp", ["--feeds", "200", "--cycles", "5"], None,
           f2t_rows),
@@ -193,7 +278,8 @@ def render(machine: dict[str, Any], rows: list[tuple[str, str, str, str, str]]) 
         f"machine: {machine['cpu_model']}; {machine['cores']} cores "
         f"({machine['cores_usable']} usable); {machine['memory_gib']} GiB; "
         f"Python {machine['python']}; {machine['os']} (kernel {machine['kernel']}); "
-        f"SQLite {machine['sqlite']}; load {machine['load_avg_at_start']}; "
+        f"SQLite {machine['sqlite']}; PostgreSQL {machine.get('postgresql') or 'none'}; "
+        f"load {machine['load_avg_at_start']}; "
         f"commit {machine['commit'] or '?'}",
         "",
         "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip(),
@@ -213,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run",
                                 description="Run every benchmark and print one table.")
     p.add_argument("--quick", action="store_true",
-                   help="small sizes (100 sources, 500 items); skip the drill and feed2toot")
+                   help="small sizes (100 sources, 500 items, 100 per contention run); skip "
+                   "the drill and feed2toot")
     p.add_argument("--only", action="append", choices=[b.name for b in BENCHES],
                    help="run only this benchmark (repeatable)")
     p.add_argument("--json", type=Path, default=REPO / "bench-results.json",
@@ -242,7 +329,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             rows += [(bench.name, *r) for r in bench.rows(result)]
-        except (KeyError, TypeError, ValueError) as exc:
+            if bench.compare is not None:
+                rows += [(bench.name, *r) for r in bench.compare(result, results)]
+            if bench.check is not None and not bench.check(result):
+                failed = True
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
             failed = True
             rows.append((bench.name, "ERROR", f"bad result: {exc!r}", "", ""))
     table = render(machine, rows)

@@ -1,7 +1,9 @@
 """The benchmark harness runs end to end at its smallest size and prints every row.
 
 No timing is asserted: the machine is shared and benchmarks are noisy. This only proves that
-``make bench`` still works after a change (loopback feed server, real watcher, dispatcher).
+``make bench`` still works after a change (loopback feed server, real watcher, dispatcher, and
+the PostgreSQL rows on a throw-away cluster, or their "skipped" row where PostgreSQL cannot run)
+and that 1, 2 and 4 concurrent dispatchers on PostgreSQL published every item exactly once.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ DISPATCH_METRICS = [
     "items (incl. activation msgs)", "throughput", "wall per item",
     "decision latency p50 / p99", "enqueue (one call)",
 ]
+DISPATCH_PG_METRICS = [*DISPATCH_METRICS, "server CPU (PostgreSQL processes)",
+                       "vs SQLite (same workload)"]
+CONTENTION_METRICS = [
+    "queue per run", "1 worker", "2 workers", "2 workers: published each, lost claims",
+    "4 workers", "4 workers: published each, lost claims", "published exactly once",
+]
+PG_BENCHES = {"dispatch-10k-pg": DISPATCH_PG_METRICS, "claim-contention-pg": CONTENTION_METRICS}
 
 
 @pytest.mark.slow
@@ -40,7 +49,7 @@ def test_quick_benchmarks_print_every_row(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
     out = proc.stdout
     assert out.startswith("machine: ")
-    for name in ("watch-1000", "dispatch-10k", "drill-tta", "feed2toot"):
+    for name in ("watch-1000", "dispatch-10k", *PG_BENCHES, "drill-tta", "feed2toot"):
         assert name in out
     for metric in WATCH_METRICS + DISPATCH_METRICS:
         assert metric in out, metric
@@ -63,3 +72,32 @@ def test_quick_benchmarks_print_every_row(tmp_path: Path) -> None:
     rows = {(r["benchmark"], r["metric"]) for r in data["table"]}
     assert {("watch-1000", m) for m in WATCH_METRICS} <= rows
     assert {("dispatch-10k", m) for m in DISPATCH_METRICS} <= rows
+
+    for name, metrics in PG_BENCHES.items():
+        result = data["results"][name]
+        if "skipped" in result:  # PostgreSQL cannot run here: one row says why
+            assert result["skipped"] and result["skipped"] != "--quick"
+            assert (name, "skipped") in rows, name
+            continue
+        for metric in metrics:
+            assert metric in out, metric
+        assert {(name, m) for m in metrics} <= rows, name
+    dispatch_pg = data["results"]["dispatch-10k-pg"]
+    if "skipped" not in dispatch_pg:
+        assert dispatch_pg["published"] == dispatch_pg["pending_at_start"] \
+            == dispatch["pending_at_start"]
+        assert dispatch_pg["server_cpu_s"] >= 0
+    contention = data["results"]["claim-contention-pg"]
+    if "skipped" not in contention:
+        assert [r["workers"] for r in contention["runs"]] == [1, 2, 4]
+        for run in contention["runs"]:
+            assert run["errors"] == [], run["errors"]
+            assert run["published"] == run["queued"] == run["publish_calls"] > 0
+            assert run["items_published_twice"] == 0
+            assert run["db"]["items_published"] == run["queued"]
+            assert run["db"]["items_with_2_published_events"] == 0
+            assert run["exactly_once_ok"]
+        assert contention["duplicates"] == 0
+        verdicts = {r["metric"]: r["verdict"] for r in data["table"]
+                    if r["benchmark"] == "claim-contention-pg"}
+        assert verdicts["published exactly once"] == "ok"

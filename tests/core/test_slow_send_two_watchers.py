@@ -61,6 +61,9 @@ def test_a_send_slower_than_the_lease_is_not_taken_over_or_duplicated(tmp_path, 
                  > started + timedelta(seconds=5))
         world.clock.advance(timedelta(seconds=3))  # past the lease as first dated
         seen_by_b.append(b.tick(world.clock.now()).published)
+        # B did not take the item over: A still holds it under its own token.
+        held = other_store.get_item(item_id)
+        assert (str(held.state), held.lease_owner, held.fence) == ("sending", "A", 1)
 
     x.on_publish = slow
     for it in world.store.items(states=["queued"]):

@@ -51,6 +51,11 @@ class FaultsAndLog:
         roll = world.roll_faults(method, path)
         if roll.slow_seconds > 0:
             await asyncio.sleep(roll.slow_seconds)
+        if roll.slow_accept:
+            # The whole request has arrived; the platform takes its time before it records the
+            # post, and records it even if the client has gone meanwhile (as a real one does).
+            receive = await _buffered(receive)
+            await asyncio.sleep(world.faults.slow_accept_seconds)
         if roll.drop:
             world.log_request(RequestRecord(at, method, path, 0, platform, note="drop"))
             log.info("simulator.fault", fault="drop", path=path)
@@ -104,6 +109,23 @@ class FaultsAndLog:
                     break
                 await asyncio.sleep(_HANG_STEP)
             await _drop(scope)
+
+
+async def _buffered(receive: Receive) -> Receive:
+    """Read the request body now; replay it to the app later."""
+    messages: list[Message] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request" or not message.get("more_body"):
+            break
+
+    async def replay() -> Message:
+        if messages:
+            return messages.pop(0)
+        return {"type": "http.disconnect"}
+
+    return replay
 
 
 async def _drop(scope: Scope) -> None:

@@ -351,7 +351,7 @@ class World:
             drop=r_drop < f.drop_rate,
             error=r_error < f.error_rate_5xx,
             hang=method == "POST" and r_hang < f.accept_then_timeout_rate,
-            slow_seconds=f.slow_seconds + (f.slow_accept_seconds if slow_accept else 0.0),
+            slow_seconds=f.slow_seconds,
             slow_accept=slow_accept,
         )
 
