@@ -75,8 +75,7 @@ class RunLoop:
                     if once:
                         raise
                     failures += 1
-                    wait = backoff_delay(failures, base=max(tick_seconds, 1.0), cap=60.0,
-                                         rng=self.rng)
+                    wait = backoff_delay(failures, base=tick_seconds, cap=60.0, rng=self.rng)
                     log.error("watch.store_unavailable", error=str(exc), failures=failures,
                               retry_in_s=round(wait, 1))
                 ticks += 1
