@@ -179,4 +179,7 @@ def test_cap_document_defaults_and_bad_dates() -> None:
         source_id="s",
     )
     assert doc.cap.identifier == "I" and doc.cap.sent is None and doc.cap.expires is None
-    assert (doc.cap.status, doc.cap.msg_type, doc.cap.severity) == ("Actual", "Alert", "Unknown")
+    # No status or scope is not "Actual/Public" (issue 12): unknown stays unknown, never relayed.
+    assert (doc.cap.status, doc.cap.scope, doc.cap.msg_type, doc.cap.severity) == (
+        "", "", "Alert", "Unknown")
+    assert not doc.cap.amplifiable

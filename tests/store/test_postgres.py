@@ -16,6 +16,7 @@ from crisiscomms.domain.errors import StoreCorruptError, StoreError
 from crisiscomms.domain.models import ActionKind, NewOutboxItem
 
 NOW = datetime(2026, 11, 27, 18, 0, tzinfo=UTC)
+LATEST = max(v for v, _, _ in migrations.POSTGRES_MIGRATIONS)
 
 
 def free_port() -> int:
@@ -63,18 +64,18 @@ def test_a_migration_failing_half_way_leaves_the_previous_version(
         pg_url: Callable[[], str], monkeypatch: pytest.MonkeyPatch):
     url = pg_url()
     open_store(url).close()
-    broken = (5, "half_done", "CREATE TABLE half_done (id INTEGER PRIMARY KEY);\n"
+    broken = (LATEST + 1, "half_done", "CREATE TABLE half_done (id INTEGER PRIMARY KEY);\n"
                               "INSERT INTO no_such_table VALUES (1);")
     monkeypatch.setattr(migrations, "POSTGRES_MIGRATIONS",
                         [*migrations.POSTGRES_MIGRATIONS, broken])
     from crisiscomms.adapters.store import postgres
 
     monkeypatch.setattr(postgres, "POSTGRES_MIGRATIONS", migrations.POSTGRES_MIGRATIONS)
-    with pytest.raises(StoreError, match=r"migration 5 \(half_done\)"):
+    with pytest.raises(StoreError, match=rf"migration {LATEST + 1} \(half_done\)"):
         open_store(url)
     monkeypatch.undo()
     store = open_store(url)
-    assert store.schema_version == 4
+    assert store.schema_version == LATEST
     with store.reader() as r:
         tables = {row["table_name"] for row in r._tx.rows(  # type: ignore[attr-defined]
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from crisiscomms.adapters.store.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
 from crisiscomms.domain import outbox
 from crisiscomms.domain.errors import (
     NotFoundError,
@@ -35,6 +36,7 @@ from .conftest import Backend
 
 NOW = datetime(2026, 11, 27, 18, 0, tzinfo=UTC)
 LEASE = timedelta(minutes=2)
+LATEST = max(v for v, _, _ in SQLITE_MIGRATIONS)
 
 
 def new_item(key: str = "k1", channel: str = "x") -> NewOutboxItem:
@@ -443,11 +445,16 @@ def test_a_reader_cannot_commit(store: Store):
         r.commit()
 
 
+def test_both_sql_dialects_have_the_same_migration_versions():
+    assert [(v, n) for v, n, _ in SQLITE_MIGRATIONS] == [(v, n) for v, n, _ in
+                                                         POSTGRES_MIGRATIONS]
+
+
 def test_migrations_from_an_empty_database_and_again(backend: Backend):
     first = backend.open()
-    assert first.schema_version == 4
+    assert first.schema_version == LATEST
     with first.unit_of_work() as uow:
         uow.outbox.add([new_item()], at=NOW)
         uow.commit()
     again = backend.open()  # re-opening migrates nothing and loses nothing
-    assert again.schema_version == 4 and len(again.items()) == 1
+    assert again.schema_version == LATEST and len(again.items()) == 1

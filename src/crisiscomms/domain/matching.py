@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from crisiscomms.domain.clock import isoformat
 from crisiscomms.domain.config import Catalog, ChannelAction, Filters, Playbook
 from crisiscomms.domain.models import (
     CERTAINTY_RANK,
@@ -21,6 +22,7 @@ from crisiscomms.domain.models import (
     Incident,
     NewOutboxItem,
     RecordedUpdate,
+    SourceKind,
     Update,
 )
 from crisiscomms.domain.posttext import compose
@@ -121,6 +123,7 @@ def _item(scope: str, action: ChannelAction, update: Update, catalog: Catalog,
         update_id=update.id, incident_id=incident_id, source_id=update.source_id,
         is_lead=is_lead, severity_rank=update.severity_rank, published_at=update.published_at,
         approval=approval, native=update.native if native_ok else None, url=update.url,
+        expires_at=update.cap.expires if update.cap is not None else None,
     )
 
 
@@ -128,9 +131,17 @@ def match(recorded: RecordedUpdate, *, catalog: Catalog, incidents: Sequence[Inc
           baseline: bool = False, now: datetime | None = None) -> Match:
     """Decide which outbox items one stored update becomes."""
     update = recorded.update
+    if update.kind is SourceKind.CAP and update.cap is None:
+        # The linked CAP document could not be used and the index said nothing: an exercise
+        # or a test must never go out as a real alert, so unknown means not relayed.
+        return Match((), "skipped: CAP status and scope unknown (the CAP document could not "
+                         "be read and the index entry has no cap:status/cap:scope)")
     if update.cap is not None and not update.cap.amplifiable:
         return Match((), f"skipped: not Actual/Public (status={update.cap.status}, "
                          f"scope={update.cap.scope})")
+    expires = update.cap.expires if update.cap is not None else None
+    if expires is not None and now is not None and now >= expires:
+        return Match((), f"skipped: expired at {isoformat(expires)} before it was seen")
     items: list[NewOutboxItem] = []
     reasons: list[str] = []
     covered = False

@@ -197,6 +197,7 @@ class OutboxItem:
     over_cap: bool = False
     native: NativeRef | None = None
     url: str = ""
+    expires_at: datetime | None = None  # the alert's CAP expires: not sent after it
     version: int = 0  # bumped by every stored change: a write based on an older copy is refused
     fence: int = 0  # the fencing token: bumped by every claim and take-over of the lease
 
@@ -320,6 +321,7 @@ class NewOutboxItem:
     reason: str = ""
     native: NativeRef | None = None
     url: str = ""
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,6 +176,10 @@ def decide(
         over_cap=cap is not None
         and max(counters.week_count, counters.normal_week_count) >= cap,
     )
+    if item.expires_at is not None and now >= utc(item.expires_at):
+        # An alert past its CAP expires is no longer true: never relay it late.
+        when = ctx.at(item.expires_at, date_too=True)
+        return ctx.decision(DecisionAction.SKIP, f"expired: the alert expired at {when} {ctx.tz}")
     if item.incident_id is not None:
         return _decide_crisis(ctx, item.incident_id, incidents, playbooks)
     return _decide_normal(ctx, incidents, windows)

@@ -130,9 +130,9 @@ def _document(root: ET.Element, source_id: str) -> CapDocument:
         identifier=identifier,
         sender=_text(root, "sender"),
         sent=parse_time(_text(root, "sent")),
-        status=_text(root, "status") or "Actual",
+        status=_text(root, "status"),  # unknown stays unknown: never relayed
         msg_type=_text(root, "msgType") or "Alert",
-        scope=_text(root, "scope") or "Public",
+        scope=_text(root, "scope"),
         references=tuple(_text(root, "references", 20_000).split()),
         event=field("event"),
         severity=field("severity") or "Unknown",
@@ -163,9 +163,9 @@ def cap_from_flat(
         identifier=get("identifier") or identifier,
         sender=get("sender"),
         sent=parse_time(get("sent")) or sent,
-        status=get("status", "Actual"),
+        status=get("status"),  # unknown stays unknown: never relayed
         msg_type=get("msgtype", "Alert"),
-        scope=get("scope", "Public"),
+        scope=get("scope"),
         references=tuple(get("references").split()),
         event=get("event"),
         severity=get("severity", "Unknown"),

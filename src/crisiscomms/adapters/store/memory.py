@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Self
 
+from crisiscomms.adapters.store.migrations import SQLITE_MIGRATIONS
 from crisiscomms.adapters.store.queries import StoreQueries
 from crisiscomms.domain.audit import (
     GENESIS,
@@ -212,7 +213,7 @@ class MemOutbox(_Repo):
                 update_id=it.update_id, incident_id=it.incident_id, source_id=it.source_id,
                 is_lead=it.is_lead, severity_rank=it.severity_rank,
                 published_at=it.published_at, approval=it.approval, reason=it.reason,
-                native=it.native, url=it.url)
+                native=it.native, url=it.url, expires_at=it.expires_at)
             self.t.dedupe[it.dedupe_key] = item_id
             self.t.events[item_id] = [ItemEvent(at, str(it.state), it.reason or "queued", actor)]
             new_ids.append(item_id)
@@ -417,7 +418,7 @@ class MemoryUnitOfWork:
 class MemoryStore(StoreQueries):
     """See the module docstring. Reads and writes take the same lock."""
 
-    schema_version = 4
+    schema_version = max(v for v, _, _ in SQLITE_MIGRATIONS)
 
     def __init__(self) -> None:
         self._lock = threading.RLock()

@@ -184,6 +184,14 @@ INSERT INTO audit_head (id, seq, hash) SELECT 1, 0, '""" + "0" * 64 + """'
     WHERE NOT EXISTS (SELECT 1 FROM audit_head);
 """,
     ),
+    (
+        5,
+        "outbox_expires",
+        """
+-- A CAP alert's expires, carried by its items: an alert past it is never sent.
+ALTER TABLE outbox ADD COLUMN expires_at TEXT;
+""",
+    ),
 ]
 
 # PostgreSQL: the same schema in its own types (instants are timestamptz, ids identities).
@@ -356,5 +364,10 @@ CREATE TABLE watchers (
 );
 INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '""" + "0" * 64 + """');
 """,
+    ),
+    (
+        5,
+        "outbox_expires",
+        "ALTER TABLE outbox ADD COLUMN expires_at TIMESTAMPTZ;",
     ),
 ]

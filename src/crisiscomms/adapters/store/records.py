@@ -113,7 +113,7 @@ def item_from_row(r: Row) -> OutboxItem:
         sent_at=dt(r["sent_at"]), done_at=dt(r["done_at"]),
         out_of_hours=bool(r["out_of_hours"]), over_cap=bool(r["over_cap"]),
         native=native_from_json(r["native"]), url=r["url"],
-        version=r["version"], fence=r["fence"],
+        version=r["version"], fence=r["fence"], expires_at=dt(r["expires_at"]),
     )
 
 

@@ -272,12 +272,13 @@ class SqlOutbox:
             rows = self.tx.rows(
                 "INSERT INTO outbox (dedupe_key, channel_id, action, text, state, created_at, "
                 "update_id, incident_id, source_id, is_lead, severity_rank, published_at, "
-                "approval, reason, native, url) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                "approval, reason, native, url, expires_at) VALUES "
+                "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
                 (it.dedupe_key, it.channel_id, str(it.action), it.text, str(it.state),
                  self.ts(at), it.update_id, it.incident_id, it.source_id, int(it.is_lead),
                  it.severity_rank, self.ts(it.published_at), it.approval, it.reason,
-                 native_to_json(it.native), it.url))
+                 native_to_json(it.native), it.url, self.ts(it.expires_at)))
             if rows:
                 item_id = int(rows[0]["id"])
                 new_ids.append(item_id)
