@@ -80,3 +80,80 @@ def test_an_alert_that_expires_before_it_is_sent_is_not_sent(world):
     assert all(str(i.state) == "skipped" and i.reason.startswith("expired") for i in after)
     assert all(not p.posts or all(s.item_id not in {i.id for i in queued} for s in p.posts)
                for p in world.publishers.values())
+
+
+def _lead_items(world, n: int):
+    from crisiscomms.domain.models import ActionKind, NewOutboxItem
+    from crisiscomms.testing import enqueue
+
+    inc = activate(world)
+    return inc, enqueue(world.store, [NewOutboxItem(
+        dedupe_key=f"i{inc.id}:facebook:post:essex-police-x:{k}:r1", channel_id="facebook",
+        action=ActionKind.POST, text=f"Police update {k}", incident_id=inc.id,
+        source_id="essex-police-x", is_lead=True) for k in range(n)], now=world.clock.now())
+
+
+def test_the_hourly_ceiling_never_holds_back_the_lead_agency(world):
+    """40 lead updates in a burst at 02:10 all go out at once: the playbook's hourly ceiling
+    (20 per channel by default) is against runaway loops, not the lead agency's own words."""
+    from datetime import UTC, datetime
+
+    world.clock.set(datetime(2026, 11, 28, 2, 10, tzinfo=UTC))
+    _, ids = _lead_items(world, 40)
+    world.dispatcher().tick(world.clock.now())
+    states = [str(world.store.get_item(i).state) for i in ids]
+    assert states == ["published"] * 40
+
+
+def test_the_hourly_ceiling_still_holds_other_sources(world):
+    from crisiscomms.domain.models import ActionKind, NewOutboxItem
+    from crisiscomms.testing import enqueue
+
+    inc = activate(world)
+    ids = enqueue(world.store, [NewOutboxItem(
+        dedupe_key=f"i{inc.id}:facebook:post:eeast-x:{k}:r1", channel_id="facebook",
+        action=ActionKind.POST, text=f"Ambulance update {k}", incident_id=inc.id,
+        source_id="eeast-x") for k in range(30)], now=world.clock.now())
+    world.dispatcher().tick(world.clock.now())
+    states = [str(world.store.get_item(i).state) for i in ids]
+    # flooding.yaml caps facebook at 8 an hour; the activation message is one of them.
+    assert states.count("published") == 7 and states.count("held") == 23
+
+
+def test_editing_a_retweet_is_refused_with_a_clear_line(world):
+    from crisiscomms.domain.errors import RefusedError
+    from crisiscomms.services import queue as ops
+
+    activate(world)
+    world.poll()
+    world.clock.advance(timedelta(seconds=40))
+    world.sources["essex-police-x"].set_snapshot([update("essex-police-x", "1700",
+                                                         at=world.clock.now())])
+    world.poll()
+    rt = next(i for i in world.store.items() if str(i.action) == "retweet")
+    with pytest.raises(RefusedError) as exc:
+        ops.edit(world.store, world.catalog, world.clock, rt.id, "alice", "new words")
+    msg = str(exc.value)
+    assert f"item {rt.id}" in msg and "retweet" in msg and "\n" not in msg
+    assert world.store.get_item(rt.id).edited_text is None
+
+
+def test_the_parser_worker_gets_no_secrets_in_its_environment(monkeypatch):
+    from crisiscomms.adapters.sources.parsing import FeedParserPool
+
+    monkeypatch.setenv("CRISISCOMMS_X_BEARER_TOKEN", "Zq9MARKsecretZq9")
+    monkeypatch.setenv("CRISISCOMMS_FACEBOOK_PAGE_TOKEN", "Zq9MARKsecretZq9")
+    monkeypatch.setenv("SOME_OTHER_TOKEN", "Zq9MARKsecretZq9")
+    pool = FeedParserPool(workers=1)
+    try:
+        import asyncio
+
+        asyncio.run(pool.parse(b"<rss version='2.0'><channel><title>t</title></channel></rss>"))
+        pids = pool.worker_pids()
+        assert pids, "no worker started"
+        for pid in pids:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            assert b"Zq9MARKsecretZq9" not in environ
+            assert b"CRISISCOMMS_" not in environ
+    finally:
+        pool.close()

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import sqlite3
+import sys
 from datetime import timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -105,10 +106,21 @@ def test_percentile_is_nearest_rank():
 
 
 def _golden(name: str, text: str) -> None:
+    """Compare with the golden file; only ``UPDATE_GOLDEN=1`` writes one. A missing golden file
+    fails (otherwise deleting the goldens would make the test pass on any output)."""
     path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN") or not path.exists():
+    if os.environ.get("UPDATE_GOLDEN") == "1":
         path.write_text(text)
+    assert path.exists(), f"golden file {path} is missing (UPDATE_GOLDEN=1 to write it)"
     assert text == path.read_text(), f"{name} differs (UPDATE_GOLDEN=1 to refresh)"
+
+
+def test_a_missing_golden_file_fails(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "GOLDEN", tmp_path)
+    monkeypatch.delenv("UPDATE_GOLDEN", raising=False)
+    with pytest.raises(AssertionError, match="is missing"):
+        _golden("incident.md", "anything")
+    assert not (tmp_path / "incident.md").exists()
 
 
 def test_golden_markdown_and_json(known):

@@ -41,7 +41,10 @@ Crisis mode (``item.incident_id`` set):
 5. **Hourly safety ceiling.** The playbook's ``hourly_ceiling`` for this channel (a
    ``ChannelAction`` for the channel, preferring the item's action, else the playbook's;
    20 if the playbook is unknown). ``last_hour_count`` at or over it: HOLD for
-   ``CEILING_RETRY`` (5 minutes). The counters do not say when the oldest post of the hour
+   ``CEILING_RETRY`` (5 minutes), except the lead agency's own updates (``item.is_lead``):
+   the ceiling is against runaway loops and must not delay the lead below the platform's
+   own limit, so they go (every post still counts towards the ceiling for the others).
+   The counters do not say when the oldest post of the hour
    leaves the window, so the dispatcher simply asks again shortly.
 6. Otherwise PUBLISH, bypassing staffed hours and weekly caps ("crisis bypass").
 
@@ -332,7 +335,9 @@ def _decide_crisis(
     if limited is not None:
         return limited
     ceiling = hourly_ceiling(ctx.item, ctx.channel, playbook)
-    if ctx.counters.last_hour_count >= ceiling:
+    # The ceiling guards against runaway loops (a source repeating itself, a bad playbook); it
+    # never holds back the lead agency's own updates, which only the platform's limits bound.
+    if ctx.counters.last_hour_count >= ceiling and not ctx.item.is_lead:
         retry = ctx.now + CEILING_RETRY
         return ctx.decision(
             DecisionAction.HOLD,

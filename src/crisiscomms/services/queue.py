@@ -12,8 +12,9 @@ from typing import Any
 from crisiscomms.domain import outbox
 from crisiscomms.domain.clock import isoformat
 from crisiscomms.domain.config import Catalog
-from crisiscomms.domain.errors import ConfigError
+from crisiscomms.domain.errors import ConfigError, RefusedError
 from crisiscomms.domain.models import (
+    ActionKind,
     DecisionAction,
     ItemEvent,
     ItemState,
@@ -30,6 +31,7 @@ from crisiscomms.services.dispatch import channel_counters
 from crisiscomms.services.operators import check_operator
 
 PENDING = ("queued", "held", "needs_approval")
+NATIVE_ACTIONS = frozenset({ActionKind.RETWEET, ActionKind.BOOST, ActionKind.REPOST})
 
 
 def _change(store: Store, clock: Clock, item_id: int, operator: str, action: str,
@@ -119,6 +121,13 @@ def edit(store: Store, catalog: Catalog, clock: Clock, item_id: int, operator: s
     """Replace the text that will be sent; the original is kept beside the edit."""
     check_operator(store, catalog, clock, operator, "queue.edit", f"item:{item_id}")
     item = store.get_item(item_id)
+    if item.action in NATIVE_ACTIONS:
+        # A retweet, boost or repost sends the agency's own post, not our text: an edit would
+        # be shown and then silently not sent.
+        raise RefusedError(
+            f"item {item_id} is a {item.action} of the agency's own post on "
+            f"{item.channel_id}: it carries no text of ours, so it cannot be edited; reject it "
+            "and write a post instead if different words are needed")
     channel = catalog.channels.get(item.channel_id)
     text = text.strip()
     if not text:

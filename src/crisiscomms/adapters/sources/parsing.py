@@ -45,7 +45,7 @@ DEFAULT_TIMEOUT = 2.0
 DEFAULT_MEMORY_BYTES = 64 * 1024 * 1024
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 _STARTUP_TIMEOUT = 30.0
-_SRC_ROOT = str(Path(__file__).resolve().parents[2])
+_SRC_ROOT = str(Path(__file__).resolve().parents[3])  # src/ (adapters/sources/parsing.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +93,11 @@ class ParsedFeed:
 # -------------------------------------------------------------------------- parent side
 
 
+# What the parser worker's environment keeps: enough to run Python, nothing more.
+WORKER_ENV = frozenset({"PATH", "PYTHONPATH", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR",
+                        "SYSTEMROOT", "PYTHONHASHSEED"})
+
+
 class _WorkerDied(Exception):
     pass
 
@@ -101,7 +106,9 @@ class _Worker:
     """One ``_feedworker`` subprocess and its pipes."""
 
     def __init__(self, memory_bytes: int) -> None:
-        env = dict(os.environ)
+        # A minimal environment: the worker parses untrusted bytes and needs none of our
+        # settings or tokens (an exploit of the parser must not find a credential there).
+        env = {k: v for k, v in os.environ.items() if k in WORKER_ENV}
         # The worker must import this very package even when it is not installed.
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (_SRC_ROOT, env.get("PYTHONPATH", "")) if p
@@ -241,6 +248,11 @@ class FeedParserPool:
             self._executor, self._parse_blocking, body, plain, source_id
         )
         return _to_parsed(raw)
+
+    def worker_pids(self) -> list[int]:
+        """The process ids of the running workers."""
+        with self._lock:
+            return sorted(w.proc.pid for w in self._all if w.alive)
 
     def _parse_blocking(
         self, body: bytes, headers: dict[str, str], source_id: str
