@@ -9,16 +9,24 @@ environment variables that hold them, and ``channel_secret`` reads them here.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+
+# The newest Graph API version in Meta's changelog in Dec 2026 (v27.0, introduced 2026-11-04;
+# developers.facebook.com/docs/graph-api/changelog). Same value as the Facebook adapter's
+# DEFAULT_GRAPH_VERSION (a test keeps them equal).
+FACEBOOK_GRAPH_VERSION = "v27.0"
+_GRAPH_VERSION_RE = re.compile(r"v\d{1,3}\.\d{1,2}")
 
 
 def default_home() -> Path:
@@ -34,6 +42,9 @@ class PollingSettings(BaseModel):
     incident_interval_seconds: Annotated[float, Field(ge=1)] = 30.0
     jitter_seconds: Annotated[float, Field(ge=0)] = 5.0
     timeout_seconds: Annotated[float, Field(gt=0)] = 20.0
+    # A whole poll (every request of it: index, documents, pages) ends by this, however slowly
+    # a server trickles its answer.
+    deadline_seconds: Annotated[float, Field(gt=0)] = 60.0
     max_bytes: Annotated[int, Field(ge=1024)] = 5_000_000
     concurrency: Annotated[int, Field(ge=1)] = 20
     per_host: Annotated[int, Field(ge=1)] = 2
@@ -84,6 +95,18 @@ class Settings(BaseSettings):
     source_base_urls: dict[str, str] = {}
     # App-only bearer token for reading X sources.
     x_bearer_token: SecretStr | None = None
+    # Graph API version of every Facebook call. Versions expire about two years after the next
+    # one is released, and then Graph silently serves the next oldest: move this on in time.
+    facebook_graph_version: str = FACEBOOK_GRAPH_VERSION
+
+    @field_validator("facebook_graph_version")
+    @classmethod
+    def _graph_version(cls, value: str) -> str:
+        if not _GRAPH_VERSION_RE.fullmatch(value):
+            raise ValueError(
+                f"must look like {FACEBOOK_GRAPH_VERSION} (a Graph API version), got {value!r}"
+            )
+        return value
 
     @classmethod
     def settings_customise_sources(

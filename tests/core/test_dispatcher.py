@@ -260,11 +260,13 @@ def test_same_update_in_two_incidents_is_relayed_once_per_channel(world):
 
 
 def test_hourly_ceiling_holds_crisis_items(world, playbooks_dir):
+    """The ceiling holds other sources' crisis items (the lead agency's own updates are never
+    held by it: tests/core/test_relay_safety.py)."""
     activate(world)
     world.poll()
     world.clock.advance(timedelta(seconds=31))
-    world.sources["essex-police-x"].set_snapshot(
-        [update("essex-police-x", f"b{i}", at=world.clock.now()) for i in range(20)])
+    world.sources["eeast-x"].set_snapshot(
+        [update("eeast-x", f"b{i}", at=world.clock.now()) for i in range(20)])
     world.poll()
     world.dispatcher().tick(world.clock.now())
     # flooding.yaml: x hourly_ceiling 15 (the activation message counts too).

@@ -157,3 +157,78 @@ def test_the_parser_worker_gets_no_secrets_in_its_environment(monkeypatch):
             assert b"CRISISCOMMS_" not in environ
     finally:
         pool.close()
+
+
+class HangingSource:
+    """A feed trickling one byte a second: its poll never finishes by itself."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.source_ids = (key,)
+        self.cancelled = False
+
+    async def poll(self, state, now):  # type: ignore[no-untyped-def]
+        import asyncio
+
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_a_poll_has_a_total_deadline(world):
+    import asyncio
+
+    from crisiscomms.settings import PollingSettings
+
+    watcher = world.watcher()
+    watcher.settings = PollingSettings(jitter_seconds=0, deadline_seconds=1)
+    hanging = HangingSource("met-office-ee")
+    watcher.sources = [hanging]
+    stats = asyncio.run(asyncio.wait_for(watcher.poll_cycle(world.clock.now()), timeout=20))
+    assert stats.failed == 1 and stats.errors == {"met-office-ee": "deadline"}
+    assert hanging.cancelled
+    st = world.store.source_state("met-office-ee")
+    assert st.failures == 1 and "1s" in (st.last_error or "")
+
+
+def test_one_slow_feed_does_not_stop_posting(world):
+    """Polling and dispatch do not wait on each other: an item queued while a feed hangs goes
+    out at once, and stopping the loop does not wait for the feed."""
+    import asyncio
+    import time
+
+    from crisiscomms.domain.models import ActionKind, NewOutboxItem, WatcherInfo
+    from crisiscomms.services.runloop import RunLoop
+    from crisiscomms.testing import enqueue
+
+    inc = activate(world)
+    (item_id,) = enqueue(world.store, [NewOutboxItem(
+        dedupe_key="k", channel_id="facebook", action=ActionKind.POST, text="Road closed",
+        incident_id=inc.id, is_lead=True)], now=world.clock.now())
+    watcher = world.watcher()
+    watcher.sources = [HangingSource("met-office-ee")]
+    dispatcher = world.dispatcher()
+    loop = RunLoop(store=world.store, clock=world.clock, watcher=watcher,
+                   dispatcher=dispatcher,
+                   identity=WatcherInfo("w", "h", 1, world.clock.now(), world.clock.now()))
+
+    async def scenario() -> float:
+        stop = asyncio.Event()
+        runner = asyncio.create_task(loop.run(stop, tick_seconds=0.01))
+        for _ in range(500):
+            if str(world.store.get_item(item_id).state) == "published":
+                break
+            await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        stop.set()
+        await asyncio.wait_for(runner, timeout=10)
+        return time.monotonic() - t0
+
+    stopped_in = asyncio.run(scenario())
+    assert str(world.store.get_item(item_id).state) == "published"
+    assert stopped_in < 5

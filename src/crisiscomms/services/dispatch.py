@@ -152,6 +152,8 @@ class Dispatcher:
         self.measure = measure
         self.clock = clock
         self.lease = timedelta(seconds=settings.lease_seconds)
+        # Set on shutdown: the tick finishes the send in flight and starts no other.
+        self.stop_requested = threading.Event()
 
     def _now(self, fallback: datetime) -> datetime:
         """The time now (a send's lease starts when the send starts, not the round)."""
@@ -170,6 +172,8 @@ class Dispatcher:
         for item in pending:
             by_channel.setdefault(item.channel_id, []).append(item)
         for channel_id, items in by_channel.items():
+            if self.stop_requested.is_set():
+                break
             try:
                 self._channel_tick(channel_id, sorted(items, key=sort_key), now, incidents,
                                    windows, stats)
@@ -231,6 +235,8 @@ class Dispatcher:
             return
         counters = self.counters(channel_id, now)
         for item in items:
+            if self.stop_requested.is_set():
+                return
             t0 = time.perf_counter() if self.measure else 0.0
             decision = decide(item, channel, now, counters, self.catalog.policy, incidents,
                               self.catalog.playbooks, windows)

@@ -1,9 +1,13 @@
 """The one run loop: poll what is due, dispatch what may go, say we are alive, repeat.
 
-``RunLoop.tick(now)`` does one iteration and ``run()`` only loops (huey's ``Worker.loop``), so
-the drill drives the very same tick on its simulated clock. A database that goes away does not
-end the watcher: the tick fails as a whole (no send goes out whose claim was not recorded), the
-loop backs off and tries again until the database answers.
+``RunLoop.tick(now)`` does one poll and one dispatch, one after the other: the drill drives it
+on its simulated clock. ``run()`` repeats the same two steps on the real clock as two loops
+that never wait on each other (a feed that trickles a byte a second cannot keep a post queued;
+a slow platform cannot delay a poll). Dispatch runs in a thread of its own; on stop it finishes
+the send in flight (a few seconds' grace) or abandons it safely: the item stays ``sending``
+under its lease and whoever dispatches next asks the platform before any resend. A database
+that goes away does not end the watcher: the step fails as a whole (no send goes out whose
+claim was not recorded), the loop backs off and tries again until the database answers.
 """
 
 from __future__ import annotations
@@ -11,8 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, TypeVar
 
 import structlog
 
@@ -26,6 +33,32 @@ from crisiscomms.services.watch import CycleStats, Watcher
 log = structlog.get_logger(__name__)
 
 HEARTBEAT_SECONDS = 10.0
+STOP_GRACE_SECONDS = 5.0  # how long a stop waits for the send in flight
+T = TypeVar("T")
+
+
+def in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
+    """Run ``fn`` in a daemon thread (an abandoned send never holds up the process's exit, as
+    an executor's thread would)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(setter: Callable[[Any], object], value: Any) -> None:
+        if not fut.done():
+            setter(value)
+
+    def run() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting task
+            with contextlib.suppress(RuntimeError):  # the loop may be gone
+                loop.call_soon_threadsafe(settle, fut.set_exception, exc)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, fut.set_result, result)
+
+    threading.Thread(target=run, name="dispatch", daemon=True).start()
+    return fut
 
 
 @dataclass
@@ -57,36 +90,75 @@ class RunLoop:
         now = now or self.clock.now()
         self.heartbeat(now)
         cycle = await self.watcher.poll_cycle(now)
-        dispatched = await asyncio.to_thread(self.dispatcher.tick, self.clock.now())
+        dispatched = await in_daemon_thread(lambda: self.dispatcher.tick(self.clock.now()))
         return cycle, dispatched
 
     async def run(self, stop: asyncio.Event, *, once: bool = False, tick_seconds: float = 2.0,
                   max_ticks: int | None = None) -> tuple[CycleStats, DispatchStats]:
-        """Tick until stopped; a store that fails is retried with backoff, not fatal."""
-        last = (CycleStats(), DispatchStats())
-        ticks = failures = 0
+        """Poll and dispatch until stopped, each in its own loop; ``once``: one tick."""
+        if once:
+            return await self.tick()
+        last: dict[str, Any] = {"poll": CycleStats(), "dispatch": DispatchStats()}
+
+        async def poll() -> None:
+            last["poll"] = await self.watcher.poll_cycle(self.clock.now(), wait=False)
+
+        async def dispatch() -> None:
+            self.heartbeat(self.clock.now())
+            last["dispatch"] = await in_daemon_thread(
+                lambda: self.dispatcher.tick(self.clock.now()))
+
         try:
-            while True:
-                wait = tick_seconds
-                try:
-                    last = await self.tick()
-                    failures = 0
-                except StoreError as exc:
-                    if once:
-                        raise
-                    failures += 1
-                    wait = backoff_delay(failures, base=tick_seconds, cap=60.0, rng=self.rng)
-                    log.error("watch.store_unavailable", error=str(exc), failures=failures,
-                              retry_in_s=round(wait, 1))
-                ticks += 1
-                if once or stop.is_set() or (max_ticks is not None and ticks >= max_ticks):
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=wait)
-                if stop.is_set():
-                    break
+            await asyncio.gather(
+                self._repeat("poll", poll, stop, tick_seconds, max_ticks, abandon=True),
+                self._repeat("dispatch", dispatch, stop, tick_seconds, max_ticks,
+                             abandon=False))
         finally:
+            await self.watcher.cancel_running()
             with contextlib.suppress(StoreError), self.store.unit_of_work() as uow:
                 uow.watchers.remove(self.identity.worker_id)
                 uow.commit()
-        return last
+        return last["poll"], last["dispatch"]
+
+    async def _repeat(self, what: str, step: Callable[[], Awaitable[None]], stop: asyncio.Event,
+                      tick_seconds: float, max_ticks: int | None, *, abandon: bool) -> None:
+        """Run ``step`` every ``tick_seconds`` until ``stop``; a store failure backs off. On stop
+        a poll in progress is abandoned at once (nothing of it is written); a dispatch step is
+        given ``STOP_GRACE_SECONDS`` to finish its send, then abandoned safely."""
+        ticks = failures = 0
+        while not stop.is_set():
+            wait = tick_seconds
+            task = asyncio.ensure_future(step())
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if not task.done():  # stop was asked for mid-step
+                    if abandon:
+                        task.cancel()
+                    else:
+                        self.dispatcher.stop_requested.set()
+                        done, _ = await asyncio.wait({task}, timeout=STOP_GRACE_SECONDS)
+                        if not done:
+                            log.warning("watch.send_abandoned", what=what,
+                                        note="the item stays 'sending' under its lease; the "
+                                             "platform is asked before any resend")
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        if task.done():
+                            task.result()
+                    break
+                task.result()
+                failures = 0
+            except StoreError as exc:
+                failures += 1
+                wait = backoff_delay(failures, base=tick_seconds, cap=60.0, rng=self.rng)
+                log.error("watch.store_unavailable", what=what, error=str(exc),
+                          failures=failures, retry_in_s=round(wait, 1))
+            finally:
+                stopper.cancel()
+            ticks += 1
+            if max_ticks is not None and ticks >= max_ticks:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=wait)
+        if stop.is_set():
+            self.dispatcher.stop_requested.set()

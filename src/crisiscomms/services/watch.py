@@ -9,6 +9,8 @@ in one transaction, so a crash can never separate "seen" from "queued".
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -17,7 +19,12 @@ from datetime import datetime, timedelta
 import structlog
 
 from crisiscomms.domain.config import Catalog
-from crisiscomms.domain.errors import SourceError, StaleWriteError
+from crisiscomms.domain.errors import (
+    SourceError,
+    StaleWriteError,
+    StoreError,
+    TransientSourceError,
+)
 from crisiscomms.domain.matching import all_lead_sources, match, priority
 from crisiscomms.domain.models import (
     Incident,
@@ -71,7 +78,8 @@ class Watcher:
         self.owner = owner
         # A poll's lease outlives its longest possible poll (the fetch deadline), so another
         # watcher takes a source over only from a watcher that died or stalled.
-        self.lease = timedelta(seconds=max(60.0, 3 * settings.timeout_seconds + 30.0))
+        self.lease = timedelta(seconds=max(60.0, settings.deadline_seconds + 30.0))
+        self._running: dict[str, asyncio.Future[None]] = {}
 
     # -- scheduling -----------------------------------------------------------------
     def incident_source_ids(self, incidents: Sequence[Incident]) -> set[str]:
@@ -102,15 +110,19 @@ class Watcher:
         return base
 
     # -- one cycle ------------------------------------------------------------------
-    async def poll_cycle(self, now: datetime) -> CycleStats:
-        """Poll every source that is due at ``now``; record results per source."""
+    async def poll_cycle(self, now: datetime, *, wait: bool = True) -> CycleStats:
+        """Poll every source that is due at ``now``; record each result as soon as it is in.
+
+        With ``wait=False`` (the run loop) the polls go on in the background and the next
+        cycle starts without them: a source still being polled is simply not due again, so
+        one slow server delays nothing but itself. ``cancel_running()`` abandons them."""
         incidents = self.store.active_incidents()
         watched = self.watched_ids(incidents)
         incident_ids = self.incident_source_ids(incidents)
         states = {s.source_id: s for s in self.store.source_states()}
         due: list[tuple[Source, SourceState]] = []
         for src in self.sources:
-            if not any(sid in watched for sid in src.source_ids):
+            if src.key in self._running or not any(sid in watched for sid in src.source_ids):
                 continue
             st = states.get(src.key) or SourceState(source_id=src.key)
             if st.next_poll_at is not None and st.next_poll_at > now and \
@@ -129,18 +141,52 @@ class Watcher:
         due = [(src, claimed[src.key]) for src, _ in due if src.key in claimed]
         if not due:
             return stats
-        results = await asyncio.gather(*(self._poll(src, st, now) for src, st in due))
-        for (src, st), result in zip(due, results, strict=True):
-            stats.polled += 1
-            interval = self._interval(src, incident_ids)
-            try:
-                if isinstance(result, SourceError):
-                    self._record_failure(src, st, result, now, stats)
-                    continue
-                self._record_success(src, st, result, now, interval, incidents, stats)
-            except StaleWriteError as exc:
-                self._overtaken(src, exc, now, stats)
+        tasks = []
+        for src, st in due:
+            task = asyncio.ensure_future(self._poll_and_record(
+                src, st, now, self._interval(src, incident_ids), incidents, stats))
+            self._running[src.key] = task
+            task.add_done_callback(functools.partial(self._finished, src.key))
+            tasks.append(task)
+        if wait:
+            await asyncio.gather(*tasks)
         return stats
+
+    async def _poll_and_record(self, src: Source, st: SourceState, now: datetime,
+                               interval: float, incidents: Sequence[Incident],
+                               stats: CycleStats) -> None:
+        try:
+            result = await self._poll(src, st, now)
+        except asyncio.CancelledError:
+            # Abandoned (the watcher is stopping): give the lease back so the next watcher
+            # need not wait for it to expire; nothing of this poll is recorded.
+            with contextlib.suppress(StoreError, StaleWriteError), \
+                    self.store.unit_of_work() as uow:
+                uow.sources.save(st, owner=self.owner)
+                uow.commit()
+            raise
+        stats.polled += 1
+        try:
+            if isinstance(result, SourceError):
+                self._record_failure(src, st, result, now, stats)
+            else:
+                self._record_success(src, st, result, now, interval, incidents, stats)
+        except StaleWriteError as exc:
+            self._overtaken(src, exc, now, stats)
+
+    def _finished(self, key: str, _task: asyncio.Future[None]) -> None:
+        self._running.pop(key, None)
+
+    def running(self) -> int:
+        """How many polls are still in progress."""
+        return len(self._running)
+
+    async def cancel_running(self) -> None:
+        """Abandon the polls in progress (their leases are given back)."""
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _overtaken(self, src: Source, exc: StaleWriteError, now: datetime,
                    stats: CycleStats) -> None:
@@ -154,8 +200,14 @@ class Watcher:
             uow.commit()
 
     async def _poll(self, src: Source, st: SourceState, now: datetime) -> PollResult | SourceError:
+        deadline = self.settings.deadline_seconds
         try:
-            return await src.poll(st, now)
+            return await asyncio.wait_for(src.poll(st, now), timeout=deadline)
+        except TimeoutError:
+            return TransientSourceError(
+                f"{src.key}: the poll did not finish within {deadline:g}s (a server answering "
+                "too slowly); abandoned, tried again later", source_id=src.key,
+                error_class="deadline")
         except SourceError as exc:
             exc.source_id = exc.source_id or src.key
             return exc
