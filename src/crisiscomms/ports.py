@@ -182,6 +182,11 @@ class OutboxRepository(Protocol):
     def published_for(self, update_id: int, channel_id: str) -> OutboxItem | None:
         """An item already published on this channel for this update."""
 
+    def threads(self, source_id: str, external_ids: Sequence[str]) -> dict[str, int]:
+        """Our newest item per channel (channel id -> item id), published or still to go,
+        relaying any of these updates of ``source_id``: where a CAP Update or Cancel of them
+        is threaded."""
+
     def counters(self, channel_id: str, *, now: datetime, week_start: datetime,
                  day_start: datetime) -> ChannelCounters: ...
 

@@ -21,7 +21,6 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-
 # The newest Graph API version in Meta's changelog in Dec 2026 (v27.0, introduced 2026-11-04;
 # developers.facebook.com/docs/graph-api/changelog). Same value as the Facebook adapter's
 # DEFAULT_GRAPH_VERSION (a test keeps them equal).

@@ -90,6 +90,7 @@ class SentPost:
     action: str
     text: str
     post_id: str
+    reply_to: str | None = None
 
 
 @dataclass
@@ -124,7 +125,7 @@ class FakePublisher:
     def _record(self, item: OutboxItem) -> PublishResult:
         post_id = f"{self.channel_id}-{len(self.posts) + 1}"
         self.posts.append(SentPost(item.id, item.dedupe_key, str(item.action), item.body,
-                                   post_id))
+                                   post_id, item.reply_to))
         return PublishResult(post_id=post_id, url=f"https://example.test/{post_id}")
 
     def find_existing(self, item: OutboxItem, update: Update | None) -> PublishResult | None:

@@ -232,3 +232,88 @@ def test_one_slow_feed_does_not_stop_posting(world):
     stopped_in = asyncio.run(scenario())
     assert str(world.store.get_item(item_id).state) == "published"
     assert stopped_in < 5
+
+
+def _cap_update(world, ext: str, msg_type: str, refs: tuple[str, ...] = (), **kw):
+    cap = CapInfo(identifier=ext, severity="Severe", msg_type=msg_type, references=refs,
+                  status="Actual", scope="Public")
+    return replace(update("ea-floods-essex", ext, cap=cap, **kw), kind=SourceKind.CAP)
+
+
+def test_a_cancel_for_an_alert_never_relayed_is_not_posted(world):
+    inc = activate(world)
+    cancel = replace(_cap_update(world, "c1", "Cancel",
+                                 ("ea@gov.uk,never-seen,2026-11-27T10:00:00+00:00",)), id=5)
+    m = match(RecordedUpdate(cancel, "new"), catalog=world.catalog, incidents=[inc],
+              threads={})
+    assert m.items == ()
+    assert m.disposition.startswith("skipped: a Cancel of an alert we did not relay")
+
+
+def test_an_update_goes_only_into_the_threads_of_the_alert_we_relayed(world):
+    inc = activate(world)
+    upd = replace(_cap_update(world, "u1", "Update",
+                              ("ea@gov.uk,a1,2026-11-27T10:00:00+00:00",)), id=6)
+    m = match(RecordedUpdate(upd, "new"), catalog=world.catalog, incidents=[inc],
+              threads={"x": 17, "mastodon": 19})
+    assert {(i.channel_id, i.reply_to_item) for i in m.items} == {("x", 17), ("mastodon", 19)}
+
+
+def test_the_watcher_threads_a_cap_update_under_our_earlier_post(world):
+    """End to end: the alert is queued, its Update comes in referencing it before the alert is
+    out; the Update waits for the alert, then goes out as a reply to our own post of it, on
+    each channel that carried the alert."""
+    activate(world)
+    world.poll()  # baselines
+    world.clock.advance(timedelta(minutes=6))
+    alert = CapInfo(identifier="a9", severity="Severe", status="Actual", scope="Public",
+                    sender="ea@gov.uk")
+    world.sources["ea-floods-essex"].set_snapshot([update("ea-floods-essex", "a9", cap=alert,
+                                                          at=world.clock.now())])
+    world.poll()
+    originals = {i.channel_id: i.id for i in world.store.items() if i.update_id}
+    assert originals
+    world.clock.advance(timedelta(minutes=6))
+    follow = CapInfo(identifier="a9-u1", severity="Severe", status="Actual", scope="Public",
+                     msg_type="Update", references=("ea@gov.uk,a9,2026-11-27T18:00:00+00:00",))
+    world.sources["ea-floods-essex"].set_snapshot([
+        update("ea-floods-essex", "a9", cap=alert, at=world.clock.now()),
+        update("ea-floods-essex", "a9-u1", cap=follow, at=world.clock.now())])
+    world.poll()
+    replies = {i.channel_id: i.reply_to_item for i in world.store.items()
+               if i.update_id and "a9-u1" in i.dedupe_key}
+    assert replies == originals
+    world.dispatcher().tick(world.clock.now())
+    for channel, pub in world.publishers.items():
+        if channel not in originals:
+            continue
+        sent = {p.item_id: p for p in pub.posts}
+        first = world.store.get_item(originals[channel])
+        reply_item = next(i for i in world.store.items(channel_id=channel)
+                          if i.reply_to_item == first.id)
+        assert str(world.store.get_item(reply_item.id).state) == "published", channel
+        assert sent[reply_item.id].reply_to == first.platform_post_id, channel
+
+
+def test_an_update_whose_alert_never_went_out_is_not_sent(world):
+    activate(world)
+    world.poll()
+    world.clock.advance(timedelta(minutes=6))
+    alert = CapInfo(identifier="b1", severity="Severe", status="Actual", scope="Public")
+    world.sources["ea-floods-essex"].set_snapshot([update("ea-floods-essex", "b1", cap=alert,
+                                                          at=world.clock.now())])
+    world.poll()
+    from crisiscomms.services import queue as ops
+
+    originals = [i for i in world.store.items() if i.update_id]
+    for it in originals:
+        ops.reject(world.store, world.catalog, world.clock, it.id, "alice", "not ours to say")
+    world.clock.advance(timedelta(minutes=6))
+    cancel = CapInfo(identifier="b1-c", severity="Minor", status="Actual", scope="Public",
+                     msg_type="Cancel", references=("ea,b1,2026-11-27T18:00:00+00:00",))
+    world.sources["ea-floods-essex"].set_snapshot([
+        update("ea-floods-essex", "b1", cap=alert, at=world.clock.now()),
+        update("ea-floods-essex", "b1-c", cap=cancel, at=world.clock.now())])
+    world.poll()
+    # Rejected originals are no thread: the Cancel is not queued anywhere.
+    assert not [i for i in world.store.items() if "b1-c" in i.dedupe_key]

@@ -8,8 +8,8 @@ Outside a crisis, updates of ``watch: always`` sources become normal-mode items
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from crisiscomms.domain.clock import isoformat
@@ -127,9 +127,30 @@ def _item(scope: str, action: ChannelAction, update: Update, catalog: Catalog,
     )
 
 
+def follows_up(update: Update) -> bool:
+    """A CAP Update or Cancel: it refers to an earlier alert and is only relayed under it."""
+    return update.cap is not None and update.cap.msg_type.lower() in ("update", "cancel")
+
+
+def referenced_ids(update: Update) -> list[str]:
+    """The external ids of the alerts a CAP Update/Cancel refers to (``references`` is
+    ``sender,identifier,sent`` triples; an earlier revision of the same id counts too)."""
+    ids = [update.external_id]
+    for ref in update.cap.references if update.cap else ():
+        parts = ref.split(",")
+        if len(parts) >= 2 and parts[1]:
+            ids.append(parts[1])
+    return ids
+
+
 def match(recorded: RecordedUpdate, *, catalog: Catalog, incidents: Sequence[Incident],
-          baseline: bool = False, now: datetime | None = None) -> Match:
-    """Decide which outbox items one stored update becomes."""
+          baseline: bool = False, now: datetime | None = None,
+          threads: Mapping[str, int] | None = None) -> Match:
+    """Decide which outbox items one stored update becomes.
+
+    ``threads`` (channel id -> our item relaying the alert a CAP Update/Cancel refers to) is
+    required for those: they go out only as replies in the thread of an alert we relay, on the
+    channels that carry it, and are skipped when we relay none."""
     update = recorded.update
     if update.kind is SourceKind.CAP and update.cap is None:
         # The linked CAP document could not be used and the index said nothing: an exercise
@@ -139,6 +160,10 @@ def match(recorded: RecordedUpdate, *, catalog: Catalog, incidents: Sequence[Inc
     if update.cap is not None and not update.cap.amplifiable:
         return Match((), f"skipped: not Actual/Public (status={update.cap.status}, "
                          f"scope={update.cap.scope})")
+    if follows_up(update) and not threads:
+        assert update.cap is not None
+        return Match((), f"skipped: a {update.cap.msg_type} of an alert we did not relay "
+                         f"(references: {' '.join(update.cap.references) or 'none'})")
     expires = update.cap.expires if update.cap is not None else None
     if expires is not None and now is not None and now >= expires:
         return Match((), f"skipped: expired at {isoformat(expires)} before it was seen")
@@ -173,6 +198,14 @@ def match(recorded: RecordedUpdate, *, catalog: Catalog, incidents: Sequence[Inc
             continue
         approval = ps.approval or (pb.approval.lead if is_lead else pb.approval.others)
         for action in pb.channels:
+            if threads is not None and follows_up(update):
+                if action.channel not in threads:
+                    continue  # the alert was not relayed there: no thread to answer in
+                items.append(replace(_item(f"i{inc.id}", action, update, catalog,
+                                           list(inc.hashtags), incident_id=inc.id,
+                                           is_lead=is_lead, approval=approval),
+                                     reply_to_item=threads[action.channel]))
+                continue
             items.append(_item(f"i{inc.id}", action, update, catalog, list(inc.hashtags),
                                incident_id=inc.id, is_lead=is_lead, approval=approval))
         reasons.append(f"queued for incident {inc.id}")
@@ -183,8 +216,13 @@ def match(recorded: RecordedUpdate, *, catalog: Catalog, incidents: Sequence[Inc
         if recorded.status == "revision" and not _requeue_edit(update, None):
             return Match((), "edit stored as revision; not relayed again")
         for action in catalog.policy.normal_channels:
-            items.append(_item("normal", action, update, catalog, [], incident_id=None,
-                               is_lead=False, approval=catalog.policy.normal_approval))
+            item = _item("normal", action, update, catalog, [], incident_id=None,
+                         is_lead=False, approval=catalog.policy.normal_approval)
+            if threads is not None and follows_up(update):
+                if action.channel not in threads:
+                    continue
+                item = replace(item, reply_to_item=threads[action.channel])
+            items.append(item)
         reasons.append("queued as normal-mode item" if items else "no normal-mode channels")
     if not reasons:
         reasons.append("not watched by any active playbook")

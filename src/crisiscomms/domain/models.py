@@ -198,6 +198,10 @@ class OutboxItem:
     native: NativeRef | None = None
     url: str = ""
     expires_at: datetime | None = None  # the alert's CAP expires: not sent after it
+    # A CAP Update/Cancel answers our own item that relayed the alert it refers to: it goes out
+    # as a reply to that post, after it, and not at all if that item never went out.
+    reply_to_item: int | None = None
+    reply_to: str | None = None  # that post's id on the platform, filled in when sending
     version: int = 0  # bumped by every stored change: a write based on an older copy is refused
     fence: int = 0  # the fencing token: bumped by every claim and take-over of the lease
 
@@ -322,6 +326,7 @@ class NewOutboxItem:
     native: NativeRef | None = None
     url: str = ""
     expires_at: datetime | None = None
+    reply_to_item: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -247,6 +247,13 @@ class Dispatcher:
                 self._decide(item, _STATE_FOR[decision.action], decision.reason, now)
                 stats.held += decision.action is DecisionAction.HOLD
                 continue
+            reply_to: str | None = None
+            if item.reply_to_item is not None:
+                parent = self.store.get_item(item.reply_to_item)
+                if parent.state is not ItemState.PUBLISHED:
+                    self._wait_for_parent(item, parent, now)
+                    continue
+                reply_to = parent.platform_post_id
             if item.update_id is not None:
                 with self.store.reader() as r:
                     earlier = r.outbox.published_for(item.update_id, channel_id)
@@ -256,7 +263,7 @@ class Dispatcher:
                                  f"{earlier.id}", now)
                     continue
             outcome = self._send(item, publisher, now, decision.out_of_hours,
-                                 decision.over_cap, stats)
+                                 decision.over_cap, stats, reply_to=reply_to)
             if outcome == "published":
                 normal = int(item.incident_id is None)
                 counters = replace(counters, week_count=counters.week_count + 1,
@@ -267,8 +274,19 @@ class Dispatcher:
                 counters = self.counters(channel_id, now)  # carries the new paused_until
 
     # -- sending ----------------------------------------------------------------------
+    def _wait_for_parent(self, item: OutboxItem, parent: OutboxItem, now: datetime) -> None:
+        """A reply waits for the post it answers; if that never goes out, neither does it."""
+        if parent.state in (ItemState.REJECTED, ItemState.SKIPPED, ItemState.FAILED):
+            self._decide(item, ItemState.SKIPPED,
+                         f"the alert it follows up (item {parent.id}) was not relayed on "
+                         f"{item.channel_id} ({parent.state}): nothing to answer", now)
+        else:
+            self._decide(item, ItemState.HELD,
+                         f"waiting for item {parent.id} (the alert it follows up) to go out on "
+                         f"{item.channel_id}, to reply to it", now)
+
     def _send(self, item: OutboxItem, publisher: Publisher, now: datetime, out_of_hours: bool,
-              over_cap: bool, stats: DispatchStats) -> str:
+              over_cap: bool, stats: DispatchStats, reply_to: str | None = None) -> str:
         try:
             claimed = self._save(
                 item, outbox.claim(item, owner=self.worker_id, until=now + self.lease,
@@ -285,10 +303,11 @@ class Dispatcher:
         except StaleWriteError as exc:
             self._overtaken(claimed, exc, started, stats, "start of send")
             return "taken"
+        outgoing = replace(sending, reply_to=reply_to)  # the thread it answers, if any
         try:
             with LeaseKeeper(self.store, sending, self.lease, lambda: self._now(started)):
                 result = call_with_retry(
-                    lambda: publisher.publish(sending, update),
+                    lambda: publisher.publish(outgoing, update),
                     what=f"publish:{item.channel_id}", retry_on=(TransientPublishError,),
                     attempts=3, initial_s=1.0, deadline_s=SEND_DEADLINE_S, sleep=self.sleep)
         except RateLimitedError as exc:

@@ -25,7 +25,13 @@ from crisiscomms.domain.errors import (
     StoreError,
     TransientSourceError,
 )
-from crisiscomms.domain.matching import all_lead_sources, match, priority
+from crisiscomms.domain.matching import (
+    all_lead_sources,
+    follows_up,
+    match,
+    priority,
+    referenced_ids,
+)
 from crisiscomms.domain.models import (
     Incident,
     NewAuditEvent,
@@ -305,8 +311,13 @@ class Watcher:
             recorded = self._record_updates(uow, ordered, baseline)
             items: list[NewOutboxItem] = []
             for rec in recorded:
+                threads = None
+                if follows_up(rec.update):
+                    # Where we relayed the alert it refers to: it is answered there, only.
+                    threads = uow.outbox.threads(rec.update.source_id,
+                                                 referenced_ids(rec.update))
                 m = match(rec, catalog=self.catalog, incidents=incidents, baseline=baseline,
-                          now=now)
+                          now=now, threads=threads)
                 uow.updates.set_disposition(rec.update.id or 0, m.disposition)
                 items += m.items
             uow.outbox.add(items, at=now)

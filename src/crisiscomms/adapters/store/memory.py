@@ -213,7 +213,8 @@ class MemOutbox(_Repo):
                 update_id=it.update_id, incident_id=it.incident_id, source_id=it.source_id,
                 is_lead=it.is_lead, severity_rank=it.severity_rank,
                 published_at=it.published_at, approval=it.approval, reason=it.reason,
-                native=it.native, url=it.url, expires_at=it.expires_at)
+                native=it.native, url=it.url, expires_at=it.expires_at,
+                reply_to_item=it.reply_to_item)
             self.t.dedupe[it.dedupe_key] = item_id
             self.t.events[item_id] = [ItemEvent(at, str(it.state), it.reason or "queued", actor)]
             new_ids.append(item_id)
@@ -266,6 +267,19 @@ class MemOutbox(_Repo):
         out: dict[str, int] = {}
         for i in self.t.outbox.values():
             out[str(i.state)] = out.get(str(i.state), 0) + 1
+        return out
+
+    def threads(self, source_id: str, external_ids: Sequence[str]) -> dict[str, int]:
+        wanted = set(external_ids)
+        live = {ItemState.PUBLISHED, ItemState.QUEUED, ItemState.HELD,
+                ItemState.NEEDS_APPROVAL, *IN_FLIGHT}
+        out: dict[str, int] = {}
+        for item_id, i in sorted(self.t.outbox.items()):
+            if i.state not in live or i.update_id is None or i.update_id not in self.t.updates:
+                continue
+            u = self.t.updates[i.update_id][0]
+            if u.source_id == source_id and u.external_id in wanted:
+                out[i.channel_id] = item_id
         return out
 
     def published_for(self, update_id: int, channel_id: str) -> OutboxItem | None:

@@ -192,6 +192,14 @@ INSERT INTO audit_head (id, seq, hash) SELECT 1, 0, '""" + "0" * 64 + """'
 ALTER TABLE outbox ADD COLUMN expires_at TEXT;
 """,
     ),
+    (
+        6,
+        "outbox_reply_to_item",
+        """
+-- A CAP Update or Cancel goes out as a reply to our own item of the alert it refers to.
+ALTER TABLE outbox ADD COLUMN reply_to_item INTEGER REFERENCES outbox(id);
+""",
+    ),
 ]
 
 # PostgreSQL: the same schema in its own types (instants are timestamptz, ids identities).
@@ -369,5 +377,10 @@ INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '""" + "0" * 64 + """');
         5,
         "outbox_expires",
         "ALTER TABLE outbox ADD COLUMN expires_at TIMESTAMPTZ;",
+    ),
+    (
+        6,
+        "outbox_reply_to_item",
+        "ALTER TABLE outbox ADD COLUMN reply_to_item BIGINT REFERENCES outbox(id);",
     ),
 ]

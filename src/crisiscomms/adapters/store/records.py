@@ -114,6 +114,7 @@ def item_from_row(r: Row) -> OutboxItem:
         out_of_hours=bool(r["out_of_hours"]), over_cap=bool(r["over_cap"]),
         native=native_from_json(r["native"]), url=r["url"],
         version=r["version"], fence=r["fence"], expires_at=dt(r["expires_at"]),
+        reply_to_item=r["reply_to_item"],
     )
 
 

@@ -272,13 +272,14 @@ class SqlOutbox:
             rows = self.tx.rows(
                 "INSERT INTO outbox (dedupe_key, channel_id, action, text, state, created_at, "
                 "update_id, incident_id, source_id, is_lead, severity_rank, published_at, "
-                "approval, reason, native, url, expires_at) VALUES "
-                "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                "approval, reason, native, url, expires_at, reply_to_item) VALUES "
+                "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
                 (it.dedupe_key, it.channel_id, str(it.action), it.text, str(it.state),
                  self.ts(at), it.update_id, it.incident_id, it.source_id, int(it.is_lead),
                  it.severity_rank, self.ts(it.published_at), it.approval, it.reason,
-                 native_to_json(it.native), it.url, self.ts(it.expires_at)))
+                 native_to_json(it.native), it.url, self.ts(it.expires_at),
+                 it.reply_to_item))
             if rows:
                 item_id = int(rows[0]["id"])
                 new_ids.append(item_id)
@@ -357,6 +358,17 @@ class SqlOutbox:
     def counts(self) -> dict[str, int]:
         return {r["state"]: int(r["n"]) for r in
                 self.tx.rows("SELECT state, count(*) AS n FROM outbox GROUP BY state")}
+
+    def threads(self, source_id: str, external_ids: Sequence[str]) -> dict[str, int]:
+        ids = sorted(set(external_ids))
+        if not ids:
+            return {}
+        rows = self.tx.rows(
+            "SELECT o.channel_id AS channel_id, o.id AS id FROM outbox o JOIN updates u ON "
+            "u.id = o.update_id WHERE o.state IN ('published','queued','held','needs_approval',"
+            f"'leased','sending') AND u.source_id = ? AND u.external_id IN ({_marks(len(ids))})"
+            " ORDER BY o.id", (source_id, *ids))
+        return {r["channel_id"]: int(r["id"]) for r in rows}  # the newest item per channel
 
     def published_for(self, update_id: int, channel_id: str) -> OutboxItem | None:
         r = _one(self.tx, "SELECT * FROM outbox WHERE update_id = ? AND channel_id = ? AND "
