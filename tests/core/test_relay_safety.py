@@ -317,3 +317,20 @@ def test_an_update_whose_alert_never_went_out_is_not_sent(world):
     world.poll()
     # Rejected originals are no thread: the Cancel is not queued anywhere.
     assert not [i for i in world.store.items() if "b1-c" in i.dedupe_key]
+
+
+def test_the_flooding_playbook_relays_flood_warnings_not_flood_alerts(world):
+    """Its own comment says warnings only; an EA flood alert (level 3) must not go out."""
+    from crisiscomms.adapters.sources.ea_floods import SEVERITY_MAP
+
+    inc = activate(world)
+    outcomes = {}
+    for level in (1, 2, 3):
+        severity, urgency, certainty, msg_type, label = SEVERITY_MAP[level]
+        cap = CapInfo(identifier=f"ea-{level}", severity=severity, urgency=urgency,
+                      certainty=certainty, event=label)
+        u = replace(update("ea-floods-essex", f"ea-{level}", cap=cap), id=level)
+        m = match(RecordedUpdate(u, "new"), catalog=world.catalog, incidents=[inc])
+        outcomes[label] = bool(m.items)
+    assert outcomes == {"Severe flood warning": True, "Flood warning": True,
+                        "Flood alert": False}
