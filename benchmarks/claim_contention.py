@@ -111,11 +111,13 @@ def run_workers(server: PgServer, w: Workload, items: int, workers: int) -> dict
     start = threading.Barrier(workers + 1)
     t0 = 0.0  # set by the main thread just before it releases the workers
 
+    dispatchers = [Dispatcher(store=stores[i], catalog=w.catalog, publishers=publishers,
+                              settings=DispatchSettings(), worker_id=f"bench-{i}",
+                              rng=random.Random(i), sleep=lambda _s: None)
+                   for i in range(workers)]
+
     def work(i: int) -> None:
-        mine = per_worker[i]
-        dispatcher = Dispatcher(store=stores[i], catalog=w.catalog, publishers=publishers,
-                                settings=DispatchSettings(), worker_id=f"bench-{i}",
-                                rng=random.Random(i), sleep=lambda _s: None)
+        mine, dispatcher = per_worker[i], dispatchers[i]
         start.wait()
         try:
             while mine["ticks"] < MAX_TICKS:

@@ -158,13 +158,14 @@ def contention_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     runs = r["runs"]
     rows = [("queue per run", f"{runs[0]['queued']:,} items pending, crisis active, dry-run "
              "publishers; fresh database per run", "", "")]
-    for run in runs:
+    for k, run in enumerate(runs):
         n = run["workers"]
+        speedup = f"; {_f(run['speedup_vs_first'])}x of {_workers(runs[0]['workers'])}" \
+            if k else ""
         rows.append((_workers(n),
                      f"{_f(run['items_per_s'], 0)} items/s ({_f(run['wall_s'])} s wall; CPU "
-                     f"{_f(run['cpu_s'])} s client, {_f(run['server_cpu_s'])} s server); "
-                     f"{_f(run['speedup_vs_first'])}x of {_workers(runs[0]['workers'])}",
-                     "", ""))
+                     f"{_f(run['cpu_s'])} s client, {_f(run['server_cpu_s'])} s server)"
+                     f"{speedup}", "", ""))
         if n > 1:
             split = " / ".join(f"{w['published']:,}" for w in run["per_worker"])
             rows.append((f"{_workers(n)}: published each, lost claims",
@@ -173,7 +174,7 @@ def contention_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     errors = [e for run in runs for e in run["errors"]]
     published = ", ".join(f"{run['published']:,}" for run in runs)
     value = (f"{published} of {runs[0]['queued']:,} published; {r['duplicates']} duplicates "
-             "(publish calls, 'published' events, audit events per item)")
+             "(publish calls, history, audit)")
     if errors:
         value += f"; worker crashed: {errors[0]}"
     rows.append(("published exactly once", value, "0 duplicates",

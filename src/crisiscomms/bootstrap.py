@@ -137,8 +137,17 @@ class App:
                 out[role] = value
         return out
 
+    def missing_credentials(self, channel_id: str) -> list[str]:
+        """The environment variables a channel needs that are unset (names, never values)."""
+        from crisiscomms.adapters.publishers import missing_credentials
+
+        channel = self.catalog.channels[channel_id]
+        missing = missing_credentials(channel.platform, self.credentials(channel_id))
+        return [channel.credentials.get(role, role) for role in missing]
+
     def build_publishers(self, *, dry_run: bool) -> dict[str, Publisher]:
         from crisiscomms.adapters.publishers import build_publisher
+        from crisiscomms.adapters.publishers.unavailable import UnavailablePublisher
         from crisiscomms.logs import register_secrets
 
         client = httpx.Client(timeout=self.settings.dispatch.timeout_seconds,
@@ -150,6 +159,14 @@ class App:
             register_secrets(creds.values())
             base = self.settings.channel_base_urls.get(channel.id) or channel.base_url
             channel = channel.model_copy(update={"base_url": base})
+            missing = self.missing_credentials(channel.id)
+            if missing and not (dry_run or self.settings.dry_run):
+                # Loudly broken, never a silent dry run (its posts would count as published).
+                log.error("publisher.credentials_missing", channel=channel.id, unset=missing)
+                publishers[channel.id] = UnavailablePublisher(
+                    channel.id, f"credentials missing for channel {channel.id} "
+                                f"({', '.join(missing)} unset)")
+                continue
             pub = build_publisher(channel, creds, clock=self.clock, http_client=client,
                                   dry_run=dry_run or self.settings.dry_run,
                                   timeout=self.settings.dispatch.timeout_seconds)

@@ -195,6 +195,9 @@ class ChannelRepository(Protocol):
     def pause(self, channel_id: str, *, until: datetime, reason: str,
               wait_seconds: float) -> None: ...
 
+    def set_problem(self, channel_id: str, problem: str | None) -> None:
+        """Record why a channel cannot post at all (``None``: it can again)."""
+
     def list(self) -> dict[str, ChannelState]: ...
 
 

@@ -69,7 +69,7 @@ def test_filters_and_not_actual_cap_are_recorded(world):
     world.clock.advance(timedelta(minutes=6))
     world.poll()
     rows = {u.external_id: disp for u, disp, _ in world.store.updates()}
-    assert rows["a1"].startswith("filtered: severity Minor below Moderate")
+    assert rows["a1"].startswith("filtered: severity Minor below Severe")
     assert rows["a2"].startswith("skipped: not Actual/Public")
     assert rows["a3"] == "queued for incident 1"
     assert {i.dedupe_key.split(":")[4] for i in world.store.items() if i.update_id} == {"a3"}

@@ -39,11 +39,33 @@ def activate(
     inc = uc.activate(app.store, app.catalog, app.clock, playbook=playbook, reason=reason,
                       operator=operator or default_operator(), hashtags=hashtag or [],
                       lead=lead)
+    for line in channel_warnings(app, inc.playbook):
+        typer.echo(f"warning: {line}", err=True)
     if json_out:
         echo_json(incident_json(inc))
         return
     typer.echo(f"incident {inc.id} active: playbook {inc.playbook}, lead {inc.lead}, "
                f"hashtags {' '.join(inc.hashtags)}, by {inc.activated_by}")
+
+
+def channel_warnings(app: Any, playbook: str) -> list[str]:
+    """The playbook's channels that cannot post: as the watcher last reported them, or (where
+    it has not) as this shell sees their credentials. Names of variables only, never values."""
+    pb = app.catalog.playbooks[playbook]
+    reported = app.store.channel_states()
+    out = []
+    for channel_id in sorted({c.channel for c in pb.channels}):
+        state = reported.get(channel_id)
+        if state is not None and state.problem:
+            out.append(f"channel {channel_id} cannot post: {state.problem} (reported by the "
+                       "watcher)")
+            continue
+        missing = app.missing_credentials(channel_id)
+        if missing:
+            out.append(f"channel {channel_id} cannot post: credentials missing here "
+                       f"({', '.join(missing)} unset); if the watcher lacks them too, its "
+                       "items will fail until they are set")
+    return out
 
 
 def deactivate(
@@ -99,7 +121,8 @@ def status(
     ]
     channels = {k: {"paused_until": isoformat(v.paused_until) if v.paused_until else None,
                     "last_error": v.last_error, "rate_limit_waits": v.rate_limit_waits,
-                    "rate_limit_wait_seconds": v.rate_limit_wait_seconds}
+                    "rate_limit_wait_seconds": v.rate_limit_wait_seconds,
+                    "problem": v.problem}
                 for k, v in app.store.channel_states().items()}
     now = app.clock.now()
     watchers = [{"worker": w.worker_id, "host": w.host, "pid": w.pid,
@@ -130,6 +153,8 @@ def status(
         typer.echo(f"  source {s['source']} failing ({s['failures']}x): "
                    f"{s['last_error_class']}: {s['last_error']}")
     for cid, c in channels.items():
+        if c["problem"]:
+            typer.echo(f"  channel {cid} broken: {c['problem']}")
         if c["paused_until"]:
             typer.echo(f"  channel {cid} rate limited until {c['paused_until']}")
 

@@ -406,3 +406,4 @@ class ChannelState:
     last_error: str | None = None
     rate_limit_waits: int = 0
     rate_limit_wait_seconds: float = 0.0
+    problem: str | None = None  # why the channel cannot post at all (credentials missing)

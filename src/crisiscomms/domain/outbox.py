@@ -46,6 +46,7 @@ def _t(name: str, src: frozenset[ItemState] | set[ItemState], to: set[ItemState]
 TRANSITIONS: dict[str, Transition] = {t.name: t for t in (
     _t("decide", PENDING, PENDING | {S.SKIPPED}),
     _t("claim", PENDING, {S.LEASED}),
+    _t("refuse", PENDING, {S.FAILED}),
     _t("start_send", {S.LEASED}, {S.SENDING}, fenced=True),
     _t("publish", IN_FLIGHT, {S.PUBLISHED}, fenced=True),
     _t("release", IN_FLIGHT, {S.QUEUED, S.HELD, S.FAILED, S.NEEDS_REVIEW}, fenced=True),
@@ -78,6 +79,13 @@ def decide(item: OutboxItem, state: ItemState, reason: str, at: datetime) -> Out
     check(item, "decide", state)
     return replace(item, state=state, reason=reason,
                    done_at=at if state is S.SKIPPED else item.done_at)
+
+
+def refuse(item: OutboxItem, *, reason: str, at: datetime) -> OutboxItem:
+    """The channel cannot post at all (e.g. its credentials are missing): the item waits as
+    failed, nothing sent, and ``queue retry`` sends it once the channel is fixed."""
+    check(item, "refuse")
+    return replace(item, state=S.FAILED, reason=reason, last_error=reason, done_at=at)
 
 
 def claim(item: OutboxItem, *, owner: str, until: datetime, out_of_hours: bool,

@@ -154,6 +154,7 @@ class Dispatcher:
         self.lease = timedelta(seconds=settings.lease_seconds)
         # Set on shutdown: the tick finishes the send in flight and starts no other.
         self.stop_requested = threading.Event()
+        self._problems: dict[str, str | None] = {}  # what the store says of each channel
 
     def _now(self, fallback: datetime) -> datetime:
         """The time now (a send's lease starts when the send starts, not the round)."""
@@ -163,6 +164,9 @@ class Dispatcher:
     def tick(self, now: datetime) -> DispatchStats:
         """Recover expired leases, then decide and send every pending item once."""
         stats = DispatchStats()
+        if not self._problems:  # first tick: say which channels cannot post at all
+            for channel_id, publisher in sorted(self.publishers.items()):
+                self._channel_problem(channel_id, getattr(publisher, "unavailable", None))
         self.recover(now, stats)
         with self.store.reader() as r:
             incidents = r.incidents.list()
@@ -233,6 +237,8 @@ class Dispatcher:
                 self._decide(item, ItemState.HELD, f"channel {channel_id!r} is not configured",
                              now)
             return
+        problem = getattr(publisher, "unavailable", None)
+        self._channel_problem(channel_id, problem)
         counters = self.counters(channel_id, now)
         for item in items:
             if self.stop_requested.is_set():
@@ -246,6 +252,15 @@ class Dispatcher:
             if decision.action is not DecisionAction.PUBLISH:
                 self._decide(item, _STATE_FOR[decision.action], decision.reason, now)
                 stats.held += decision.action is DecisionAction.HOLD
+                continue
+            if problem:
+                # The channel cannot post at all: fail loudly, send nothing; 'queue retry'
+                # sends it once the channel is fixed.
+                with contextlib.suppress(StaleWriteError):
+                    self._save(item, outbox.refuse(item, reason=str(problem), at=now), now,
+                               str(problem), audit="outbox.failed",
+                               audit_details={"channel": channel_id})
+                    stats.failed += 1
                 continue
             reply_to: str | None = None
             if item.reply_to_item is not None:
@@ -274,6 +289,18 @@ class Dispatcher:
                 counters = self.counters(channel_id, now)  # carries the new paused_until
 
     # -- sending ----------------------------------------------------------------------
+    def _channel_problem(self, channel_id: str, problem: object) -> None:
+        """Record a channel's problem (or its end) in the store when it changes."""
+        text = str(problem) if problem else None
+        if self._problems.get(channel_id, "unknown") == text:
+            return
+        with self.store.unit_of_work() as uow:
+            uow.channels.set_problem(channel_id, text)
+            uow.commit()
+        self._problems[channel_id] = text
+        if text:
+            log.error("channel.broken", channel=channel_id, problem=text)
+
     def _wait_for_parent(self, item: OutboxItem, parent: OutboxItem, now: datetime) -> None:
         """A reply waits for the post it answers; if that never goes out, neither does it."""
         if parent.state in (ItemState.REJECTED, ItemState.SKIPPED, ItemState.FAILED):

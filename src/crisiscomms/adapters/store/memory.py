@@ -310,7 +310,11 @@ class MemChannels(_Repo):
         old = self.t.channels.get(channel_id) or ChannelState(channel_id)
         self.t.channels[channel_id] = ChannelState(
             channel_id, until, reason, old.rate_limit_waits + 1,
-            old.rate_limit_wait_seconds + float(wait_seconds))
+            old.rate_limit_wait_seconds + float(wait_seconds), old.problem)
+
+    def set_problem(self, channel_id: str, problem: str | None) -> None:
+        old = self.t.channels.get(channel_id) or ChannelState(channel_id)
+        self.t.channels[channel_id] = replace(old, problem=problem)
 
     def list(self) -> dict[str, ChannelState]:
         return dict(sorted(self.t.channels.items()))

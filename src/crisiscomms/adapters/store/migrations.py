@@ -200,6 +200,14 @@ ALTER TABLE outbox ADD COLUMN expires_at TEXT;
 ALTER TABLE outbox ADD COLUMN reply_to_item INTEGER REFERENCES outbox(id);
 """,
     ),
+    (
+        7,
+        "channel_problem",
+        """
+-- Why a channel cannot post at all (its credentials are missing): status shows it as broken.
+ALTER TABLE channel_state ADD COLUMN problem TEXT;
+""",
+    ),
 ]
 
 # PostgreSQL: the same schema in its own types (instants are timestamptz, ids identities).
@@ -382,5 +390,10 @@ INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '""" + "0" * 64 + """');
         6,
         "outbox_reply_to_item",
         "ALTER TABLE outbox ADD COLUMN reply_to_item BIGINT REFERENCES outbox(id);",
+    ),
+    (
+        7,
+        "channel_problem",
+        "ALTER TABLE channel_state ADD COLUMN problem TEXT;",
     ),
 ]

@@ -113,9 +113,12 @@ class PostgresStore(StoreQueries):
             self._migrate(conn)
         finally:
             conn.close()
+        # No check on every checkout (an extra round trip per unit of work, 12% of dispatch
+        # time): a connection that broke fails its unit of work, which is retried, and the pool
+        # discards it when it comes back in a bad state.
         self.pool = ConnectionPool(url, min_size=1, max_size=max(1, pool_size), kwargs=kwargs,
-                                   configure=self._configure, check=ConnectionPool.check_connection,
-                                   timeout=connect_timeout, open=False, name="crisiscomms")
+                                   configure=self._configure, timeout=connect_timeout,
+                                   open=False, name="crisiscomms")
         try:
             self.pool.open(wait=True, timeout=connect_timeout)
         except Exception as exc:

@@ -414,8 +414,13 @@ class SqlChannels:
     def list(self) -> dict[str, ChannelState]:
         return {r["channel_id"]: ChannelState(
             r["channel_id"], dt(r["paused_until"]), r["last_error"], int(r["rate_limit_waits"]),
-            float(r["rate_limit_wait_seconds"]))
+            float(r["rate_limit_wait_seconds"]), r["problem"])
             for r in self.tx.rows("SELECT * FROM channel_state ORDER BY channel_id")}
+
+    def set_problem(self, channel_id: str, problem: str | None) -> None:
+        self.tx.run("INSERT INTO channel_state (channel_id, problem) VALUES (?, ?) "
+                    "ON CONFLICT (channel_id) DO UPDATE SET problem = excluded.problem",
+                    (channel_id, problem))
 
 
 class SqlWindows:
