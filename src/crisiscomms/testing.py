@@ -18,7 +18,12 @@ import yaml
 from crisiscomms.adapters.store.memory import MemoryStore
 from crisiscomms.domain import outbox
 from crisiscomms.domain.clock import FixedClock
-from crisiscomms.domain.errors import OutcomeUnknownError, PublishError, SourceError
+from crisiscomms.domain.errors import (
+    OutcomeUnknownError,
+    PublishError,
+    SourceError,
+    TransientPublishError,
+)
 from crisiscomms.domain.models import (
     ItemEvent,
     NewAuditEvent,
@@ -98,7 +103,8 @@ class FakePublisher:
     """Accepts posts into ``posts``; ``script`` can make the next calls fail.
 
     ``script`` holds errors (or the string ``"sent-then-unknown"``, which records the post and
-    then raises ``OutcomeUnknownError``, as a timeout after the platform accepted it would).
+    then raises ``OutcomeUnknownError``, as a timeout after the platform accepted it would, or
+    ``"sent-then-5xx"``, which records it and then answers 503).
     ``on_publish`` runs before each call (e.g. to kill a worker mid-send in a crash test).
     """
 
@@ -118,6 +124,10 @@ class FakePublisher:
             if step == "sent-then-unknown":
                 self._record(item)
                 raise OutcomeUnknownError("timed out after sending", channel_id=self.channel_id)
+            if step == "sent-then-5xx":  # accepted, then the platform answered 503 anyway
+                self._record(item)
+                raise TransientPublishError("x answered 503", channel_id=self.channel_id,
+                                            status=503)
             assert isinstance(step, PublishError)
             raise step
         return self._record(item)

@@ -334,3 +334,16 @@ def test_the_flooding_playbook_relays_flood_warnings_not_flood_alerts(world):
         outcomes[label] = bool(m.items)
     assert outcomes == {"Severe flood warning": True, "Flood warning": True,
                         "Flood alert": False}
+
+
+def test_a_5xx_after_the_platform_accepted_the_post_is_looked_up_not_resent(world):
+    """A 5xx on a create may come after the platform recorded the post: it is an unknown
+    outcome (look first), never "not sent" (which resent it at once: 3 identical posts)."""
+    fb = world.publishers["facebook"]
+    fb.script.extend(["sent-then-5xx", "sent-then-5xx", "sent-then-5xx"])
+    activate(world)  # the activation message is the first item on facebook
+    world.dispatcher().tick(world.clock.now())
+    (first,) = world.store.items(channel_id="facebook")
+    assert [p.dedupe_key for p in fb.posts] == [first.dedupe_key]  # once, not three times
+    assert str(world.store.get_item(first.id).state) == "published"
+    assert any("found on platform" in e.reason for e in world.store.item_events(first.id))

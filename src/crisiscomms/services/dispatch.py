@@ -331,10 +331,24 @@ class Dispatcher:
             self._overtaken(claimed, exc, started, stats, "start of send")
             return "taken"
         outgoing = replace(sending, reply_to=reply_to)  # the thread it answers, if any
+
+        def attempt() -> PublishResult:
+            try:
+                return publisher.publish(outgoing, update)
+            except TransientPublishError as exc:
+                if not isinstance(exc, RateLimitedError) and exc.status is not None and \
+                        exc.status >= 500:
+                    # A 5xx answers a request the platform received: it may have recorded the
+                    # post before failing. Unknown, so look before any resend.
+                    raise OutcomeUnknownError(
+                        f"{exc} (after the request reached the platform)",
+                        channel_id=exc.channel_id, status=exc.status) from exc
+                raise
+
         try:
             with LeaseKeeper(self.store, sending, self.lease, lambda: self._now(started)):
                 result = call_with_retry(
-                    lambda: publisher.publish(outgoing, update),
+                    attempt,
                     what=f"publish:{item.channel_id}", retry_on=(TransientPublishError,),
                     attempts=3, initial_s=1.0, deadline_s=SEND_DEADLINE_S, sleep=self.sleep)
         except RateLimitedError as exc:
