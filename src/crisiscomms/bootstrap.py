@@ -169,7 +169,8 @@ class App:
                 continue
             pub = build_publisher(channel, creds, clock=self.clock, http_client=client,
                                   dry_run=dry_run or self.settings.dry_run,
-                                  timeout=self.settings.dispatch.timeout_seconds)
+                                  timeout=self.settings.dispatch.timeout_seconds,
+                                  facebook_graph_version=self.settings.facebook_graph_version)
             self._closers.append(pub.close)
             publishers[channel.id] = pub
         return publishers

@@ -1,6 +1,9 @@
-"""Crash: ``crisiscomms watch`` is SIGKILLed at random moments and restarted, while official
-updates keep arriving. Every update must reach every channel exactly once, nothing lost, and
-the audit chain must verify.
+"""Crash: ``crisiscomms watch`` is SIGKILLed and restarted while official updates keep
+arriving. Half the kills are aimed at the one window that matters most: the simulator has
+accepted a post and the watcher has not yet recorded it (the simulator's accept hook sends the
+SIGKILL before its answer leaves); the others land at random moments. Every update must reach
+every channel (X, Facebook, Mastodon and Bluesky) exactly once, nothing lost, and the audit
+chain must verify; the number of kills that landed in the window is asserted.
 
 The worker is a real subprocess on the real clock (so is the simulator's world), with short
 polling intervals and the shortest lease allowed (5 s) so a killed worker's items are taken
@@ -10,10 +13,14 @@ over quickly.
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +28,7 @@ from crisiscomms.domain.clock import SystemClock
 from crisiscomms.simulator import serve
 
 from .harness import (
+    ALL_CHANNELS,
     PLAYBOOK,
     Watch,
     baselined,
@@ -43,6 +51,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
 N_UPDATES = scaled(500, 500)
 N_KILLS = scaled(20, 100)
+MIN_IN_WINDOW = scaled(6, 30)  # kills that must land between "accepted" and "recorded"
 SEED = 7
 
 
@@ -50,7 +59,7 @@ def test_watch_survives_random_sigkills(tmp_path: Path):
     rng = random.Random(SEED)
     # Items arrive while the kills happen: spread them over the expected kill period.
     span = N_KILLS * 1.3
-    scenario = make_scenario(N_UPDATES, span_s=span, seed=SEED)
+    scenario = make_scenario(N_UPDATES, span_s=span, seed=SEED, channels=ALL_CHANNELS)
     world = new_world(SystemClock(), scenario, quotas={})  # quotas are not under test here
     home, logs = tmp_path / "home", tmp_path / "logs"
     logs.mkdir()
@@ -72,14 +81,33 @@ def test_watch_survives_random_sigkills(tmp_path: Path):
 
         t0 = time.monotonic()
         caught = {"leased": 0, "sending": 0}
+        in_window: list[str] = []
         for k in range(N_KILLS):
-            # A random moment once this worker is busy (startup takes about a second, and
-            # killing it before its first lease would test nothing).
+            # Once this worker is busy (startup takes about a second, and killing it before
+            # its first lease would test nothing)...
             worker = f"chaos-{k}"
             started = time.monotonic()
             while not leased_by(db, worker) and time.monotonic() - started < 4:
                 time.sleep(0.05)
-            time.sleep(rng.uniform(0, 0.5))
+            if k % 2 == 0:
+                # ...aimed: the next post the simulator accepts kills this worker before the
+                # answer reaches it.
+                fired = threading.Event()
+                pid = watch.proc.pid
+
+                def kill_on_accept(post: Any, pid: int = pid, fired: threading.Event = fired
+                                   ) -> None:
+                    if fired.is_set():
+                        return
+                    os.kill(pid, signal.SIGKILL)
+                    fired.set()
+                    in_window.append(post.text[:40])
+
+                world.set_accept_hook(kill_on_accept)
+                fired.wait(timeout=5)
+                world.set_accept_hook(None)
+            else:
+                time.sleep(rng.uniform(0, 0.5))  # ...or at a random moment
             watch.kill()
             for state, n in in_flight(db, worker).items():
                 caught[state] = caught.get(state, 0) + n
@@ -100,12 +128,16 @@ def test_watch_survives_random_sigkills(tmp_path: Path):
         verify = cli(env, "audit", "verify", cwd=tmp_path)
         assert verify.returncode == 0, verify.stdout + verify.stderr
         stored = store_problems(db, scenario)
-        print(f"\ncrash: {N_UPDATES} updates, {N_KILLS} SIGKILLs in {kill_phase:.1f}s (items "
-              f"caught in flight: {caught}), all done {time.monotonic() - t0:.1f}s after the "
-              f"first item; store problems: {len(stored)}")
+        print(f"\ncrash: {N_UPDATES} updates x {len(ALL_CHANNELS)} channels, {N_KILLS} "
+              f"SIGKILLs in {kill_phase:.1f}s, {len(in_window)} of them between the platform's "
+              f"accept and our record (items caught in flight: {caught}), all done "
+              f"{time.monotonic() - t0:.1f}s after the first item; store problems: "
+              f"{len(stored)}")
         assert not stored, "\n".join(stored[:20])
+        assert len(in_window) >= MIN_IN_WINDOW, (
+            f"only {len(in_window)} kills landed between accept and record")
 
         status = cli(env, "status", "--json", cwd=tmp_path)
         assert status.returncode == 0, status.stderr
         queue = json.loads(status.stdout)["queue"]
-        assert queue == {"published": scenario.expected_posts * 3}, queue
+        assert queue == {"published": scenario.expected_posts * len(ALL_CHANNELS)}, queue

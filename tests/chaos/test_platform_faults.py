@@ -1,6 +1,6 @@
-"""Platform faults: 20% of platform requests answer 5xx, some posts are accepted and then the
-connection hangs and drops (the client times out), and each platform has a window of 429s
-with a reset time. Everything must still be delivered exactly once, and no request may reach
+"""Platform faults: 20% of platform requests answer 5xx, 10% of creates are accepted and then
+answered 5xx anyway, some posts are accepted and then the connection hangs and drops (the client
+times out), and each platform has a window of 429s with a reset time. Everything must still be delivered exactly once, and no request may reach
 a quota between its 429 and the reset.
 
 In-process (like the drill): the real App, Watcher and Dispatcher on a simulated clock, so
@@ -23,6 +23,7 @@ from crisiscomms.services.watch import Watcher
 from crisiscomms.simulator import Faults, serve
 
 from .harness import (
+    ALL_CHANNELS,
     CREDENTIALS,
     PLAYBOOK,
     UNFINISHED,
@@ -51,12 +52,13 @@ def faults() -> Faults:
 
     return Faults(
         error_rate_5xx=0.2,
+        accept_then_5xx_rate=0.1,
         accept_then_timeout_rate=0.04,
         hang_seconds=0.5,  # the httpx clients time out at 0.3 s; X sees the connection drop
         burst_429=(("x", *window(4, 5)), ("mastodon", *window(10, 3)),
                    ("facebook", *window(16, 4))),
         burst_methods=("POST",),
-        paths=("/x", "/facebook", "/mastodon"),  # our platforms, not the official feeds
+        paths=("/x", "/facebook", "/mastodon", "/bluesky"),  # ours, not the official feeds
         seed=SEED,
     )
 
@@ -65,7 +67,8 @@ def test_everything_delivered_once_through_5xx_timeouts_and_429s(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     for name, value in CREDENTIALS.items():
         monkeypatch.setenv(name, value)
-    scenario = make_scenario(N_UPDATES, span_s=scaled(20, 40) * 60, seed=SEED)
+    scenario = make_scenario(N_UPDATES, span_s=scaled(20, 40) * 60, seed=SEED,
+                             channels=ALL_CHANNELS)
     clock = FixedClock(START)
     world = new_world(clock, scenario)  # the platforms' real quotas
     t0 = time.monotonic()
@@ -87,7 +90,8 @@ def test_everything_delivered_once_through_5xx_timeouts_and_429s(
         assert not violations, violations[:5]
         log = world.request_log
         faults_seen = {n: sum(1 for r in log if r.note.startswith(n))
-                       for n in ("5xx", "accept_then_timeout")}
+                       for n in ("5xx", "accept_then_5xx", "accept_then_timeout")}
+        assert faults_seen["accept_then_5xx"] > 0, "no create was accepted then refused"
         refused = sum(1 for r in log if r.reset_at is not None)
         stored = store_problems(Path(store.path), scenario)
         print(f"\nplatform faults: {N_UPDATES} updates, {len(log)} requests, {faults_seen}, "

@@ -173,9 +173,10 @@ class FakeFacebook:
         self.posts: list[dict[str, str]] = []
         self.requests: list[httpx.Request] = []
         self.ids = itertools.count(1)
-        feed = f"{self.base}/v19.0/{self.page}/feed"
-        router.post(feed).mock(side_effect=self._create)
-        router.get(feed).mock(side_effect=self._list)
+        # Any Graph version: the publisher's default moves on as Meta's versions expire.
+        root = rf"^{re.escape(self.base)}/v\d+\.\d+/{re.escape(self.page)}"
+        router.post(url__regex=rf"{root}/feed$").mock(side_effect=self._create)
+        router.get(url__regex=rf"{root}/published_posts(\?.*)?$").mock(side_effect=self._list)
 
     def _create(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -184,16 +185,19 @@ class FakeFacebook:
             return httpx_failure(failure)
         form = dict(httpx.QueryParams(request.content.decode()))
         post = {"id": f"{self.page}_{next(self.ids)}", "message": form["message"]}
-        if form.get("link"):
-            post["link"] = form["link"]
         self.posts.append(post)
         return httpx.Response(200, json={"id": post["id"]})
 
     def _list(self, request: httpx.Request) -> httpx.Response:
+        """The Page's own posts; ``link`` was deprecated in Graph v3.3 (error code 12)."""
         self.requests.append(request)
         failure = self.faults.take("read")
         if failure:
             return httpx_failure(failure)
+        if "link" in request.url.params.get("fields", "").split(","):
+            error = {"message": "(#12) link field is deprecated for versions v3.3 and higher",
+                     "type": "OAuthException", "code": 12, "fbtrace_id": "AbCdEf012345"}
+            return httpx.Response(400, json={"error": error})
         return httpx.Response(200, json={"data": list(reversed(self.posts))})
 
 

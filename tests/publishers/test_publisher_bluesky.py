@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from datetime import timedelta
 
+import httpx
 import pytest
+import respx
 
 from crisiscomms.adapters.publishers.bluesky import (
     LINK_FEATURE,
@@ -14,11 +17,16 @@ from crisiscomms.adapters.publishers.bluesky import (
     record_key,
     web_url,
 )
-from crisiscomms.domain.errors import PermanentPublishError, TransientPublishError
+from crisiscomms.domain.clock import FixedClock
+from crisiscomms.domain.errors import (
+    OutcomeUnknownError,
+    PermanentPublishError,
+    TransientPublishError,
+)
 from crisiscomms.domain.models import ActionKind, NativeRef, Platform
 
-from .publisher_fakes import Failure, FakeBluesky
-from .publisher_support import NOW, make_item
+from .publisher_fakes import Failure, FakeBluesky, httpx_failure
+from .publisher_support import BLUESKY_CREDENTIALS, CHANNEL, NOW, make_item
 
 Fixture = tuple[FakeBluesky, BlueskyPublisher]
 TID_RE = re.compile(r"^[234567abcdefghij][234567abcdefghijklmnopqrstuvwxyz]{12}$")
@@ -110,6 +118,38 @@ def test_500_without_a_record_is_transient(bluesky_fake: Fixture) -> None:
     assert pub.publish(make_item(), None).post_id  # and the retry then works
 
 
+BARE_500 = {"error": "InternalServerError", "message": "Internal Server Error"}
+
+
+@pytest.mark.parametrize(
+    "lookup",
+    [
+        Failure(503, {"error": "InternalServerError", "message": "Service Unavailable"}),
+        Failure(400, {"error": "InvalidRequest", "message": "Could not find repo"}),
+        Failure(exc=httpx.ReadTimeout("timed out")),
+    ],
+    ids=["503", "400-other", "timeout"],
+)
+def test_bare_500_and_an_unanswered_lookup_is_outcome_unknown(
+    bluesky_fake: Fixture, lookup: Failure
+) -> None:
+    """Defect 11: the real PDS answers a repeated record key on a post with a bare 500. The
+    key is deterministic, so the 500 may mean "already there": it must lead to a getRecord
+    lookup, and if that cannot answer, to "outcome unknown" (the dispatcher asks again
+    before any resend), never to a retryable error that resends blindly."""
+    fake, pub = bluesky_fake
+    item = make_item()
+    first = pub.publish(item, None)
+    fake.faults.add("write", Failure(500, BARE_500))
+    fake.faults.add("read", lookup)
+    with pytest.raises(OutcomeUnknownError, match="createRecord answered 500"):
+        pub.publish(item, None)
+    lookups = [r for r in fake.requests if r.url.path.endswith("getRecord")]
+    assert lookups[-1].url.params["rkey"] == record_key(item)
+    assert pub.publish(item, None) == first  # once the PDS answers again: the same record
+    assert len(fake.records) == 1
+
+
 def test_session_is_reused(bluesky_fake: Fixture) -> None:
     fake, pub = bluesky_fake
     pub.publish(make_item(1), None)
@@ -147,8 +187,10 @@ def test_bad_app_password_is_permanent_and_not_echoed(bluesky_fake: Fixture) -> 
     assert "abcd-SECRET-efgh-ijkl" not in str(caught.value)
 
 
-def test_repost_uses_a_deterministic_repost_record(bluesky_fake: Fixture) -> None:
-    fake, pub = bluesky_fake
+def test_repost_uses_a_deterministic_repost_record(
+    pds: tuple[ReplacingPds, BlueskyPublisher],
+) -> None:
+    fake, pub = pds
     uri, cid = fake.add_official_post()
     item = make_item(action=ActionKind.REPOST, native=NativeRef(Platform.BLUESKY, uri=uri, cid=cid))
     assert pub.find_existing(item, None) is None
@@ -205,3 +247,67 @@ def test_web_url() -> None:
         == "https://bsky.app/profile/did:plc:a/post/3k"
     )
     assert web_url("at://did:plc:a/app.bsky.feed.repost/3k") == ""
+
+
+class ReplacingPds(FakeBluesky):
+    """FakeBluesky plus what the real PDS does with reposts: a repost of a subject already
+    reposted replaces the old record (200), and ``listRecords`` lists the repo's records
+    (newest first, lexicon ``com.atproto.repo.listRecords``)."""
+
+    def __init__(self, router: respx.MockRouter) -> None:
+        super().__init__(router)
+        x = f"{self.base}/xrpc/"
+        router.get(x + "com.atproto.repo.listRecords").mock(side_effect=self._list)
+        self.replacing = True
+
+    def _create(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content or b"{}")
+        subject = (body.get("record") or {}).get("subject") or {}
+        if self.replacing and body.get("collection") == "app.bsky.feed.repost":
+            for key, rec in list(self.records.items()):
+                same = key[:2] == (body["repo"], "app.bsky.feed.repost")
+                if same and key[2] != body["rkey"] and rec["value"]["subject"] == subject:
+                    del self.records[key]
+        return super()._create(request)
+
+    def _list(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        failure = self.faults.take("read")
+        if failure:
+            return httpx_failure(failure)
+        p = request.url.params
+        records = [r for k, r in self.records.items() if k[:2] == (p["repo"], p["collection"])]
+        return httpx.Response(200, json={"records": list(reversed(records))})
+
+
+@pytest.fixture
+def pds(clock: FixedClock) -> Iterator[tuple[ReplacingPds, BlueskyPublisher]]:
+    with respx.mock(assert_all_called=False) as router:
+        fake = ReplacingPds(router)
+        publisher = BlueskyPublisher(CHANNEL, identifier="nhs.test",
+                                     credentials=BLUESKY_CREDENTIALS, clock=clock,
+                                     base_url=fake.base)
+        yield fake, publisher
+        publisher.close()
+
+
+def test_a_repost_replaced_by_a_later_repost_of_the_subject_is_still_done(
+    pds: tuple[ReplacingPds, BlueskyPublisher],
+) -> None:
+    """The PDS keeps one repost per subject: when another item's repost replaced ours, the
+    subject is still reposted by us, so the item is done (found through listRecords), not
+    resent."""
+    fake, pub = pds
+    uri, cid = fake.add_official_post()
+    native = NativeRef(Platform.BLUESKY, uri=uri, cid=cid)
+    a = make_item(1, action=ActionKind.REPOST, native=native)
+    b = make_item(2, action=ActionKind.REPOST, native=native)
+    pub.publish(a, None)
+    replaced_by = pub.publish(b, None)  # 200: replaces a's repost
+    assert len([k for k in fake.records if k[1] == "app.bsky.feed.repost"]) == 1
+    found = pub.find_existing(a, None)
+    assert found == replaced_by
+    other = make_item(3, action=ActionKind.REPOST,
+                      native=NativeRef(Platform.BLUESKY, uri=uri.replace("official", "other"),
+                                       cid="bafyother"))
+    assert pub.find_existing(other, None) is None

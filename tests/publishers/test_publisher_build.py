@@ -97,19 +97,21 @@ def test_mastodon_needs_an_instance() -> None:
 def test_facebook_page_id_from_credential_or_account() -> None:
     import respx
 
+    from crisiscomms.adapters.publishers.facebook import DEFAULT_GRAPH_VERSION
+
     with respx.mock() as router:
-        route = router.post(url__regex=r"https://graph\.facebook\.com/v19\.0/\w+/feed").mock(
+        route = router.post(url__regex=r"https://graph\.facebook\.com/v\d+\.\d+/\w+/feed").mock(
             return_value=httpx.Response(200, json={"id": "1_2"})
         )
-        for extra, page in [({}, "pageacct"), ({"page_id": SecretStr("999")}, "999")]:
+        for extra, page in [({}, "100064000000001"), ({"page_id": SecretStr("999")}, "999")]:
             pub = build_publisher(
-                channel(Platform.FACEBOOK, account="pageacct"),
+                channel(Platform.FACEBOOK, account="100064000000001"),
                 {**creds(Platform.FACEBOOK), **extra},
                 clock=CLOCK,
             )
             pub.publish(make_item(), None)
             pub.close()
-            assert route.calls.last.request.url.path == f"/v19.0/{page}/feed"
+            assert route.calls.last.request.url.path == f"/{DEFAULT_GRAPH_VERSION}/{page}/feed"
 
 
 def test_channel_base_url_is_used() -> None:

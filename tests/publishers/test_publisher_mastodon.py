@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import SecretStr
 
 from crisiscomms.adapters.publishers.mastodon import (
     MastodonPublisher,
@@ -107,3 +108,60 @@ def test_find_existing_reads_html_content_and_caches_the_account(mastodon_fake: 
 )
 def test_instance_url(account: str, expected: str | None) -> None:
     assert instance_url(account) == expected
+
+
+def test_posting_and_boosting_share_a_3_hour_budget_and_pause_until_its_reset() -> None:
+    """platform-facts.md, Mastodon limits: posting and boosting share 300 per 3 hours per
+    account (not the general 300 per 5 minutes). Against the simulator, which answers as
+    recorded in shared/recorded/mastodon/ (X-RateLimit-Reset an ISO timestamp)."""
+    from datetime import UTC, datetime, timedelta
+
+    import httpx
+
+    from crisiscomms.domain.clock import FixedClock
+    from crisiscomms.domain.errors import RateLimitedError
+    from crisiscomms.simulator import World, serve
+
+    clock = FixedClock(datetime(2026, 1, 5, 10, 0, tzinfo=UTC))
+    world = World(clock)
+    world.add_item("lfb@mastodon.example", "mastodon", clock.now(), {"id": "501", "text": "Fire"})
+    with serve(world) as sim, httpx.Client(timeout=5) as client:
+        pub = MastodonPublisher("nhs-mastodon", base_url=sim.url_for("mastodon"), clock=clock,
+                                credentials={"access_token": SecretStr("sim-token")},
+                                client=client)
+        native = NativeRef(Platform.MASTODON, id="501", url="")
+        pub.publish(make_item(1, action=ActionKind.BOOST, native=native), None)
+        for i in range(2, 301):  # 1 boost + 299 posts, 2 s apart (no general-budget trouble)
+            clock.advance(timedelta(seconds=2))
+            pub.publish(make_item(i, body=f"{BODY} {i}"), None)
+        clock.advance(timedelta(seconds=2))
+        with pytest.raises(RateLimitedError) as info:
+            pub.publish(make_item(301, body=f"{BODY} 301"), None)
+        # The shared bucket of 09:00-12:00 UTC: wait until noon, not five minutes.
+        assert info.value.reset_at == datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+        # Reads spend only the general budget: looking for an earlier post still works.
+        assert pub.find_existing(make_item(300, body=f"{BODY} 300"), None) is not None
+    assert not world.rate_limit_violations()
+
+
+def test_remote_boost_without_a_search_scope_names_the_scope() -> None:
+    """A token without read (or read:search) cannot resolve a remote status: Mastodon answers
+    403 "This action is outside the authorized scopes"; say which scope is missing."""
+    from datetime import UTC, datetime
+
+    import httpx
+    import respx
+
+    from crisiscomms.domain.clock import FixedClock
+    from crisiscomms.domain.errors import PermanentPublishError
+
+    with respx.mock(assert_all_called=False) as router, httpx.Client() as client:
+        router.get("https://m.test/api/v2/search").mock(return_value=httpx.Response(
+            403, json={"error": "This action is outside the authorized scopes"}))
+        pub = MastodonPublisher("nhs-mastodon", base_url="https://m.test", client=client,
+                                clock=FixedClock(datetime(2026, 1, 5, tzinfo=UTC)),
+                                credentials={"access_token": SecretStr("m-token-1234")})
+        native = NativeRef(Platform.MASTODON, id="111", url="https://police.social/@force/111")
+        with pytest.raises(PermanentPublishError) as info:
+            pub.publish(make_item(action=ActionKind.BOOST, native=native), None)
+    assert "read:search" in str(info.value) and "403" in str(info.value)

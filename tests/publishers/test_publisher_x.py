@@ -10,6 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
+import tweepy
+from twitter_text import parse_tweet
 from urllib3.exceptions import ProtocolError
 
 from crisiscomms.adapters.publishers.x import XPublisher
@@ -18,7 +20,7 @@ from crisiscomms.domain.errors import OutcomeUnknownError, PermanentPublishError
 from crisiscomms.domain.models import ActionKind, NativeRef, Platform
 
 from .publisher_fakes import Failure, FakeX
-from .publisher_support import BODY, CHANNEL, NOW, X_CREDENTIALS, make_item
+from .publisher_support import BODY, CHANNEL, NOW, X_CREDENTIALS, epoch, make_item
 
 Fixture = tuple[FakeX, XPublisher]
 OFFICIAL = NativeRef(
@@ -205,3 +207,105 @@ def test_mount_base_url_sends_tweepy_traffic_to_the_simulator(loopback: str) -> 
         pub.close()
     assert result.post_id == "555"
     assert _Handler.seen == [("POST", "/x/2/tweets", {"text": BODY})]
+
+
+# -- issue 11 ----------------------------------------------------------------------------------
+# Queued by a counter that weighed bare domains by their length: X counts each as 23, so
+# this is over 280 for X although it "fitted" when it was queued.
+LONG_BODY = ("Flooding on Springfield Road, Chelmsford: see essex.police.uk/news, gov.uk/floods "
+             "and nhs.uk for advice. " * 3 + "https://www.essex.police.uk/news/flood #EssexFloods")
+
+
+def test_an_over_long_relay_never_reaches_x(x_fake: Fixture) -> None:
+    """Defect 7: what X would refuse as too long is shortened (the README's rule: the words
+    are cut with an ellipsis, links and hashtags kept) before it is sent."""
+    fake, pub = x_fake
+    assert parse_tweet(LONG_BODY).weightedLength > 280
+    pub.publish(make_item(body=LONG_BODY), None)
+    sent = json.loads(fake.requests[-1].body or b"{}")["text"]
+    assert parse_tweet(sent).weightedLength <= 280
+    assert sent.endswith("https://www.essex.police.uk/news/flood #EssexFloods")
+    assert "…" in sent and "gov.uk/floods" in sent
+
+
+def test_a_shortened_relay_is_found_again(x_fake: Fixture) -> None:
+    _fake, pub = x_fake
+    item = make_item(body=LONG_BODY)
+    result = pub.publish(item, None)
+    found = pub.find_existing(item, None)
+    assert found is not None and found.post_id == result.post_id
+
+
+def test_find_existing_matches_when_x_links_a_bare_domain(x_fake: Fixture) -> None:
+    """X rewrites what it links, bare domains included, to t.co in the text it returns."""
+    fake, pub = x_fake
+    body = "Road closures: see essex.police.uk/roads for the list #EssexFloods"
+    result = pub.publish(make_item(body=body), None)
+    fake.tweets[0]["text"] = fake.tweets[0]["text"].replace(
+        "essex.police.uk/roads", "https://t.co/Zz9yX8wV7u")
+    found = pub.find_existing(make_item(body=body), None)
+    assert found is not None and found.post_id == result.post_id
+
+
+CREDITS = {"type": "https://api.twitter.com/2/problems/credits", "title": "CreditsDepleted",
+           "detail": "Your enrolled account [1234] does not have any credits to fulfill this "
+                     "request."}
+USAGE_CAPPED = {"title": "UsageCapExceeded", "period": "Monthly", "scope": "Product",
+                "detail": "Usage cap exceeded: Monthly product cap",
+                "type": "https://api.twitter.com/2/problems/usage-capped"}
+
+
+def test_402_is_named_credits_exhausted(x_fake: Fixture) -> None:
+    """Defect 5: 402 is pay-per-use credits exhausted: permanent, and said in plain words."""
+    fake, pub = x_fake
+    fake.faults.add("write", Failure(402, CREDITS))
+    with pytest.raises(PermanentPublishError) as caught:
+        pub.publish(make_item(), None)
+    assert "X credits exhausted" in str(caught.value) and caught.value.status == 402
+
+
+def test_429_with_a_24_hour_window_exhausted_waits_for_that_window(x_fake: Fixture) -> None:
+    """Defect 5: POST /2/tweets also has a 24-hour window (10,000 per app)."""
+    fake, pub = x_fake
+    day = NOW + timedelta(hours=9)
+    fake.faults.add("write", Failure(429, {"title": "Too Many Requests"}, headers={
+        "x-rate-limit-remaining": "60", "x-rate-limit-reset": epoch(NOW + timedelta(minutes=15)),
+        "x-app-limit-24hour-remaining": "0", "x-app-limit-24hour-reset": epoch(day)}))
+    with pytest.raises(RateLimitedError) as caught:
+        pub.publish(make_item(), None)
+    assert caught.value.reset_at == day
+
+
+def test_usage_cap_429_is_not_retried_every_15_minutes(x_fake: Fixture) -> None:
+    """Defect 5: the monthly cap; a channel pause is capped at a day (``MAX_RESET``)."""
+    fake, pub = x_fake
+    fake.faults.add("write", Failure(429, USAGE_CAPPED, headers={
+        "x-rate-limit-remaining": "99", "x-rate-limit-reset": epoch(NOW + timedelta(minutes=15))}))
+    with pytest.raises(RateLimitedError) as caught:
+        pub.publish(make_item(), None)
+    assert caught.value.reset_at == NOW + timedelta(hours=24)
+    assert "usage cap" in str(caught.value).lower()
+
+
+class _TooManyClient:
+    """tweepy < 4.17: ``TooManyRequests`` has no ``reset_time``."""
+
+    session = None
+
+    def create_tweet(self, **kwargs: object) -> object:
+        response = requests.Response()
+        response.status_code = 429
+        response._content = b'{"title": "Too Many Requests", "detail": "Too Many Requests"}'
+        response.headers["x-rate-limit-reset"] = epoch(NOW + timedelta(minutes=7))
+        exc = tweepy.TooManyRequests(response)
+        del exc.reset_time
+        raise exc
+
+
+def test_429_is_understood_without_tweepy_417_reset_time() -> None:
+    """Defect 6: the reset comes from the headers, not from an attribute old tweepy lacks."""
+    pub = XPublisher(CHANNEL, credentials=X_CREDENTIALS, clock=FixedClock(NOW),
+                     client=_TooManyClient())
+    with pytest.raises(RateLimitedError) as caught:
+        pub.publish(make_item(), None)
+    assert caught.value.reset_at == NOW + timedelta(minutes=7)

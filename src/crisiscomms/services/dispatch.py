@@ -537,5 +537,6 @@ class Dispatcher:
             publisher = self.publishers.get(item.channel_id)
             if publisher is None:
                 continue
-            self._resolve_unknown(mine, publisher, self._update(mine), now,
-                                  f"worker {item.lease_owner} stopped while sending", stats)
+            why = (f"worker {item.lease_owner} stopped while sending" if item.lease_owner
+                   else "asking the platform again")
+            self._resolve_unknown(mine, publisher, self._update(mine), now, why, stats)

@@ -76,7 +76,8 @@ class FaultsAndLog:
                 return
             logged = True
             note = f"accept_then_timeout:{status}" if roll.hang else (
-                "slow_accept" if roll.slow_accept else "")
+                f"accept_then_5xx:{status}" if roll.accept_5xx else (
+                    "slow_accept" if roll.slow_accept else ""))
             quota_key, reset_at = str(state.get("quota_key", "")), state.get("reset_at")
             world.log_request(
                 RequestRecord(
@@ -94,6 +95,8 @@ class FaultsAndLog:
         async def capture(message: Message) -> None:
             if message["type"] == "http.response.start":
                 record(int(message["status"]))
+            if roll.accept_5xx:
+                return  # the real answer is replaced by a 5xx below
             if not roll.hang:
                 await send(message)
 
@@ -102,6 +105,10 @@ class FaultsAndLog:
         except Exception:
             record(500)  # Starlette's error middleware answers 500 outside this one
             raise
+        if roll.accept_5xx:
+            log.info("simulator.fault", fault="accept_then_5xx", path=path)
+            await _send_error(send, world.faults.status_5xx)
+            return
         if roll.hang:
             log.info("simulator.fault", fault="accept_then_timeout", path=path)
             for _ in range(int(world.faults.hang_seconds / _HANG_STEP)):

@@ -40,9 +40,10 @@ class Faults:
     the response for ``hang_seconds`` of real time and drops the connection. ``slow_seconds``
     is a real-time delay before every matching request. ``slow_accept_rate`` (POSTs only) holds
     a create for ``slow_accept_seconds`` of real time *before* the platform records it: a send
-    slower than the dispatcher's lease. ``burst_429`` windows are simulated
-    time: every request to that platform inside ``[start, end)`` is refused as rate-limited
-    with its reset at ``end``.
+    slower than the dispatcher's lease. ``accept_then_5xx_rate`` (POSTs only) lets the
+    handler record the post, then answers ``status_5xx`` instead. ``burst_429`` windows are
+    simulated time: every request to that platform inside ``[start, end)`` is refused as
+    rate-limited with its reset at ``end``.
     """
 
     error_rate_5xx: float = 0.0
@@ -57,6 +58,7 @@ class Faults:
     burst_methods: tuple[str, ...] = ()  # empty: bursts refuse every method
     slow_accept_rate: float = 0.0
     slow_accept_seconds: float = 0.0
+    accept_then_5xx_rate: float = 0.0  # POSTs: recorded by the platform, then answered 5xx
 
     def __post_init__(self) -> None:
         # Accept lists from callers and scenario files; keep the dataclass hashable.
@@ -74,6 +76,7 @@ class FaultRoll(NamedTuple):
     hang: bool
     slow_seconds: float
     slow_accept: bool = False  # a create held longer than a lease before it is recorded
+    accept_5xx: bool = False  # a create recorded, then answered 5xx
 
 
 class RequestRecord(NamedTuple):

@@ -1,10 +1,18 @@
 """Bluesky XRPC subset under ``/bluesky/xrpc``: public author feeds and our PDS repo.
 
-``createRecord`` with an rkey that already exists answers **400**
-``{"error": "InvalidRequest", "message": "Record already exists: at://..."}`` (what a real
-PDS returns here is unverified: clients should confirm with ``getRecord`` rather than rely on
-the status). ``getRecord`` of an absent record answers 400 ``{"error": "RecordNotFound"}``
-as the reference PDS does. Writes cost 3 points of ``bluesky:points`` (5,000 / h).
+Answers as the real PDS does (``shared/reference/platform-facts.md``) in the shapes of the
+lexicons in ``shared/recorded/bluesky/lexicons/``:
+
+- ``createRecord`` with a record key that already exists answers a bare **500**
+  ``{"error": "InternalServerError", "message": "Internal Server Error"}`` (no named error),
+  and nothing is written.
+- ``createRecord`` of a repost whose subject we already reposted **replaces** the old repost
+  (its record is deleted) and answers 200; the same key and subject again is replaced in
+  place (200, no new post in ``world.posts``, which logs every new record accepted).
+- ``getRecord`` of an absent record answers 400 ``{"error": "RecordNotFound"}``.
+- ``listRecords`` lists one collection of our repo, newest first, with ``cursor``.
+
+Writes cost 3 points of ``bluesky:points`` (5,000 / h).
 """
 
 from __future__ import annotations
@@ -166,25 +174,31 @@ async def create_record(request: Request) -> Response:
         rkey = str(body.get("rkey") or tid(now, world.next_seq()))
         uri = f"at://{world.accounts.bluesky_did}/{collection}/{rkey}"
         records = _records(world)
-        if (collection, rkey) in records:
-            return _error(400, "InvalidRequest", f"Record already exists: {uri}")
+        replaced = _replaced_reposts(records, collection, record)
+        existing = records.get((collection, rkey))
+        if existing is not None and (collection, rkey) not in replaced:
+            # What the PDS answers for a repeated record key: no named error.
+            return _error(500, "InternalServerError", "Internal Server Error")
+        for key in replaced:
+            del records[key]
         cid = fake_cid(uri, json.dumps(record, sort_keys=True, default=str))
         records[(collection, rkey)] = {"uri": uri, "cid": cid, "value": record, "at": now}
-        kind, ref, text = _classify(collection, record)
-        world.record_post(
-            SimPost(
-                "bluesky",
-                world.accounts.bluesky_handle,
-                kind,
-                uri,
-                text,
-                ref,
-                now,
-                str(rkey if body.get("rkey") else ""),
-                _web_url(world.accounts.bluesky_handle, rkey),
-                cid,
+        if existing is None:
+            kind, ref, text = _classify(collection, record)
+            world.record_post(
+                SimPost(
+                    "bluesky",
+                    world.accounts.bluesky_handle,
+                    kind,
+                    uri,
+                    text,
+                    ref,
+                    now,
+                    str(rkey if body.get("rkey") else ""),
+                    _web_url(world.accounts.bluesky_handle, rkey),
+                    cid,
+                )
             )
-        )
     return JSONResponse(
         {
             "uri": uri,
@@ -193,6 +207,20 @@ async def create_record(request: Request) -> Response:
             "validationStatus": "valid",
         }
     )
+
+
+def _replaced_reposts(
+    records: dict[tuple[str, str], dict[str, Any]], collection: str, record: dict[str, Any]
+) -> list[tuple[str, str]]:
+    """Our reposts of the same subject as ``record``: the PDS replaces them with it."""
+    subject = (record.get("subject") or {}).get("uri")
+    if collection != _REPOST or not subject:
+        return []
+    return [
+        key
+        for key, rec in records.items()
+        if key[0] == _REPOST and (rec["value"].get("subject") or {}).get("uri") == subject
+    ]
 
 
 def _classify(collection: str, record: dict[str, Any]) -> tuple[str, str, str]:
@@ -230,6 +258,38 @@ async def get_record(request: Request) -> Response:
                     {"uri": post["uri"], "cid": post["cid"], "value": post["record"]}
                 )
     return _error(400, "RecordNotFound", f"Could not locate record: {uri}")
+
+
+@limited("bluesky", "bluesky:read")
+async def list_records(request: Request) -> Response:
+    """com.atproto.repo.listRecords of our repo: newest first (``reverse=true``: oldest),
+    ``limit`` (1-100, default 50) and an opaque ``cursor``."""
+    world = world_of(request)
+    q = request.query_params
+    repo, collection = q.get("repo", ""), q.get("collection", "")
+    if not repo or not collection:
+        return _error(400, "InvalidRequest", "Params must have the properties repo, collection")
+    if not _is_me(world, repo):
+        return JSONResponse({"records": []})
+    with world.lock:
+        found = sorted(
+            ((rkey, rec) for (coll, rkey), rec in _records(world).items() if coll == collection),
+            key=lambda kv: kv[0],
+            reverse=q.get("reverse") != "true",
+        )
+    raw = q.get("limit", "50")
+    limit = max(1, min(int(raw), 100)) if raw.isdigit() else 50
+    cursor = q.get("cursor")
+    if cursor:
+        newest_first = q.get("reverse") != "true"
+        found = [(k, r) for k, r in found if (k < cursor if newest_first else k > cursor)]
+    page = found[:limit]
+    body: dict[str, Any] = {
+        "records": [{"uri": r["uri"], "cid": r["cid"], "value": r["value"]} for _, r in page]
+    }
+    if len(found) > limit:
+        body["cursor"] = page[-1][0]
+    return JSONResponse(body)
 
 
 @limited("bluesky", "bluesky:read")
@@ -276,5 +336,6 @@ def bluesky_routes() -> list[BaseRoute]:
         Route(f"{p}/com.atproto.server.refreshSession", refresh_session, methods=["POST"]),
         Route(f"{p}/com.atproto.repo.createRecord", create_record, methods=["POST"]),
         Route(f"{p}/com.atproto.repo.getRecord", get_record, methods=["GET"]),
+        Route(f"{p}/com.atproto.repo.listRecords", list_records, methods=["GET"]),
         Route(f"{p}/app.bsky.feed.getAuthorFeed", get_author_feed, methods=["GET"]),
     ]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -108,6 +108,7 @@ class World:
         self.state: dict[str, Any] = {}
         self._items: dict[tuple[str, str], dict[str, list[_Version]]] = {}
         self._posts: list[SimPost] = []
+        self._accept_hook: Callable[[SimPost], None] | None = None
         self._log: list[RequestRecord] = []
         self._quotas = QuotaBook(dict(quotas) if quotas is not None else None)
         self._faults = Faults()
@@ -263,10 +264,20 @@ class World:
     # -- our posts ----------------------------------------------------------------------
 
     def record_post(self, post: SimPost) -> SimPost:
-        """Remember an accepted post (route handlers call this under ``lock``)."""
+        """Remember an accepted post (route handlers call this under ``lock``), then run the
+        accept hook, if one is set, before the client can see the answer."""
         with self.lock:
             self._posts.append(post)
+            hook = self._accept_hook
+        if hook is not None:
+            hook(post)
         return post
+
+    def set_accept_hook(self, hook: Callable[[SimPost], None] | None) -> None:
+        """Run ``hook(post)`` each time a post is accepted, before the response is sent: the
+        chaos tests kill the worker there, between "the platform accepted" and "we recorded"."""
+        with self.lock:
+            self._accept_hook = hook
 
     @property
     def posts(self) -> list[SimPost]:
@@ -347,12 +358,15 @@ class World:
             # A fourth only when slow accepts are asked for (older seeds replay unchanged).
             slow_accept = f.slow_accept_rate > 0 and method == "POST" and \
                 self._rng.random() < f.slow_accept_rate
+            accept_5xx = f.accept_then_5xx_rate > 0 and method == "POST" and \
+                self._rng.random() < f.accept_then_5xx_rate
         return FaultRoll(
             drop=r_drop < f.drop_rate,
             error=r_error < f.error_rate_5xx,
             hang=method == "POST" and r_hang < f.accept_then_timeout_rate,
             slow_seconds=f.slow_seconds,
             slow_accept=slow_accept,
+            accept_5xx=accept_5xx,
         )
 
     def burst_reset(self, platform: str, method: str = "") -> datetime | None:

@@ -8,7 +8,8 @@ platform    required roles                                              optional
 x           consumer_key, consumer_secret, access_token,                 -
             access_token_secret (OAuth 1.0a user context)
 facebook    page_token (a Page access token)                            page_id (else the
-                                                                        channel ``account``)
+                                                                        channel ``account``;
+                                                                        the numeric Page id)
 mastodon    access_token (scopes write:statuses, read)                  -
 bluesky     app_password                                                identifier (else the
                                                                         channel ``account``)
@@ -30,6 +31,9 @@ from crisiscomms.adapters.publishers.bluesky import DEFAULT_BASE_URL as BLUESKY_
 from crisiscomms.adapters.publishers.bluesky import BlueskyPublisher
 from crisiscomms.adapters.publishers.dryrun import DryRunPublisher, DryRunRecord
 from crisiscomms.adapters.publishers.facebook import DEFAULT_BASE_URL as FACEBOOK_BASE_URL
+from crisiscomms.adapters.publishers.facebook import (
+    DEFAULT_GRAPH_VERSION as FACEBOOK_GRAPH_VERSION,
+)
 from crisiscomms.adapters.publishers.facebook import FacebookPublisher
 from crisiscomms.adapters.publishers.mastodon import MastodonPublisher, instance_url
 from crisiscomms.adapters.publishers.x import DEFAULT_BASE_URL as X_BASE_URL
@@ -87,6 +91,7 @@ def build_publisher(
     http_client: httpx.Client | None = None,
     dry_run: bool = False,
     timeout: float | None = None,
+    facebook_graph_version: str | None = None,
 ) -> Publisher:
     """The publisher for ``channel``: a ``DryRunPublisher`` when ``dry_run`` or when a required
     credential is missing (logged as ``publisher.credentials_missing`` with role names only).
@@ -95,7 +100,9 @@ def build_publisher(
     adapters (Facebook, Mastodon, Bluesky) and then not closed by them; X always builds its
     own tweepy client, with ``timeout`` (seconds; the httpx adapters take theirs from
     ``http_client``). Raises ``ConfigError`` when a channel cannot be addressed at all
-    (a Mastodon channel with neither ``base_url`` nor an ``@name@host`` account).
+    (a Mastodon channel with neither ``base_url`` nor an ``@name@host`` account) or when
+    ``facebook_graph_version`` (the ``facebook_graph_version`` setting; the adapter's current
+    default when ``None``) is not like ``v27.0``.
     """
     if dry_run:
         return DryRunPublisher(channel.id, clock)
@@ -126,6 +133,7 @@ def build_publisher(
             clock=clock,
             client=http_client,
             base_url=base or FACEBOOK_BASE_URL,
+            graph_version=facebook_graph_version or FACEBOOK_GRAPH_VERSION,
         )
     if channel.platform is Platform.MASTODON:
         instance = base or instance_url(channel.account)

@@ -2,8 +2,15 @@
 
 Exactly once by construction: every record is written with a record key derived from the
 outbox item (``record_key``), so sending the same item again addresses the same record and
-cannot create a second post or repost. If the PDS says the record exists (today it answers
-500 for that, newer versions a named error), the existing record is fetched and returned.
+cannot create a second post or repost. The real PDS answers a repeated record key with a bare
+500 (no named error; a conflict status or a named error is handled the same way): the record
+is then looked up with ``getRecord``. Found, it is the result; absent, the 500 was a real
+failure and a retry (same key) is safe; if the lookup cannot answer, the outcome is unknown
+(the dispatcher asks again before any resend), never a blind resend.
+
+A repost of a subject we already reposted replaces the old repost (the PDS answers 200), so
+the repo holds at most one repost per subject: ``find_existing`` of a repost whose own record
+is gone looks for our repost of the same subject with ``listRecords``.
 
 One session (``createSession``, which has a low daily limit) is made lazily and reused;
 ``ExpiredToken`` triggers one ``refreshSession`` and a retry of the call.
@@ -61,6 +68,8 @@ _NATIVE_ACTIONS = frozenset({ActionKind.REPOST, ActionKind.RETWEET, ActionKind.B
 _TAG_RE = regex.compile(r"(?:^|(?<=\s))[#＃]([^\s#＃]+)")
 _MAX_TAG = 64
 _EXISTS_ERRORS = frozenset({"RecordAlreadyExists", "AlreadyExists", "RecordExists"})
+# How many of our newest reposts find_existing looks through for the same subject.
+_RECENT_REPOSTS = 100
 
 
 def record_key(item: OutboxItem) -> str:
@@ -279,12 +288,18 @@ class BlueskyPublisher:
         conflict = (
             response.status_code == 409 or name in _EXISTS_ERRORS or "already exist" in text.lower()
         )
-        # PDS versions before atproto#4728 answer a duplicate record key with a bare 500.
+        # The PDS answers a repeated record key with a bare 500: the record may be there.
         if conflict or response.status_code >= 500:
             try:
                 existing = self._get_record(collection, rkey)
-            except PublishError:
-                existing = None
+            except (PublishError, httpx.HTTPError) as exc:
+                raise OutcomeUnknownError(
+                    f"{PLATFORM}: createRecord answered {response.status_code} for record "
+                    f"{rkey} and getRecord could not tell whether it exists: "
+                    f"{short_reason(str(exc) or type(exc).__name__, self._all_secrets())}",
+                    channel_id=self.channel_id,
+                    status=response.status_code,
+                ) from exc
             if existing is not None:
                 log.info("publisher.already_published", channel=self.channel_id, rkey=rkey)
                 return existing
@@ -294,6 +309,7 @@ class BlueskyPublisher:
                     channel_id=self.channel_id,
                     status=response.status_code,
                 ) from error
+        # Not there: the failure was real and a retry under the same key cannot duplicate it.
         raise error
 
     def _strong_ref(self, native: NativeRef) -> dict[str, str] | None:
@@ -304,7 +320,8 @@ class BlueskyPublisher:
         if not native.uri.startswith("at://") or len(parts) != 3:
             return None
         found = self._get_record(parts[1], parts[2], repo=parts[0])
-        if found is None:
+        # getRecord's cid is optional in its lexicon; a strong reference needs one.
+        if found is None or not found.get("cid"):
             return None
         return {"uri": str(found.get("uri") or native.uri), "cid": str(found["cid"])}
 
@@ -353,11 +370,12 @@ class BlueskyPublisher:
             return PublishResult(post_id=uri, url=web_url(uri))
 
     def find_existing(self, item: OutboxItem, update: Update | None) -> PublishResult | None:
-        """The record written under this item's key (repost or post), or ``None``."""
+        """The record written under this item's key (repost or post), else our repost of the
+        same subject (a later repost of it replaced ours), or ``None``."""
         rkey = record_key(item)
-        collections = [POST]
-        if _bluesky_ref(item) is not None and item.action in _NATIVE_ACTIONS:
-            collections.insert(0, REPOST)  # a repost may have fallen back to a post
+        native = _bluesky_ref(item)
+        reposting = native is not None and item.action in _NATIVE_ACTIONS
+        collections = [REPOST, POST] if reposting else [POST]  # a repost may have fallen back
         try:
             with self._boundary():
                 for collection in collections:
@@ -369,8 +387,24 @@ class BlueskyPublisher:
                         subject = (found.get("value") or {}).get("subject") or {}
                         return PublishResult(post_id=uri, url=web_url(str(subject.get("uri", ""))))
                     return PublishResult(post_id=uri, url=web_url(uri))
+                if reposting and native is not None:
+                    return self._repost_of(native.uri)
         except PublishError as exc:
             raise cannot_tell(exc, platform=PLATFORM, channel_id=self.channel_id) from exc
+        return None
+
+    def _repost_of(self, subject_uri: str) -> PublishResult | None:
+        """Our newest repost of ``subject_uri`` (``listRecords``, newest first), if any."""
+        response = self._call(
+            "GET",
+            "com.atproto.repo.listRecords",
+            params={"repo": self._did(), "collection": REPOST, "limit": str(_RECENT_REPOSTS)},
+        )
+        for record in self._ok(response).get("records") or []:
+            value = record.get("value") if isinstance(record, dict) else None
+            subject = value.get("subject") if isinstance(value, dict) else None
+            if isinstance(subject, dict) and subject.get("uri") == subject_uri:
+                return PublishResult(post_id=str(record["uri"]), url=web_url(subject_uri))
         return None
 
     def close(self) -> None:

@@ -1,8 +1,21 @@
 """Facebook Page publisher over httpx (Graph API).
 
-Posts go to ``POST {base}/{version}/{page_id}/feed`` with ``message`` and ``link``. The Page
-access token travels in the POST body (and in the ``Authorization`` header for reads), never
-in a URL, so it cannot land in access logs or in our own log lines.
+Posts go to ``POST {base}/{version}/{page_id}/feed`` with ``message`` and ``link``; the page
+id must be the numeric Page id (a vanity name is not documented to work there). The Graph
+version is a setting (``CRISISCOMMS_FACEBOOK_GRAPH_VERSION``): a version expires about two
+years after its successor is released, and an expired version's calls silently go to the next
+oldest one, so it must be moved on before then.
+
+After a timeout, a crash or "(#506) Duplicate status message", ``find_existing`` reads the
+Page's own posts (``GET /{page_id}/published_posts``; ``/feed`` also holds visitors' posts and
+posts the Page is tagged in) with fields that exist (``id, message, created_time,
+permalink_url``): ``link`` and the other attachment fields of page posts were deprecated in
+v3.3 and now answer error code 12.
+
+The Page access token travels in the POST body (and in the ``Authorization`` header for reads),
+never in a URL we build, so it cannot land in access logs or in our own log lines. Graph's
+``paging.next`` links carry the token in their query string: only their paging parameters are
+used, on our own URL, and the links themselves are never logged or requested.
 
 Facebook throttles with HTTP 400/403 and an error code (4, 17, 32, 613, 80001...) rather than
 429; both become ``RateLimitedError``. The reset comes from ``Retry-After`` when present, else
@@ -12,7 +25,9 @@ fixed back-off.
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
@@ -33,6 +48,7 @@ from crisiscomms.adapters.publishers._common import (
     secret_values,
     short_reason,
 )
+from crisiscomms.domain.clock import utc
 from crisiscomms.domain.errors import (
     ConfigError,
     PermanentPublishError,
@@ -41,13 +57,22 @@ from crisiscomms.domain.errors import (
     TransientPublishError,
 )
 from crisiscomms.domain.models import OutboxItem, PublishResult, Update
+from crisiscomms.domain.posttext import url_spans
 from crisiscomms.ports import Clock
+from crisiscomms.retry import call_with_retry
 
 log = structlog.get_logger(__name__)
 
 PLATFORM = "facebook"
 DEFAULT_BASE_URL = "https://graph.facebook.com"
-GRAPH_VERSION = "v19.0"
+# The newest Graph API version in Meta's changelog (v27.0, introduced 2026-11-04); keep in
+# step with ``Settings.facebook_graph_version``.
+DEFAULT_GRAPH_VERSION = "v27.0"
+GRAPH_VERSION_RE = re.compile(r"v\d{1,3}\.\d{1,2}")
+# The Page's posts as they can still be read (the link attachment cannot: see the docstring).
+POST_FIELDS = "id,message,created_time,permalink_url"
+# Paging parameters worth keeping from a ``paging.next`` link (never its access_token).
+_PAGING_PARAMS = ("after", "before", "until", "since", "limit", "__paging_token")
 # Graph API error codes that mean "slow down" (app, user, page and business-use-case limits).
 THROTTLE_CODES = frozenset({4, 17, 32, 613, 80001, 80002, 80004, 80005, 80006, 80008, 80014})
 # "Unknown error" and "service temporarily unavailable".
@@ -98,15 +123,26 @@ class FacebookPublisher:
         clock: Clock,
         base_url: str = DEFAULT_BASE_URL,
         client: httpx.Client | None = None,
-        graph_version: str = GRAPH_VERSION,
+        graph_version: str = DEFAULT_GRAPH_VERSION,
     ) -> None:
         token = credentials.get("page_token")
         if token is None or not token.get_secret_value():
             raise ConfigError(f"channel {channel_id}: facebook needs credential 'page_token'")
         if not page_id:
             raise ConfigError(f"channel {channel_id}: facebook needs a page id")
+        if not GRAPH_VERSION_RE.fullmatch(graph_version):
+            raise ConfigError(
+                f"channel {channel_id}: facebook Graph version must look like "
+                f"{DEFAULT_GRAPH_VERSION}, got {graph_version!r}"
+            )
+        if not page_id.isdigit():
+            # Only the numeric Page id is documented for /{page-id}/feed.
+            log.warning("publisher.page_id_not_numeric", channel=channel_id, page_id=page_id,
+                        hint="use the numeric Page id (Page settings > About > Page ID)")
         self.channel_id = channel_id
-        self._feed = f"{base_url.rstrip('/')}/{graph_version}/{page_id}/feed"
+        root = f"{base_url.rstrip('/')}/{graph_version}/{page_id}"
+        self._feed = f"{root}/feed"
+        self._published_posts = f"{root}/published_posts"
         self._token = token
         self._secrets = secret_values(credentials)
         self._clock = clock
@@ -168,42 +204,105 @@ class FacebookPublisher:
         return PublishResult(post_id=post_id, url=f"https://www.facebook.com/{post_id}")
 
     def find_existing(self, item: OutboxItem, update: Update | None) -> PublishResult | None:
-        """A recent Page post with the same message (and link, when both have one)."""
-        wanted = match_key(item.body)
-        link = (item.url or (update.url if update is not None else "")).rstrip("/")
-        params: dict[str, Any] = {"fields": "id,message,link", "limit": RECENT_POSTS}
-        if item.sent_at is not None:
-            # Every post since shortly before the first send, not just the newest page: after
-            # a crash the next worker may have posted many more before this lookup.
-            params["since"] = int((item.sent_at - LOOKUP_MARGIN).timestamp())
+        """A post of the Page, since shortly before the first send, with the same message.
+
+        The words are compared without their URLs (robust to Facebook keeping or dropping a
+        URL that is also the link attachment); URLs the post's message does carry must be the
+        ones we would have sent (the attachment itself cannot be read back).
+        """
+        link = item.url or (update.url if update is not None else "")
+        posts = self._recent_posts(item.sent_at)
+        earliest = item.sent_at - LOOKUP_MARGIN if item.sent_at is not None else None
+        for post in posts:
+            post_id = post.get("id")
+            if not isinstance(post_id, str) or not post_id:
+                continue
+            if not _same_message(str(post.get("message") or ""), item.body, link):
+                continue
+            created = _graph_time(post.get("created_time"))
+            if earliest is not None and created is not None and created < earliest:
+                continue  # an older post with the same words is not this item's
+            permalink = post.get("permalink_url")
+            if not isinstance(permalink, str) or not permalink.startswith("https://"):
+                permalink = f"https://www.facebook.com/{post_id}"
+            return PublishResult(post_id=post_id, url=permalink)
+        return None
+
+    def _recent_posts(self, sent_at: datetime | None) -> list[dict[str, Any]]:
+        """The Page's own posts, newest first, since shortly before ``sent_at`` (every page of
+        them, not just the newest: after a crash the next worker may have posted many more)."""
+        params: dict[str, Any] = {"fields": POST_FIELDS, "limit": RECENT_POSTS}
+        if sent_at is not None:
+            params["since"] = int((sent_at - LOOKUP_MARGIN).timestamp())
+        headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
         posts: list[dict[str, Any]] = []
-        try:
+
+        def page(params: dict[str, Any]) -> Any:
             with self._boundary():
-                url: str | None = self._feed
-                for _ in range(MAX_LOOKUP_PAGES):
-                    if url is None:
-                        break
-                    response = self._client.get(
-                        url, params=params if url == self._feed else None,
-                        headers={"Authorization": f"Bearer {self._token.get_secret_value()}"},
-                    )
-                    self._raise_for(response)
-                    body = response.json()
-                    posts += body.get("data") or []
-                    url = (body.get("paging") or {}).get("next")
+                response = self._client.get(self._published_posts, params=params,
+                                            headers=headers)
+                self._raise_for(response)
+                return response.json()
+
+        try:
+            for _ in range(MAX_LOOKUP_PAGES):
+                # A busy Graph fails one page now and then: ask for that page again rather
+                # than let a long look-back fail as a whole (a read is safe to repeat).
+                body = call_with_retry(functools.partial(page, dict(params)),
+                                       what=f"lookup:{self.channel_id}",
+                                       retry_on=(TransientPublishError,), attempts=3,
+                                       initial_s=1.0, deadline_s=20.0)
+                posts += [p for p in body.get("data") or [] if isinstance(p, dict)]
+                following = _next_page_params(body.get("paging"))
+                if following is None:
+                    break
+                params = {**params, **following}
         except PublishError as exc:
             raise cannot_tell(exc, platform=PLATFORM, channel_id=self.channel_id) from exc
-        for post in posts:
-            if match_key(str(post.get("message") or "")) != wanted:
-                continue
-            their_link = str(post.get("link") or "").rstrip("/")
-            if link and their_link and their_link != link:
-                continue
-            post_id = str(post["id"])
-            return PublishResult(post_id=post_id, url=f"https://www.facebook.com/{post_id}")
-        return None
+        return posts
 
     def close(self) -> None:
         """Close the HTTP client if this publisher created it."""
         if self._owns_client:
             self._client.close()
+
+
+def _next_page_params(paging: Any) -> dict[str, str] | None:
+    """The paging parameters of Graph's ``paging.next`` link, or ``None`` on the last page.
+
+    The link carries the access token in its query string: it is never requested (its host is
+    not trusted with the token) nor logged; only the paging parameters are kept.
+    """
+    if not isinstance(paging, dict) or not isinstance(paging.get("next"), str):
+        return None
+    try:
+        query = httpx.URL(paging["next"]).params
+    except (httpx.InvalidURL, ValueError):
+        return None
+    kept = {name: query[name] for name in _PAGING_PARAMS if name in query}
+    return kept or None
+
+
+def _urls(text: str) -> set[str]:
+    return {text[a:b].rstrip("/") for a, b in url_spans(text)}
+
+
+def _same_message(theirs: str, ours: str, link: str) -> bool:
+    """Whether a Page post's ``message`` is the one we send for ``ours`` (with ``link``)."""
+    if match_key(theirs) != match_key(ours):
+        return False
+    shown = _urls(theirs)
+    if not shown:
+        return True
+    sent = _urls(ours) or {link.rstrip("/")} - {""}
+    return shown <= sent
+
+
+def _graph_time(value: Any) -> datetime | None:
+    """A Graph ``created_time`` (``2026-12-01T10:00:00+0000``) as UTC, ``None`` if unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return utc(datetime.strptime(value, "%Y-%m-%dT%H:%M:%S%z"))
+    except ValueError:
+        return None

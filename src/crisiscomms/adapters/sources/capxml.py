@@ -19,7 +19,7 @@ import defusedxml
 from defusedxml import ElementTree as SafeET
 
 from crisiscomms.adapters.sources.base import looks_like_json, parse_time
-from crisiscomms.adapters.sources.text import tidy
+from crisiscomms.adapters.sources.text import html_to_text, tidy
 from crisiscomms.domain.errors import PermanentSourceError
 from crisiscomms.domain.models import CapInfo
 
@@ -143,9 +143,11 @@ def _document(root: ET.Element, source_id: str) -> CapDocument:
     )
     return CapDocument(
         cap=cap,
-        headline=field("headline"),
-        description=field("description", 10_000),
-        instruction=field("instruction", 10_000),
+        # CAP's texts are plain text, but a hostile or careless sender may put markup in them:
+        # only their visible words are relayed (a post is never a carrier for a script).
+        headline=html_to_text(field("headline")),
+        description=html_to_text(field("description", 10_000), limit=10_000),
+        instruction=html_to_text(field("instruction", 10_000), limit=10_000),
         web=field("web", 2000),
         sender_name=field("senderName"),
     )
