@@ -325,13 +325,36 @@ class BlueskyPublisher:
             return None
         return {"uri": str(found.get("uri") or native.uri), "cid": str(found["cid"])}
 
-    def _post_record(self, text: str, embed: dict[str, Any] | None) -> dict[str, Any]:
+    def _reply_refs(self, reply_to: str | None) -> dict[str, Any] | None:
+        """``{root, parent}`` for a reply to our own post ``reply_to`` (an at:// URI); the root
+        is that post's own root when it was itself a reply."""
+        if not reply_to:
+            return None
+        parts = reply_to.removeprefix("at://").split("/")
+        if not reply_to.startswith("at://") or len(parts) != 3:
+            return None
+        found = self._get_record(parts[1], parts[2], repo=parts[0])
+        if found is None or not found.get("cid"):
+            log.warning("publisher.reply_parent_missing", channel=self.channel_id)
+            return None
+        parent = {"uri": str(found.get("uri") or reply_to), "cid": str(found["cid"])}
+        value = found.get("value") if isinstance(found.get("value"), dict) else {}
+        earlier = value.get("reply") if isinstance(value, dict) else None
+        root = earlier.get("root") if isinstance(earlier, dict) else None
+        if not (isinstance(root, dict) and root.get("uri") and root.get("cid")):
+            root = parent
+        return {"root": {"uri": str(root["uri"]), "cid": str(root["cid"])}, "parent": parent}
+
+    def _post_record(self, text: str, embed: dict[str, Any] | None,
+                     reply: dict[str, Any] | None = None) -> dict[str, Any]:
         record: dict[str, Any] = {
             "$type": POST,
             "text": text,
             "createdAt": isoformat(self._clock.now()),
             "langs": self._langs,
         }
+        if reply is not None:
+            record["reply"] = reply  # a CAP Update/Cancel in the thread of our alert
         found = facets(text)
         if found:
             record["facets"] = found
@@ -365,7 +388,8 @@ class BlueskyPublisher:
                     item=item.id,
                     reason="official post not found",
                 )
-            created = self._create(POST, rkey, self._post_record(item.body, embed))
+            reply = self._reply_refs(item.reply_to)
+            created = self._create(POST, rkey, self._post_record(item.body, embed, reply))
             uri = str(created["uri"])
             return PublishResult(post_id=uri, url=web_url(uri))
 
