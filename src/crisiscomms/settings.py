@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     database_pool_size: Annotated[int, Field(ge=1, le=100)] = 4
     playbooks_dir: Path = Path("playbooks")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        """``DEBUG`` and ``debug`` are the same level."""
+        return value.strip().lower() if isinstance(value, str) else value
     log_format: Literal["auto", "json", "console"] = "auto"
     at: str | None = None
     worker_id: str | None = None

@@ -9,7 +9,8 @@ import typer
 from crisiscomms.bootstrap import default_operator
 from crisiscomms.cli.state import echo_json, get_app, option_instant
 from crisiscomms.domain.clock import isoformat
-from crisiscomms.domain.models import OutboxItem
+from crisiscomms.domain.errors import ConfigError
+from crisiscomms.domain.models import ItemState, OutboxItem
 from crisiscomms.services import queue as ops
 from crisiscomms.services import windows
 
@@ -59,15 +60,26 @@ def list_(
     json_out: Json = False,
 ) -> None:
     """List outbox items."""
-    items = get_app().store.items(states=state, channel_id=channel, incident_id=incident,
-                                  limit=limit)
+    a = get_app()
+    valid = sorted(str(s) for s in ItemState)
+    for s in state or []:
+        if s not in valid:
+            raise ConfigError(f"--state: unknown state {s!r} (one of: {', '.join(valid)})")
+    if channel is not None and channel not in a.catalog.channels:
+        raise ConfigError(f"--channel: unknown channel {channel!r} (one of: "
+                          f"{', '.join(sorted(a.catalog.channels))})")
+    if incident is not None:
+        a.store.get_incident(incident)  # NotFoundError names it
+    items = a.store.items(states=state, channel_id=channel, incident_id=incident, limit=limit)
     if json_out:
         echo_json([item_json(i) for i in items])
         return
-    for i in items:
-        typer.echo(_line(i))
     if not items:
         typer.echo("no items")
+        return
+    typer.echo(f"{'ID':>6} {'STATE':<15} {'CHANNEL':<12} {'ACTION':<8} {'MODE':<7} TEXT  [REASON]")
+    for i in items:
+        typer.echo(_line(i))
 
 
 @app.command()
