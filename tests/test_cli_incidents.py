@@ -163,3 +163,27 @@ def test_data_dir_and_database_permissions(cli, home: Path):
     cli("status")
     assert (home.stat().st_mode & 0o777) == 0o700
     assert ((home / "crisiscomms.db").stat().st_mode & 0o777) == 0o600
+
+
+def test_status_shows_a_source_that_moved_for_good(cli, home):
+    """A permanent redirect's new URL, recorded by the adapter in the source state
+    (PollResult.extra["moved_to"]), is shown by `status` so sources.yaml can be updated."""
+    from crisiscomms.adapters.store import open_store
+    from crisiscomms.domain.models import SourceState
+
+    assert cli("status").code == 0  # creates the database
+    new = "https://weather.metoffice.gov.uk/public/data/PWSCache/WarningsRSS/Region/ee"
+    store = open_store(f"sqlite:///{home / 'crisiscomms.db'}")
+    try:
+        with store.unit_of_work() as uow:
+            uow.sources.save(SourceState("met-office-ee", extra={"moved_to": new}))
+            uow.sources.save(SourceState("ea-floods-essex", extra={"moved_to": None}))
+            uow.commit()
+    finally:
+        store.close()
+    data = json.loads(cli("status", "--json").out)
+    moved = {s["source"]: s["moved_to"] for s in data["sources"]}
+    assert moved == {"met-office-ee": new, "ea-floods-essex": None}
+    out = cli("status").out
+    assert f"source met-office-ee moved permanently to {new}" in out
+    assert "ea-floods-essex moved" not in out

@@ -214,7 +214,8 @@ class App:
                 [c for c in configs if str(c.kind) != "x" or x_token is not None],
                 client=client, parser=parser, x_client_factory=x_factory,
                 limits=FetchLimits(per_host=polling.per_host, total=polling.concurrency),
-                base_urls=base_urls or self.settings.source_base_urls)
+                base_urls=base_urls or self.settings.source_base_urls,
+                credentials=self.credential_source)
         except BaseException:
             parser.close()
             raise

@@ -1,7 +1,7 @@
 """Platform faults: 20% of platform requests answer 5xx, 10% of creates are accepted and then
 answered 5xx anyway, some posts are accepted and then the connection hangs and drops (the client
-times out), and each platform has a window of 429s with a reset time. Everything must still be delivered exactly once, and no request may reach
-a quota between its 429 and the reset.
+times out), and each platform has a window of 429s with a reset time. Everything must still be
+delivered exactly once, and no request may reach a quota between its 429 and the reset.
 
 In-process (like the drill): the real App, Watcher and Dispatcher on a simulated clock, so
 backoffs and rate-limit windows cost no real time; only the hangs do.

@@ -326,7 +326,7 @@ def test_the_flooding_playbook_relays_flood_warnings_not_flood_alerts(world):
     inc = activate(world)
     outcomes = {}
     for level in (1, 2, 3):
-        severity, urgency, certainty, msg_type, label = SEVERITY_MAP[level]
+        severity, urgency, certainty, _msg_type, label = SEVERITY_MAP[level]
         cap = CapInfo(identifier=f"ea-{level}", severity=severity, urgency=urgency,
                       certainty=certainty, event=label)
         u = replace(update("ea-floods-essex", f"ea-{level}", cap=cap), id=level)

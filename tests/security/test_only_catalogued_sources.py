@@ -1,7 +1,8 @@
 """Only catalogued sources are amplified, and what is refused is recorded.
 
 * an X post from an author id not pinned in sources.yaml is dropped;
-* a feed redirected to another host, or from https down to http, is refused;
+* a feed redirected off its registrable domain (eTLD+1), or from https down to http, is
+  refused; a redirect between hosts of one domain is followed, address-checked at every hop;
 * a feed host resolving to a private, loopback or link-local address is refused unless the
   source (or ``settings.allow_private_sources``) allows it;
 each refusal lands in the source's ``SourceState.last_error_class`` via the real watcher, and
@@ -36,7 +37,7 @@ from tests.sources.sources_helpers import NOW, FakeResolver, fixture_bytes, make
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOKS = ROOT / "playbooks"
-FEED = "https://www.metoffice.gov.uk/public/data/PWSCache/WarningsRSS/Region/ee"
+FEED = "https://weather.metoffice.gov.uk/public/data/PWSCache/WarningsRSS/Region/ee"
 
 
 # ------------------------------------------------------------------------------------- X
@@ -89,10 +90,12 @@ def _feed_ok() -> httpx.Response:
 
 REDIRECTS = {
     "other_host": "https://evil.example.net/feed.xml",
-    "subdomain": "https://evil.www.metoffice.gov.uk/feed.xml",
-    "https_to_http": "http://www.metoffice.gov.uk/public/data/feed.xml",
+    # gov.uk is a public suffix: another gov.uk site is another owner.
+    "public_suffix_sibling": "https://evil.gov.uk/feed.xml",
+    "lookalike_suffix": "https://weather.metoffice.gov.uk.evil.example/feed.xml",
+    "https_to_http": "http://weather.metoffice.gov.uk/public/data/feed.xml",
     "file_scheme": "file:///etc/passwd",
-    "userinfo_trick": "https://www.metoffice.gov.uk@evil.example.net/feed.xml",
+    "userinfo_trick": "https://weather.metoffice.gov.uk@evil.example.net/feed.xml",
 }
 
 
@@ -120,12 +123,36 @@ def test_same_host_https_redirect_is_followed() -> None:
             with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:
                 router.get(FEED).mock(return_value=httpx.Response(
                     301, headers={"location": "/public/data/moved.xml"}))
-                router.get("https://www.metoffice.gov.uk/public/data/moved.xml").mock(
+                router.get("https://weather.metoffice.gov.uk/public/data/moved.xml").mock(
                     return_value=_feed_ok())
                 fetcher = HttpFetcher(client, resolver=FakeResolver())
                 return (await fetcher.fetch(FEED, source_id="met-office-ee")).status
 
     assert asyncio.run(run()) == 200
+
+
+def test_redirect_between_hosts_of_the_met_office_is_followed_and_checked() -> None:
+    """www.metoffice.gov.uk -> weather.metoffice.gov.uk (platform-facts.md): one registrable
+    domain, so followed; each hop's address is checked, so a private answer is refused."""
+    old = FEED.replace("weather.", "www.")
+
+    async def run(answers: dict[str, list[str]]) -> int | str:
+        async with make_async_client(timeout=5) as client:
+            with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:
+                router.get(old).mock(return_value=httpx.Response(301, headers={"location": FEED}))
+                router.get(FEED).mock(return_value=_feed_ok())
+                resolver = FakeResolver()
+                resolver.answers.update(answers)
+                fetcher = HttpFetcher(client, resolver=resolver)
+                try:
+                    got = await fetcher.fetch(old, source_id="met-office-ee")
+                except PermanentSourceError as exc:
+                    return exc.error_class
+                assert got.moved_to == FEED
+                return got.status
+
+    assert asyncio.run(run({})) == 200
+    assert asyncio.run(run({"weather.metoffice.gov.uk": ["10.0.0.5"]})) == "private_address"
 
 
 PRIVATE_ANSWERS = {
@@ -219,6 +246,28 @@ def test_settings_allow_private_sources_marks_every_source(tmp_path: Path) -> No
             app.close()
 
 
+def test_a_mastodon_source_token_comes_from_the_apps_credentials(tmp_path: Path) -> None:
+    """token_env names a variable; the composition root resolves it through the same
+    credential source as the channels (a drill's own mapping here), never the playbook."""
+    from crisiscomms.adapters.sources.mastodon import MastodonSource
+    from crisiscomms.bootstrap import App, MappingCredentials
+    from crisiscomms.domain.clock import FixedClock
+    from crisiscomms.settings import Settings
+
+    config = make_config(SourceKind.MASTODON, token_env="ESSEX_FIRE_MASTODON_TOKEN")
+    catalog = replace(load_catalog(PLAYBOOKS), sources={config.id: config})
+    app = App(settings=Settings(home=tmp_path, playbooks_dir=PLAYBOOKS), clock=FixedClock(NOW),
+              given_catalog=catalog,
+              credential_source=MappingCredentials({config.token_env or "": "drill-tok-1234"}))
+    sources, closer = app.build_sources()
+    try:
+        (src,) = [s for s in sources if isinstance(s, MastodonSource)]
+        assert src.token is not None and src.token.get_secret_value() == "drill-tok-1234"
+    finally:
+        asyncio.run(closer())
+        app.close()
+
+
 # --------------------------------------------------------- refusals recorded by the watcher
 
 
@@ -236,7 +285,7 @@ def test_refusals_are_recorded_in_source_state_and_audited_when_persistent(
     async def run() -> list[str]:
         resolver = FakeResolver()
         if case == "private_address":
-            resolver.answers["www.metoffice.gov.uk"] = ["169.254.169.254"]
+            resolver.answers["weather.metoffice.gov.uk"] = ["169.254.169.254"]
         classes = []
         async with make_async_client(timeout=5) as client:
             with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:

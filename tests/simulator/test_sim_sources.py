@@ -185,3 +185,55 @@ def test_ea_floods_county_filter(world: World, client: httpx.Client, sim: Runnin
     ).json()
     assert [i["floodAreaID"] for i in severe["items"]] == ["061FWF23Oxford"]
     assert severe["items"][0]["timeRaised"] == "2026-01-05T09:12:00"
+
+
+def test_a_feed_can_be_moved_with_a_redirect(
+    world: World, client: httpx.Client, sim: RunningSimulator
+) -> None:
+    from crisiscomms.simulator.routes_sources import redirect_source
+
+    _rss(world)
+    redirect_source(world, "/sources/rss/met-old", "/sources/rss/met-se", status=301)
+    moved = client.get("/sources/rss/met-old")
+    assert moved.status_code == 301 and moved.headers["location"] == "/sources/rss/met-se"
+    followed = client.get("/sources/rss/met-old", follow_redirects=True)
+    assert followed.status_code == 200 and b"Yellow warning of rain" in followed.content
+    redirect_source(world, "/ea/flood-monitoring/id/floods", "/sources/rss/met-se", status=302)
+    assert client.get("/ea/flood-monitoring/id/floods").status_code == 302
+    redirect_source(world, "/ea/flood-monitoring/id/floods", None)
+    assert client.get("/ea/flood-monitoring/id/floods").status_code == 200
+
+
+def test_fetcher_follows_a_moved_feed_on_loopback_and_refuses_another_host(
+    world: World, sim: RunningSimulator
+) -> None:
+    """A permanent move on the same host is followed and reported; the same feed offered
+    on another host name (localhost vs 127.0.0.1: no registrable domain) is refused."""
+    import asyncio
+
+    from crisiscomms.adapters.sources.http import HttpFetcher, make_async_client
+    from crisiscomms.domain.errors import PermanentSourceError
+    from crisiscomms.simulator.routes_sources import redirect_source
+
+    _rss(world)
+    base = sim.base_url
+    redirect_source(world, "/sources/rss/met-old", "/sources/rss/met-se", status=308)
+    other_host = base.replace("127.0.0.1", "localhost") + "/sources/rss/met-se"
+    redirect_source(world, "/sources/rss/met-away", other_host, status=301)
+
+    async def run() -> tuple[str | None, PermanentSourceError]:
+        async with make_async_client(timeout=5) as client:
+            fetcher = HttpFetcher(client)
+            got = await fetcher.fetch(f"{base}/sources/rss/met-old", source_id="met-se",
+                                      allow_private=True)
+            try:
+                await fetcher.fetch(f"{base}/sources/rss/met-away", source_id="met-se",
+                                    allow_private=True)
+            except PermanentSourceError as exc:
+                return got.moved_to, exc
+        raise AssertionError("the redirect to another host was followed")
+
+    moved_to, refused = asyncio.run(run())
+    assert moved_to == f"{base}/sources/rss/met-se"
+    assert refused.error_class == "redirect_refused"
+    assert "127.0.0.1" in str(refused) and "localhost" in str(refused)

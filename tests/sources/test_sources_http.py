@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import ssl
 import zlib
 from datetime import timedelta
@@ -329,3 +330,131 @@ async def test_per_host_and_global_concurrency_bounds(
     await asyncio.gather(*(fetcher.fetch(u, source_id=SID) for u in urls))
     assert max(peak.values()) <= 2
     assert total_peak <= 3
+
+
+# ------------------------------------------- redirects within one registrable domain (#11.12)
+
+MET_OLD = "https://www.metoffice.gov.uk/public/data/PWSCache/WarningsRSS/Region/ee"
+MET_NEW = "https://weather.metoffice.gov.uk/public/data/PWSCache/WarningsRSS/Region/ee"
+
+
+@pytest.mark.parametrize("status", [301, 308])
+async def test_permanent_redirect_to_a_sibling_host_is_followed_and_reported(
+    fetcher: HttpFetcher, mock: respx.MockRouter, resolver: FakeResolver, status: int
+) -> None:
+    mock.get(MET_OLD).mock(return_value=httpx.Response(status, headers={"Location": MET_NEW}))
+    mock.get(MET_NEW).mock(return_value=httpx.Response(200, content=b"<rss/>"))
+    got = await fetcher.fetch(MET_OLD, source_id=SID)
+    assert got.body == b"<rss/>" and got.url == MET_NEW
+    assert got.moved_to == MET_NEW  # permanent: the source's new address, for `status`
+    assert resolver.calls == ["www.metoffice.gov.uk", "weather.metoffice.gov.uk"]
+
+
+async def test_temporary_redirect_to_www_is_followed_but_not_reported(
+    fetcher: HttpFetcher, mock: respx.MockRouter
+) -> None:
+    bare = "https://example.gov.uk/news.rss"
+    mock.get(bare).mock(return_value=httpx.Response(
+        302, headers={"Location": "https://www.example.gov.uk/news.rss"}))
+    mock.get("https://www.example.gov.uk/news.rss").mock(
+        return_value=httpx.Response(200, content=b"ok"))
+    got = await fetcher.fetch(bare, source_id=SID)
+    assert got.body == b"ok" and got.moved_to is None
+
+
+async def test_only_the_permanent_start_of_a_chain_is_reported(
+    fetcher: HttpFetcher, mock: respx.MockRouter
+) -> None:
+    hop = "https://feeds.example.gov.uk/v2/feed.xml"
+    mock.get(FEED_URL).mock(return_value=httpx.Response(301, headers={"Location": hop}))
+    mock.get(hop).mock(return_value=httpx.Response(
+        307, headers={"Location": "https://cdn.example.gov.uk/today.xml?sig=s3cr3t"}))
+    mock.get("https://cdn.example.gov.uk/today.xml").mock(
+        return_value=httpx.Response(200, content=b"ok"))
+    got = await fetcher.fetch(FEED_URL, source_id=SID)
+    assert got.body == b"ok"
+    assert got.moved_to == hop  # the 307 after it is temporary and its query is never kept
+
+
+async def test_moved_to_never_carries_a_query_string(
+    fetcher: HttpFetcher, mock: respx.MockRouter
+) -> None:
+    mock.get(FEED_URL).mock(return_value=httpx.Response(
+        301, headers={"Location": "https://feeds.example.gov.uk/new.xml?key=abc"}))
+    mock.get("https://feeds.example.gov.uk/new.xml").mock(
+        return_value=httpx.Response(200, content=b"ok"))
+    got = await fetcher.fetch(FEED_URL, source_id=SID)
+    assert got.moved_to == "https://feeds.example.gov.uk/new.xml"
+
+
+@pytest.mark.parametrize(
+    ("start", "location"),
+    [
+        # Only the public suffix in common (gov.uk, police.uk are public suffixes).
+        ("https://example.gov.uk/feed", "https://evil.gov.uk/feed"),
+        ("https://essex.police.uk/feed", "https://kent.police.uk/feed"),
+        # A private suffix of the list: each github.io site belongs to someone else.
+        ("https://agency.github.io/feed", "https://attacker.github.io/feed"),
+        # Look-alikes.
+        (MET_OLD, "https://metoffice.gov.uk.evil.example/feed"),
+        (MET_OLD, "https://www.metoffice-gov.uk/feed"),
+        # Addresses have no registrable domain: the same address or nothing.
+        ("https://93.184.216.34/feed", "https://93.184.216.35/feed"),
+    ],
+)
+async def test_redirect_to_another_registrable_domain_is_refused_in_one_clear_line(
+    fetcher: HttpFetcher, mock: respx.MockRouter, start: str, location: str
+) -> None:
+    mock.get(start).mock(return_value=httpx.Response(302, headers={"Location": location}))
+    target = mock.get(location.split("?")[0]).mock(return_value=httpx.Response(200))
+    err = await fetch_error(fetcher, start)
+    assert isinstance(err, PermanentSourceError) and err.error_class == "redirect_refused"
+    message = str(err)
+    assert "\n" not in message
+    assert httpx.URL(start).host in message and httpx.URL(location).host in message
+    assert target.call_count == 0
+
+
+async def test_downgrade_stays_refused_within_the_domain(
+    fetcher: HttpFetcher, mock: respx.MockRouter
+) -> None:
+    mock.get(MET_OLD).mock(return_value=httpx.Response(
+        301, headers={"Location": MET_NEW.replace("https://", "http://")}))
+    err = await fetch_error(fetcher, MET_OLD)
+    assert err.error_class == "redirect_refused" and "downgrade" in str(err)
+
+
+async def test_every_hop_of_a_followed_redirect_is_address_checked(
+    fetcher: HttpFetcher, mock: respx.MockRouter, resolver: FakeResolver
+) -> None:
+    mock.get(MET_OLD).mock(return_value=httpx.Response(301, headers={"Location": MET_NEW}))
+    target = mock.get(MET_NEW).mock(return_value=httpx.Response(200, content=b"internal"))
+    resolver.answers["weather.metoffice.gov.uk"] = ["10.0.0.7"]
+    err = await fetch_error(fetcher, MET_OLD)
+    assert err.error_class == "private_address" and "weather.metoffice.gov.uk" in str(err)
+    assert target.call_count == 0
+
+
+async def test_hop_limit_holds_across_hosts_of_one_domain(
+    fetcher: HttpFetcher, mock: respx.MockRouter
+) -> None:
+    hosts = [f"https://h{i}.example.gov.uk/feed" for i in range(8)]
+    for here, there in itertools.pairwise(hosts):
+        mock.get(here).mock(return_value=httpx.Response(301, headers={"Location": there}))
+    err = await fetch_error(fetcher, hosts[0])
+    assert err.error_class == "too_many_redirects"
+
+
+async def test_authorization_goes_to_the_configured_host_only(
+    fetcher: HttpFetcher, mock: respx.MockRouter
+) -> None:
+    from pydantic import SecretStr
+
+    start = "https://social.example.gov.uk/api/v1/accounts/1/statuses"
+    moved = "https://mastodon.example.gov.uk/api/v1/accounts/1/statuses"
+    first = mock.get(start).mock(return_value=httpx.Response(
+        301, headers={"Location": moved}))
+    second = mock.get(moved).mock(return_value=httpx.Response(200, json=[]))
+    await fetcher.fetch(start, source_id=SID, bearer=SecretStr("tok-123456"))
+    assert first.calls[0].request.headers["authorization"] == "Bearer tok-123456"
+    assert "authorization" not in second.calls[0].request.headers

@@ -93,6 +93,53 @@ async def test_met_office_titles_get_severity(
     assert yellow.cap.amplifiable and yellow.severity_rank == 2
 
 
+MET_WWW = "https://www.metoffice.gov.uk/public/data/PWSCache/WarningsRSS/Region/ee"
+MET_WEATHER = "https://weather.metoffice.gov.uk/public/data/PWSCache/WarningsRSS/Region/ee"
+
+
+def test_bundled_met_office_source_uses_the_weather_host() -> None:
+    """platform-facts.md, UK official sources: code written since 2025 uses
+    weather.metoffice.gov.uk/public/data/PWSCache/WarningsRSS/Region/<code>."""
+    from pathlib import Path
+
+    from crisiscomms.adapters.playbooks import load_catalog
+
+    catalog = load_catalog(Path(__file__).resolve().parents[2] / "playbooks")
+    assert catalog.sources["met-office-ee"].url == MET_WEATHER
+
+
+async def test_met_office_feed_moved_between_its_hosts_is_still_read(
+    fetcher: HttpFetcher, pool: FeedParserPool, mock: respx.MockRouter
+) -> None:
+    mock.get(MET_WWW).mock(return_value=httpx.Response(301, headers={"Location": MET_WEATHER}))
+    mock.get(MET_WEATHER).mock(return_value=httpx.Response(
+        200, content=fixture_bytes("metoffice.xml"), headers=XML))
+    src = source(fetcher, pool, agency="Met Office", url=MET_WWW)
+    result = await src.poll(state_for(src.key), NOW)
+    assert len(result.updates) == 2
+    assert result.extra["moved_to"] == MET_WEATHER  # for `status`: update sources.yaml
+    mock.get(MET_WWW).mock(return_value=httpx.Response(
+        200, content=fixture_bytes("metoffice.xml"), headers=XML))
+    back = await src.poll(state_for(src.key, extra=result.extra), NOW)
+    assert back.extra["moved_to"] is None  # served at its old URL again: no stale advice
+
+
+async def test_cap_index_moved_for_good_is_recorded(
+    fetcher: HttpFetcher, pool: FeedParserPool, mock: respx.MockRouter
+) -> None:
+    from crisiscomms.adapters.sources.cap import CapSource
+
+    moved = "https://feeds.example.gov.uk/cap/index.atom"
+    mock.get(FEED_URL).mock(return_value=httpx.Response(301, headers={"Location": moved}))
+    mock.get(moved).mock(return_value=httpx.Response(
+        200, content=fixture_bytes("cap_index.atom"),
+        headers={"Content-Type": "application/atom+xml"}))
+    mock.route(method="GET").mock(return_value=httpx.Response(404))
+    src = CapSource(make_config(SourceKind.CAP), fetcher, pool)
+    result = await src.poll(state_for(src.key), NOW)
+    assert result.extra["moved_to"] == moved
+
+
 @pytest.mark.parametrize(
     ("body", "error_class"),
     [

@@ -116,7 +116,8 @@ def status(
     sources = [
         {"source": s.source_id, "failures": s.failures, "errors": s.error_count,
          "last_error_class": s.last_error_class, "last_error": s.last_error,
-         "last_ok_at": isoformat(s.last_ok_at) if s.last_ok_at else None}
+         "last_ok_at": isoformat(s.last_ok_at) if s.last_ok_at else None,
+         "moved_to": s.extra.get("moved_to") or None}
         for s in app.store.source_states()
     ]
     channels = {k: {"paused_until": isoformat(v.paused_until) if v.paused_until else None,
@@ -152,6 +153,10 @@ def status(
     for s in failing:
         typer.echo(f"  source {s['source']} failing ({s['failures']}x): "
                    f"{s['last_error_class']}: {s['last_error']}")
+    for s in sources:
+        if s["moved_to"]:
+            typer.echo(f"  source {s['source']} moved permanently to {s['moved_to']} "
+                       "(still read through the redirect; update its url in sources.yaml)")
     for cid, c in channels.items():
         if c["problem"]:
             typer.echo(f"  channel {cid} broken: {c['problem']}")

@@ -33,6 +33,7 @@ from crisiscomms.domain.models import (
 
 HASHTAG_RE = re.compile(r"^#[A-Za-z][A-Za-z0-9_]{0,98}$")
 ID_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+ENV_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 RESERVED_FILES = {"policy.yaml", "sources.yaml", "channels.yaml"}
 
 # Which actions make sense on which platform.
@@ -128,7 +129,20 @@ class SourceConfig(_Model):
     min_interval_seconds: Annotated[int, Field(ge=0)] = 0
     allow_private_network: bool = False
     trust_bozo: bool = True
+    # Mastodon only: the NAME of the env var holding a read token, for instances that refuse
+    # unauthenticated reads (401). Read like channels.yaml credentials, never written here.
+    token_env: str | None = None
     description: str = ""
+
+    @field_validator("token_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not ENV_NAME_RE.match(str(v)):
+            raise ValueError("token_env must be the name of an environment variable "
+                             "(A-Z, 0-9, _), never the token itself")
+        return str(v)
 
     @field_validator("x_user_id")
     @classmethod
@@ -141,6 +155,8 @@ class SourceConfig(_Model):
 
     @model_validator(mode="after")
     def _locator(self) -> SourceConfig:
+        if self.token_env and self.kind is not SourceKind.MASTODON:
+            raise ValueError("token_env is only for mastodon sources")
         if self.kind is SourceKind.X:
             if not self.handle:
                 raise ValueError("an x source needs 'handle' (and a pinned 'x_user_id')")

@@ -1,7 +1,13 @@
-"""Official-source endpoints: RSS/Atom feeds, CAP index + documents, EA flood warnings."""
+"""Official-source endpoints: RSS/Atom feeds, CAP index + documents, EA flood warnings.
+
+``redirect_source(world, path, location, status)`` moves any of them: the path then answers
+``status`` with ``Location: location`` (relative or absolute), as a publisher does when a
+feed moves host or path (``www.metoffice.gov.uk`` -> ``weather.metoffice.gov.uk``).
+"""
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
@@ -12,8 +18,38 @@ from starlette.routing import BaseRoute, Route
 
 from crisiscomms.domain.clock import parse_instant, utc
 from crisiscomms.simulator import render
-from crisiscomms.simulator.common import conditional, limited, world_of
-from crisiscomms.simulator.world import VisibleItem
+from crisiscomms.simulator.common import Endpoint, conditional, limited, world_of
+from crisiscomms.simulator.world import VisibleItem, World
+
+_REDIRECTS = "sources.redirects"
+
+
+def redirect_source(world: World, path: str, location: str | None, status: int = 301) -> None:
+    """Answer ``path`` (e.g. ``/sources/rss/met-old``) with a ``status`` redirect to
+    ``location``; ``location=None`` serves the path again."""
+    if status not in (301, 302, 303, 307, 308):
+        raise ValueError(f"not a redirect status: {status}")
+    with world.lock:
+        moves: dict[str, tuple[int, str]] = world.state.setdefault(_REDIRECTS, {})
+        if location is None:
+            moves.pop(path, None)
+        else:
+            moves[path] = (status, location)
+
+
+def _movable(endpoint: Endpoint) -> Endpoint:
+    """Answer the redirect set for this path, if any, instead of the endpoint."""
+
+    @functools.wraps(endpoint)
+    async def handler(request: Request) -> Response:
+        moves = world_of(request).state.get(_REDIRECTS) or {}
+        move = moves.get(request.url.path)
+        if move is not None:
+            status, location = move
+            return Response(status_code=status, headers={"Location": location})
+        return await endpoint(request)
+
+    return handler
 
 
 def _base(request: Request) -> str:
@@ -35,6 +71,7 @@ def _by_published(items: list[VisibleItem], field: str) -> list[VisibleItem]:
 
 
 @limited("sources", "sources:rss")
+@_movable
 async def rss_feed(request: Request) -> Response:
     """GET /sources/rss/{source_id}: RSS 2.0, newest first."""
     world = world_of(request)
@@ -48,6 +85,7 @@ async def rss_feed(request: Request) -> Response:
 
 
 @limited("sources", "sources:atom")
+@_movable
 async def atom_feed(request: Request) -> Response:
     """GET /sources/atom/{source_id}: the same items as Atom."""
     world = world_of(request)
@@ -61,6 +99,7 @@ async def atom_feed(request: Request) -> Response:
 
 
 @limited("sources", "sources:cap")
+@_movable
 async def cap_index(request: Request) -> Response:
     """GET /sources/cap/{source_id}: Atom index linking to each alert's CAP document."""
     world = world_of(request)
@@ -73,6 +112,7 @@ async def cap_index(request: Request) -> Response:
 
 
 @limited("sources", "sources:cap")
+@_movable
 async def cap_doc(request: Request) -> Response:
     """GET /sources/cap/{source_id}/{identifier}.xml: one CAP 1.2 alert (404 if not visible)."""
     world = world_of(request)
@@ -87,6 +127,7 @@ async def cap_doc(request: Request) -> Response:
 
 
 @limited("sources", "sources:ea-floods")
+@_movable
 async def ea_floods(request: Request) -> Response:
     """GET /ea/flood-monitoring/id/floods?county=&min-severity=: current warnings as JSON."""
     world = world_of(request)

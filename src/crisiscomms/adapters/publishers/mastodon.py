@@ -2,8 +2,17 @@
 
 A post carries ``Idempotency-Key: crisiscomms-<hash of the item's dedupe key>``, which Mastodon
 honours for an hour, so resending the same item after a lost answer cannot post twice.
-Auth is a Bearer token (scope ``write:statuses``, plus ``read:statuses read:accounts`` for
-``find_existing``).
+
+Auth is a Bearer token of our account with scopes ``write:statuses`` (post, boost) and
+``read`` (or, narrower, ``read:search`` to resolve a remote status before boosting it, plus
+``read:accounts read:statuses`` for ``find_existing``). A search refused for want of scope is
+reported as such.
+
+Budgets (Mastodon's own limiter): posting and boosting share 300 per 3 hours per account, and
+their answers carry that budget's ``X-RateLimit-*`` headers; every call also counts against
+the general 300 requests per 5 minutes. A 429 becomes ``RateLimitedError`` whose ``reset_at``
+is the ISO ``X-RateLimit-Reset`` (up to three hours away for posts), so the channel waits for
+the budget's reset rather than retrying into it.
 """
 
 from __future__ import annotations
@@ -104,7 +113,8 @@ class MastodonPublisher:
             method, self._base + path, json=json, params=params, headers={**auth, **(headers or {})}
         )
 
-    def _raise_for(self, response: httpx.Response) -> None:
+    def _raise_for(self, response: httpx.Response, *, forbidden: str = "") -> None:
+        """Raise the error for a non-2xx answer; ``forbidden`` is said after a 403's reason."""
         if response.is_success:
             return
         reason = response.reason_phrase
@@ -114,9 +124,12 @@ class MastodonPublisher:
                 reason = str(body["error"])
         except ValueError:
             pass
+        reason = short_reason(reason, self._secrets)
+        if response.status_code == 403 and forbidden:
+            reason = f"{reason} ({forbidden})"
         raise error_for_status(
             response.status_code,
-            short_reason(reason, self._secrets),
+            reason,
             platform=PLATFORM,
             channel_id=self.channel_id,
             headers=response.headers,
@@ -172,13 +185,14 @@ class MastodonPublisher:
             return native.id
         if not where:
             return None
-        found = self._json(
-            self._request(
-                "GET",
-                "/api/v2/search",
-                params={"q": where, "resolve": "true", "type": "statuses", "limit": 1},
-            )
+        response = self._request(
+            "GET",
+            "/api/v2/search",
+            params={"q": where, "resolve": "true", "type": "statuses", "limit": 1},
         )
+        self._raise_for(response, forbidden="boosting a remote status needs a token with "
+                                            "scope read or read:search")
+        found = response.json()
         statuses = found.get("statuses") or []
         return str(statuses[0]["id"]) if statuses else None
 

@@ -11,6 +11,11 @@ composition root calls. Shared, caller-owned resources:
 
 Every ``poll`` raises only ``SourceError`` subclasses; ``SourceRateLimitedError`` (a
 ``TransientSourceError``) carries ``retry_at``.
+
+A Mastodon source may name an env var holding a read token (``token_env``); the builder
+reads it through ``credentials`` (``ports.Credentials``, by default the environment,
+``.env`` and secret files like channel credentials) and registers it with the log
+redaction before any request is made.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import httpx
 import requests
+from pydantic import SecretStr
 
 from crisiscomms.adapters.sources.base import SourceRateLimitedError
 from crisiscomms.adapters.sources.bluesky import BlueskySource
@@ -39,7 +45,7 @@ from crisiscomms.adapters.xhttp import mount_base_url
 from crisiscomms.domain.config import SourceConfig
 from crisiscomms.domain.errors import ConfigError
 from crisiscomms.domain.models import SourceKind
-from crisiscomms.ports import Source
+from crisiscomms.ports import Credentials, Source
 
 __all__ = [
     "BlueskySource",
@@ -69,12 +75,15 @@ def build_sources(
     limits: FetchLimits | None = None,
     base_urls: Mapping[str, str] | None = None,
     resolver: Resolver | None = None,
+    credentials: Credentials | None = None,
 ) -> list[Source]:
     """Build one adapter per catalogue source, and one ``XSource`` for all X sources.
 
     ``base_urls`` overrides API roots for simulators/staging: keys ``"x"`` (mounted on
     the X client's requests session), ``"mastodon"`` and ``"bluesky"``. ``resolver``
-    replaces DNS for the private-address check (tests). When ``parser`` is omitted a
+    replaces DNS for the private-address check (tests). ``credentials`` resolves the env var
+    names of source tokens (default: ``crisiscomms.settings.channel_secret``, the same
+    lookup as channel credentials). When ``parser`` is omitted a
     ``FeedParserPool`` is created and shared; it stops when the sources are dropped.
     Raises ``ConfigError`` if X sources are listed but no ``x_client_factory`` is given,
     or an account locator is malformed.
@@ -106,7 +115,8 @@ def build_sources(
             cls = RssSource if kind is SourceKind.RSS else CapSource
             sources.append(cls(config, fetcher, pool))
         elif kind is SourceKind.MASTODON:
-            sources.append(MastodonSource(config, fetcher, api_base=overrides.get("mastodon")))
+            sources.append(MastodonSource(config, fetcher, api_base=overrides.get("mastodon"),
+                                          token=_source_token(config, credentials)))
         elif kind is SourceKind.BLUESKY:
             sources.append(BlueskySource(config, fetcher, base_url=overrides.get("bluesky")))
         elif kind is SourceKind.EA_FLOODS:
@@ -114,3 +124,17 @@ def build_sources(
         else:  # pragma: no cover - a new SourceKind without an adapter
             raise ConfigError(f"sources.yaml: no adapter for kind {kind!r} ({config.id})")
     return sources
+
+
+def _source_token(config: SourceConfig, credentials: Credentials | None) -> SecretStr | None:
+    """The secret named by ``config.token_env`` (``None`` if none is named or it is unset),
+    registered with the log redaction so it can never be printed."""
+    if not config.token_env:
+        return None
+    from crisiscomms.logs import register_secrets
+    from crisiscomms.settings import channel_secret
+
+    token = credentials.get(config.token_env) if credentials else channel_secret(
+        config.token_env)
+    register_secrets([token])
+    return token

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from urllib.parse import urlsplit
 
@@ -33,7 +34,7 @@ from crisiscomms.adapters.sources.capxml import (
     looks_like_cap,
     parse_cap_document,
 )
-from crisiscomms.adapters.sources.http import DEFAULT_MAX_BYTES, HttpFetcher
+from crisiscomms.adapters.sources.http import DEFAULT_MAX_BYTES, HttpFetcher, record_move
 from crisiscomms.adapters.sources.parsing import FeedEntry, FeedParserPool
 from crisiscomms.adapters.sources.rss import (
     FEED_ACCEPT,
@@ -115,16 +116,19 @@ class CapSource:
                 accept=f"{CAP_ACCEPT}, {FEED_ACCEPT}",
             )
             if response.not_modified:
-                return not_modified_result(state)
+                return replace(not_modified_result(state),
+                               extra=record_move(state.extra, response))
             validators = (response.headers.get("etag"), response.headers.get("last-modified"))
             if looks_like_cap(response.body):
                 # The URL is a single CAP document, not an index.
                 doc = parse_cap_document(response.body, source_id=sid)
                 update = document_update(doc, self.config, now, doc_url=response.url)
-                return PollResult(updates=(update,), cursor=state.cursor, extra=dict(state.extra),
+                return PollResult(updates=(update,), cursor=state.cursor,
+                                  extra=record_move(state.extra, response),
                                   etag=validators[0], last_modified=validators[1])
             parsed = await parse_feed(self._parser, self.config, response)
-            return await self._index(parsed.entries, state, now, validators, response.url)
+            result = await self._index(parsed.entries, state, now, validators, response.url)
+            return replace(result, extra=record_move(result.extra, response))
 
     async def _index(
         self, entries: Sequence[FeedEntry], state: SourceState, now: datetime,

@@ -5,9 +5,16 @@ is sent as ``?county=``. One update per (floodAreaID, severityLevel, timeMessage
 that triple is the external id, so a re-issued message or a change of level is a new
 update while repeats of the same message are not.
 
-Times carry no offset; they are UK civil time (Europe/London) and are converted to UTC
-here. In the autumn overlap hour the earlier (BST) reading is taken (``fold=0``); times
-with an explicit offset or ``Z`` are honoured as given.
+Times (``timeRaised``, ``timeMessageChanged``, ``timeSeverityChanged``) carry no offset and
+are read as **UTC**, never as UK civil time. The Environment Agency documents its real-time
+flood-monitoring API at environment.data.gov.uk/flood-monitoring/doc/reference; the
+tide-gauge page of the same API (doc/tidegauge, its data "integrated into" that API) says
+"all times given by the API are in GMT (also known as UTC)". The warnings come from the
+Flood Warning System, whose own API (DEFRA fws-api) also gives its times in UTC (with a
+``Z``). So ``2026-07-15T10:00:00`` is 10:00 UTC (11:00 BST): reading it as Europe/London
+would date every summer warning an hour early. Times written inside the ``message`` text
+are local time (the EA's messages say so); they are text, never parsed.
+Times with an explicit offset or ``Z`` are honoured as given.
 
 severityLevel -> CapInfo, mapped by what CAP's own words mean so ``min_severity`` filters
 behave (change ``SEVERITY_MAP`` if the playbooks want something else):
@@ -24,19 +31,18 @@ level   EA meaning                 severity  urgency    certainty  msg_type
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from crisiscomms.adapters.sources.base import as_dict, as_list, as_str, decode_json, source_boundary
-from crisiscomms.adapters.sources.http import DEFAULT_MAX_BYTES, HttpFetcher
+from crisiscomms.adapters.sources.http import DEFAULT_MAX_BYTES, HttpFetcher, record_move
 from crisiscomms.adapters.sources.rss import not_modified_result
 from crisiscomms.adapters.sources.text import tidy
 from crisiscomms.domain.config import SourceConfig
 from crisiscomms.domain.errors import PermanentSourceError
 from crisiscomms.domain.models import CapInfo, PollResult, SourceKind, SourceState, Update
 
-LONDON = ZoneInfo("Europe/London")
 SENDER = "Environment Agency"
 PUBLIC_PAGE = "https://check-for-flooding.service.gov.uk/target-area/{area}"
 # level -> (severity, urgency, certainty, msg_type, default label)
@@ -48,8 +54,8 @@ SEVERITY_MAP: dict[int, tuple[str, str, str, str, str]] = {
 }
 
 
-def uk_local_to_utc(value: object) -> datetime | None:
-    """An EA timestamp (UK civil time unless it carries an offset) as aware UTC."""
+def ea_time_to_utc(value: object) -> datetime | None:
+    """An EA timestamp as aware UTC: without an offset it is UTC (see the module docstring)."""
     if not isinstance(value, str) or not value.strip() or len(value) > 40:
         return None
     text = value.strip()
@@ -60,7 +66,7 @@ def uk_local_to_utc(value: object) -> datetime | None:
     except ValueError:
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=LONDON, fold=0)
+        return parsed.replace(tzinfo=UTC)
     try:
         return parsed.astimezone(UTC)
     except (OverflowError, ValueError):
@@ -83,7 +89,7 @@ def flood_update(item: dict[str, Any], config: SourceConfig, now: datetime) -> U
     description = tidy(as_str(item.get("description"), 500))
     area_name = tidy(as_str(item.get("eaAreaName"), 200))
     external_id = f"{area_id}:{level}:{changed_raw}"
-    changed = uk_local_to_utc(changed_raw)
+    changed = ea_time_to_utc(changed_raw)
     title = f"{label}: {description}" if description else f"{label}: {area_id}"
     message = tidy(as_str(item.get("message"), 20_000))
     cap = CapInfo(
@@ -122,7 +128,8 @@ class EaFloodsSource:
                 accept="application/json", now=now,
             )
             if response.not_modified:
-                return not_modified_result(state)
+                return replace(not_modified_result(state),
+                               extra=record_move(state.extra, response))
             data = decode_json(response.body, source_id=sid, what="flood-monitoring JSON")
             items = data.get("items") if isinstance(data, dict) else None
             if not isinstance(items, list):
@@ -138,7 +145,7 @@ class EaFloodsSource:
             return PollResult(
                 updates=tuple(updates.values()), etag=response.headers.get("etag"),
                 last_modified=response.headers.get("last-modified"), cursor=state.cursor,
-                extra=dict(state.extra),
+                extra=record_move(state.extra, response),
             )
 
     async def aclose(self) -> None:

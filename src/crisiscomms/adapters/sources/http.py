@@ -2,10 +2,22 @@
 
 It owns the rules an untrusted URL must obey, so each adapter does not have to:
 
-* redirects are followed here (at most ``MAX_REDIRECTS``), never to another host and
-  never from https down to http (``redirect_refused``);
-* hosts that resolve to private, loopback, link-local or otherwise non-global addresses
-  are refused unless the source allows it (``private_address``);
+* redirects are followed here (at most ``MAX_REDIRECTS``), only within the registrable
+  domain of the source's host (``www.metoffice.gov.uk`` -> ``weather.metoffice.gov.uk``,
+  ``example.gov.uk`` -> ``www.example.gov.uk``) and never from https down to http
+  (``redirect_refused``, one line naming the source and both hosts). The registrable
+  domain (eTLD+1) comes from the Public Suffix List snapshot bundled with ``tldextract``
+  and is never fetched at run time: ``gov.uk`` and ``police.uk`` are public suffixes, so
+  ``a.gov.uk`` -> ``b.gov.uk`` is refused, and the list's private section is used too
+  (``a.github.io`` -> ``b.github.io`` is refused);
+* a permanent redirect (301/308) at the start of the chain is reported as
+  ``FetchResponse.moved_to`` (scheme, host and path: a query string may carry a key), which
+  adapters copy into the source state (``MOVED_TO``) so ``status`` can say where the
+  source now lives;
+* every hop's host is resolved and refused if any address is private, loopback, link-local
+  or otherwise non-global, unless the source allows it (``private_address``);
+* a bearer token (``bearer=``) goes to the origin of the configured URL only, never to a
+  host a redirect leads to;
 * the body is streamed and decoded by us, so both the bytes on the wire and the decoded
   bytes stop at ``max_bytes`` (a gzip bomb ends at the cap, not in memory);
 * politeness: at most ``FetchLimits.per_host`` requests per host and ``total`` overall;
@@ -27,12 +39,16 @@ import ssl
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from functools import cache
+from typing import Any
 
 import httpx
 import structlog
+import tldextract
+from pydantic import SecretStr
 
 from crisiscomms.adapters.sources.base import SourceRateLimitedError
 from crisiscomms.domain.clock import parse_instant
@@ -44,6 +60,9 @@ DEFAULT_MAX_BYTES = 5_000_000
 MAX_REDIRECTS = 5
 USER_AGENT = "crisiscomms/0.1 (NHS comms relay of official crisis updates)"
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+_PERMANENT_CODES = frozenset({301, 308})
+MOVED_TO = "moved_to"
+"""``SourceState.extra`` key: where a permanent redirect now sends the source (or ``None``)."""
 _TRANSIENT_4XX = frozenset({408, 425, 429})
 
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
@@ -118,6 +137,9 @@ class FetchResponse:
     headers: Mapping[str, str] = field(default_factory=dict)
     not_modified: bool = False
     url: str = ""
+    # Where a permanent redirect (301/308) at the start of the chain sent the request:
+    # scheme, host and path only. ``None`` when the configured URL was not moved for good.
+    moved_to: str | None = None
 
     @property
     def content_type(self) -> str:
@@ -128,6 +150,49 @@ class FetchResponse:
 def _where(url: httpx.URL) -> str:
     # Host and path only: a query string might carry a key, so it never reaches a message.
     return f"{url.host}{url.path}"
+
+
+def record_move(extra: dict[str, Any], response: FetchResponse) -> dict[str, Any]:
+    """``extra`` with ``MOVED_TO`` set from ``response``: the new URL after a permanent
+    redirect, or ``None`` once a source that had moved answers without one (the watcher
+    merges ``PollResult.extra`` into the stored state, so a stale value must be overwritten,
+    not dropped)."""
+    out = dict(extra)
+    if response.moved_to or out.get(MOVED_TO):
+        out[MOVED_TO] = response.moved_to
+    return out
+
+
+@cache
+def _suffix_list() -> tldextract.TLDExtract:
+    # The snapshot bundled with the package only: no download at run time, nothing on disk.
+    return tldextract.TLDExtract(
+        suffix_list_urls=(), cache_dir=None, include_psl_private_domains=True
+    )
+
+
+def registrable_domain(host: str) -> str | None:
+    """The registrable domain (eTLD+1) of ``host``: ``metoffice.gov.uk`` for
+    ``weather.metoffice.gov.uk``; ``None`` for an address, a single label or a public
+    suffix itself (``gov.uk``)."""
+    name = host.strip().rstrip(".").lower()
+    if not name or _is_ip_literal(name):
+        return None
+    return _suffix_list()(name).top_domain_under_public_suffix.lower() or None
+
+
+def same_site(host: str, other: str) -> bool:
+    """Whether a redirect from ``host`` to ``other`` stays with the same owner: the same host,
+    or two names under one registrable domain."""
+    a, b = host.rstrip(".").lower(), other.rstrip(".").lower()
+    if a == b:
+        return True
+    domain = registrable_domain(a)
+    return domain is not None and domain == registrable_domain(b)
+
+
+def _moved_url(url: httpx.URL) -> str:
+    return str(url.copy_with(query=None, fragment=None))
 
 
 @contextmanager
@@ -289,13 +354,16 @@ class HttpFetcher:
         params: Mapping[str, str] | None = None,
         accept: str | None = None,
         now: datetime | None = None,
+        bearer: SecretStr | None = None,
     ) -> FetchResponse:
         """GET ``url`` and return its (capped) body, or raise a ``SourceError``.
 
-        ``require_https`` defaults to "the URL is https"; ``allowed_host`` to the URL's host.
+        ``require_https`` defaults to "the URL is https"; ``allowed_host`` (default: the
+        URL's host) anchors the registrable domain redirects must stay in.
         ``etag``/``last_modified`` make the request conditional; a 304 comes back as
         ``FetchResponse(status=304, not_modified=True)``. ``now`` lets a ``Retry-After`` in
-        seconds become ``SourceRateLimitedError.retry_at``.
+        seconds become ``SourceRateLimitedError.retry_at``. ``bearer`` is sent as
+        ``Authorization: Bearer ...`` to the configured URL's origin only.
         """
         with translate_httpx_errors(source_id):
             current = httpx.URL(url)
@@ -311,23 +379,31 @@ class HttpFetcher:
             headers["If-None-Match"] = etag
         if last_modified:
             headers["If-Modified-Since"] = last_modified
-        resolved: set[tuple[str, int]] = set()
+        origin = _origin(current)
+        previous = current
+        moved_to: str | None = None
+        permanent = True  # every hop so far was 301/308
         for hop in range(MAX_REDIRECTS + 1):
-            self._check_url(current, source_id, host, require_https, redirected=hop > 0)
+            self._check_url(current, source_id, host, require_https, previous=previous,
+                            redirected=hop > 0)
             if not allow_private:
-                key = (current.host, current.port or (443 if current.scheme == "https" else 80))
-                if key not in resolved:
-                    await self._check_address(key[0], key[1], source_id)
-                    resolved.add(key)
+                await self._check_address(current.host, _port(current), source_id)
+            sent = dict(headers)
+            if bearer is not None and _origin(current) == origin:
+                sent["Authorization"] = f"Bearer {bearer.get_secret_value()}"
             with translate_httpx_errors(source_id, _where(current)):
                 async with self.limits.slot(current.host), self.client.stream(
-                    "GET", current, headers=headers, follow_redirects=False
+                    "GET", current, headers=sent, follow_redirects=False
                 ) as resp:
                     location = resp.headers.get("location")
                     if resp.status_code in _REDIRECT_CODES and location:
-                        current = resp.url.join(location)
+                        previous, current = current, resp.url.join(location)
+                        permanent = permanent and resp.status_code in _PERMANENT_CODES
+                        if permanent:
+                            moved_to = _moved_url(current)
                         continue
-                    return await self._finish(resp, source_id, max_bytes, now)
+                    got = await self._finish(resp, source_id, max_bytes, now)
+                    return replace(got, moved_to=moved_to) if moved_to else got
         raise PermanentSourceError(
             f"{source_id}: more than {MAX_REDIRECTS} redirects ({_where(current)})",
             source_id=source_id, error_class="too_many_redirects",
@@ -335,7 +411,8 @@ class HttpFetcher:
 
     @staticmethod
     def _check_url(
-        url: httpx.URL, source_id: str, host: str, require_https: bool, *, redirected: bool
+        url: httpx.URL, source_id: str, host: str, require_https: bool, *,
+        previous: httpx.URL, redirected: bool,
     ) -> None:
         if url.scheme not in ("http", "https") or not url.host:
             raise PermanentSourceError(
@@ -347,9 +424,11 @@ class HttpFetcher:
                 f"{source_id}: refusing https->http downgrade ({_where(url)})",
                 source_id=source_id, error_class="redirect_refused",
             )
-        if url.host.lower() != host:
+        if not same_site(host, url.host):
+            what = "redirect" if redirected else "URL"
             raise PermanentSourceError(
-                f"{source_id}: refusing redirect to another host ({url.host})",
+                f"{source_id}: refusing {what} from {previous.host} to {url.host}: another "
+                f"domain than {registrable_domain(host) or host}",
                 source_id=source_id, error_class="redirect_refused",
             )
 
@@ -454,6 +533,14 @@ class HttpFetcher:
             if len(out) > max_bytes:
                 raise too_large("decoded")
         return bytes(out)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int]:
+    return url.scheme, url.host.lower(), _port(url)
+
+
+def _port(url: httpx.URL) -> int:
+    return url.port or (443 if url.scheme == "https" else 80)
 
 
 def _is_ip_literal(host: str) -> bool:

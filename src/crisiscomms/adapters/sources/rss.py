@@ -2,7 +2,9 @@
 
 Conditional GET with the ETag / Last-Modified the watcher kept; a 304 comes back as
 ``PollResult(not_modified=True)`` with the old validators. Every entry currently in the
-feed is returned (the watcher dedupes). An HTML page, JSON, or noise where a feed was
+feed is returned (the watcher dedupes). A feed moved for good (a 301/308 within its
+registrable domain) is still read, and its new URL is kept in ``extra["moved_to"]``
+(``http.record_move``) so ``status`` can show it. An HTML page, JSON, or noise where a feed was
 expected is ``PermanentSourceError(error_class="not_a_feed")``; a malformed (bozo) feed
 with entries is accepted only when the source has ``trust_bozo``.
 
@@ -14,13 +16,19 @@ Yellow -> Moderate; urgency and certainty Unknown) so severity filters work on t
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime
 
 import structlog
 
 from crisiscomms.adapters.sources.base import looks_like_json, source_boundary
 from crisiscomms.adapters.sources.capxml import cap_from_flat
-from crisiscomms.adapters.sources.http import DEFAULT_MAX_BYTES, FetchResponse, HttpFetcher
+from crisiscomms.adapters.sources.http import (
+    DEFAULT_MAX_BYTES,
+    FetchResponse,
+    HttpFetcher,
+    record_move,
+)
 from crisiscomms.adapters.sources.parsing import FeedEntry, FeedParserPool, ParsedFeed
 from crisiscomms.adapters.sources.text import title_from_text
 from crisiscomms.domain.config import SourceConfig
@@ -167,7 +175,8 @@ class RssSource:
                 self._fetcher, self.config, state, now, max_bytes=self._max_bytes
             )
             if response.not_modified:
-                return not_modified_result(state)
+                return replace(not_modified_result(state),
+                               extra=record_move(state.extra, response))
             parsed = await parse_feed(self._parser, self.config, response)
             seen: set[str] = set()
             updates = []
@@ -181,7 +190,7 @@ class RssSource:
                 etag=response.headers.get("etag"),
                 last_modified=response.headers.get("last-modified"),
                 cursor=state.cursor,
-                extra=dict(state.extra),
+                extra=record_move(state.extra, response),
             )
 
     async def aclose(self) -> None:
