@@ -165,3 +165,28 @@ def test_remote_boost_without_a_search_scope_names_the_scope() -> None:
         with pytest.raises(PermanentPublishError) as info:
             pub.publish(make_item(action=ActionKind.BOOST, native=native), None)
     assert "read:search" in str(info.value) and "403" in str(info.value)
+
+
+def test_a_cap_follow_up_is_a_reply_to_our_own_status() -> None:
+    """A CAP Update/Cancel goes out in the thread of our own status of the alert (issue 12):
+    ``in_reply_to_id`` is our earlier status, as the simulator (and Mastodon) record it."""
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    import httpx
+
+    from crisiscomms.domain.clock import FixedClock
+    from crisiscomms.simulator import World, serve
+
+    clock = FixedClock(datetime(2026, 1, 5, 10, 0, tzinfo=UTC))
+    world = World(clock)
+    with serve(world) as sim, httpx.Client(timeout=5) as client:
+        pub = MastodonPublisher("nhs-mastodon", base_url=sim.url_for("mastodon"), clock=clock,
+                                credentials={"access_token": SecretStr("sim-token")},
+                                client=client)
+        first = pub.publish(make_item(1, body="Flood warning for the Chelmer"), None)
+        reply = pub.publish(replace(make_item(2, body="Update: warning extended"),
+                                    reply_to=first.post_id), None)
+        got = client.get(f"{sim.url_for('mastodon')}/api/v1/statuses/{reply.post_id}",
+                         headers={"Authorization": "Bearer sim-token"}).json()
+    assert got["in_reply_to_id"] == first.post_id

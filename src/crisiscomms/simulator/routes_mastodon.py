@@ -251,9 +251,11 @@ def all_statuses(world: World) -> list[dict[str, Any]]:
             original = by_id.get(post.ref)
             status = _status(mine, post.post_id, "", post.received_at, reblog=original,
                              content="", own=True)
-        else:
+        else:  # a post's ``ref`` is the status it replies to, if any
             status = _status(mine, post.post_id, post.text, post.received_at, url=post.url,
-                             own=True)
+                             own=True, in_reply_to_id=post.ref or None,
+                             in_reply_to_account_id=(by_id.get(post.ref) or {}).get(
+                                 "account", {}).get("id") if post.ref else None)
         by_id[post.post_id] = status
         out.append(status)
     return out
@@ -409,10 +411,13 @@ async def post_status(request: Request) -> Response:
         post_id = mastodon_id(now, world.next_seq())
         username, domain = _split(acct)
         url = f"https://{domain}/@{username}/{post_id}"
-        world.record_post(SimPost("mastodon", acct, "post", post_id, text, "", now, key, url))
+        reply_to = str(body.get("in_reply_to_id") or "")
+        world.record_post(SimPost("mastodon", acct, "post", post_id, text, reply_to, now, key,
+                                  url))
         if key:
             seen[(bearer(request), key)] = (now, post_id)
-        status = _status(acct, post_id, text, now, url=url, own=True)
+        status = _status(acct, post_id, text, now, url=url, own=True,
+                         in_reply_to_id=reply_to or None)
     return JSONResponse(_as_seen_by(status, world, True))
 
 

@@ -224,7 +224,9 @@ class MastodonPublisher:
             self._request(
                 "POST",
                 "/api/v1/statuses",
-                json={"status": item.body, "visibility": self._visibility},
+                json={"status": item.body, "visibility": self._visibility,
+                      # A CAP follow-up answers our own status of the alert, in its thread.
+                      **({"in_reply_to_id": item.reply_to} if item.reply_to else {})},
                 headers={"Idempotency-Key": idempotency_key(item)},
             )
         )
