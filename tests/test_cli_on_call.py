@@ -47,3 +47,58 @@ def test_window_remove_goes_through_the_operator_check(cli, playbooks_dir):
 def test_the_log_level_may_be_written_in_capitals(cli, monkeypatch):
     monkeypatch.setenv("CRISISCOMMS_LOG_LEVEL", "DEBUG")
     assert cli("status").code == 0
+
+
+def test_report_output_into_a_missing_folder_is_an_error(cli, tmp_path):
+    cli("activate", "flooding", "--reason", "r")
+    target = tmp_path / "no" / "such" / "dir" / "r.md"
+    r = cli("report", "--last", "--output", str(target))
+    assert r.code == 2 and "does not exist" in r.err and str(target.parent) in r.err
+    assert not (tmp_path / "no").exists()
+
+
+def test_an_empty_database_file_is_not_silently_recreated(cli, home):
+    home.mkdir(parents=True, exist_ok=True)
+    db = home / "crisiscomms.db"
+    db.write_bytes(b"")
+    import os
+    import time
+
+    os.utime(db, (time.time() - 3600, time.time() - 3600))  # an old, truncated file
+    r = cli("status")
+    assert r.code == 1 and "empty" in r.err and "crisiscomms.db" in r.err
+    assert (home / "crisiscomms.db").stat().st_size == 0  # left as found
+
+
+def test_ctrl_c_on_watch_exits_130(tmp_path, playbooks_dir):
+    """SIGINT (Ctrl-C) is an interruption: exit 130; SIGTERM is a clean stop: exit 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRISISCOMMS_")}
+    env.update(CRISISCOMMS_HOME=str(tmp_path / "h"), CRISISCOMMS_PLAYBOOKS_DIR=str(playbooks_dir),
+               CRISISCOMMS_LOG_LEVEL="warning")
+    codes = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = subprocess.Popen([sys.executable, "-m", "crisiscomms", "watch", "--dry-run",
+                                 "--tick", "0.2"], env=env, cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import sqlite3
+
+        def running() -> bool:  # its heartbeat is in: the loop (and its handlers) are up
+            db = tmp_path / "h" / "crisiscomms.db"
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                    return bool(conn.execute("SELECT count(*) FROM watchers").fetchone()[0])
+            except sqlite3.Error:
+                return False
+
+        deadline = time.monotonic() + 30
+        while not running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(sig)
+        codes[sig.name] = proc.wait(timeout=30)
+    assert codes == {"SIGINT": 130, "SIGTERM": 0}

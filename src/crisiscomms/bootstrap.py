@@ -283,15 +283,25 @@ def build_app(settings: Settings | None = None, clock: Clock | None = None) -> A
     return App(settings=settings, clock=clock or make_clock(settings.at))
 
 
+class StopEvent(asyncio.Event):
+    """The stop request, remembering the signal that made it (Ctrl-C exits 130)."""
+
+    signal: int | None = None
+
+    def stop_for(self, sig: int) -> None:
+        self.signal = sig
+        self.set()
+
+
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[asyncio.Event]:
+def stop_on_signals() -> Iterator[StopEvent]:
     """SIGTERM/SIGINT ask the loop to finish its current tick and exit cleanly."""
-    stop = asyncio.Event()
+    stop = StopEvent()
     loop = asyncio.get_event_loop()
     installed = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stop.stop_for, sig)
             installed.append(sig)
     try:
         yield stop
@@ -312,6 +322,8 @@ async def run_watch(app: App, *, once: bool, dry_run: bool, tick_seconds: float 
             try:
                 result: tuple[CycleStats, DispatchStats] = await loop.run(
                     stop, once=once, tick_seconds=tick_seconds, max_ticks=max_ticks)
-                return result
             finally:
                 log.info("watch.stopped", worker=app.worker_id)
+            if stop.signal == signal.SIGINT:
+                raise KeyboardInterrupt  # Ctrl-C: an interruption (exit 130), not a clean stop
+            return result

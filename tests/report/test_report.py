@@ -211,6 +211,7 @@ def test_report_cli(cli, home: Path):
     r = cli("report", "--last", "--format", "json")
     assert r.code == 0 and json.loads(r.out)["header"]["incident"] == 1
     out = home.parent / "out" / "r.html"
+    out.parent.mkdir()  # --output never makes folders (a typo would go unnoticed)
     r = cli("report", "1", "--output", str(out))
     assert r.code == 0 and out.read_text().startswith("<!DOCTYPE html>")
     assert cli("report", "1", "--format", "pdf").code == 2

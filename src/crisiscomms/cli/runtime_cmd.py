@@ -87,6 +87,9 @@ def report(
     if output is None:
         typer.echo(text, nl=False)
         return
+    if not output.parent.is_dir():
+        # A typo in a folder name must not silently make folders: say so.
+        raise ConfigError(f"--output: folder {output.parent} does not exist")
     write_atomically(output, text)
     typer.echo(f"report written: {output}", err=True)
 

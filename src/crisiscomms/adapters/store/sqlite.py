@@ -132,8 +132,14 @@ class SQLiteStore(StoreQueries):
                 p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 if not p.exists():
                     # Create the file 0600 before SQLite does, so it is never world-readable.
-                    fd = os.open(p, os.O_CREAT | os.O_WRONLY, 0o600)
+                    fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
                     os.close(fd)
+                elif p.stat().st_size == 0 and not self._fresh(p):
+                    # An empty file where a database was (a truncated copy, a bad restore):
+                    # starting a new empty database there would hide every incident.
+                    raise StoreCorruptError(
+                        f"{path}: database file is empty (0 bytes): restore it from a backup, "
+                        "or remove it to start a new, empty database")
             except OSError as exc:
                 raise StoreError(f"{path}: cannot create database: {exc.strerror}") from None
         old_umask = os.umask(0o077)  # the -wal and -shm files too
@@ -155,6 +161,14 @@ class SQLiteStore(StoreQueries):
         finally:
             os.umask(old_umask)
         return conn
+
+    @staticmethod
+    def _fresh(p: Path) -> bool:
+        """An empty file we may have just created ourselves (another process opening the same
+        new database at the same moment): younger than a few seconds."""
+        import time
+
+        return time.time() - p.stat().st_mtime < 2
 
     def close(self) -> None:
         with self._lock:
