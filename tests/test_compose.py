@@ -206,3 +206,89 @@ def test_property_result_fits_and_keeps_url_and_tags(
         assert link in text
         for tag in tags:
             assert tag in text
+
+
+# -- issue 11, defect 7: X counts like twitter-text v3 ------------------------------------------
+from twitter_text import parse_tweet  # noqa: E402  (the reference: twitter-text-parser)
+
+X_SAMPLES = [
+    "See essex.police.uk for news",
+    "gov.uk/floods now",
+    "Go to www.essex.gov.uk/roadworks.",
+    "https://check-for-flooding.test/w/1",  # .test is not a TLD: X does not link it
+    "Call 999. Go.Now",  # .now is a TLD: X links "Go.Now"
+    "水位 gov.uk 🇬🇧 👩‍👩‍👧 é",
+    "(https://www.gov.uk/check-flooding) and nhs.uk/111, then #EssexFloods",
+    "email floods@environment-agency.gov.uk or visit environment-agency.gov.uk",
+    "line one\r\nline two\n\nthree\u3000four",
+    "http://localhost:8000/feed and https://t.co/AbCdEf123",
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("See essex.police.uk for news", 4 + 23 + 9), ("gov.uk/floods now", 23 + 4),
+     ("Go to www.essex.gov.uk/roadworks.", 6 + 23 + 1)],
+)
+def test_bare_domains_count_23_on_x(text: str, expected: int) -> None:
+    """Defect 7: X autolinks bare domains and counts each as 23 (twitter-text v3)."""
+    assert weighted_length(text, Platform.X) == expected
+
+
+@pytest.mark.parametrize("text", X_SAMPLES)
+def test_x_length_is_twitter_texts(text: str) -> None:
+    assert weighted_length(text, Platform.X) == parse_tweet(text).weightedLength
+
+
+x_alphabet = st.sampled_from(
+    ["a", "b", "z", "0", "9", ".", "/", "-", "_", "@", "#", ":", "?", "=", "&", "(", ")",
+     " ", " ", "\n", "é", "水", "👩‍👩‍👧", "🇬🇧", "https://", "www.", "gov.uk", ".com", ".co",
+     "t.co/", "essex.police.uk", "…"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=st.lists(x_alphabet, max_size=60))
+def test_property_x_length_is_twitter_texts(parts: list[str]) -> None:
+    text = "".join(parts)
+    assert weighted_length(text, Platform.X) == parse_tweet(text).weightedLength
+
+
+def test_composed_x_post_with_bare_domains_fits_as_x_counts() -> None:
+    """Defect 7: a post near 280 with bare domains must be short enough by X's own count."""
+    title = ("Flood advice: gov.uk/floods, nhs.uk/111, essex.gov.uk/roads and "
+             "met.police.uk, check-for-flooding.service.gov.uk. ") * 6
+    text = compose(TEMPLATE, {"title": title, "url": URL}, TAGS, Platform.X)
+    assert parse_tweet(text).weightedLength <= 280
+    assert text.endswith(f"{URL} #Flood #StaySafe")
+
+
+def test_hostile_dotted_text_is_weighed_quickly() -> None:
+    """twitter-text's URL regex is quadratic on long dotted runs ("a.a.a..."): 20,000 such
+    characters took minutes; the weighing must stay bounded."""
+    import time
+
+    started = time.monotonic()
+    hostile = "a." * 10_000
+    assert not fits(hostile, Platform.X)
+    assert weighted_length(hostile, Platform.X) >= 280
+    compose("{title} {url}", {"title": ("a." * 64 + " ") * 150, "url": URL}, TAGS, Platform.X)
+    assert time.monotonic() - started < 10
+
+
+BARE_BODY = ("Flooding on Springfield Road, Chelmsford: see essex.police.uk/news, gov.uk/floods "
+             "and nhs.uk for advice. " * 3 + "https://www.essex.police.uk/news/flood #EssexFloods")
+
+
+def test_fit_body_keeps_links_and_hashtags_and_shortens_the_words() -> None:
+    """The README's rule for a body that does not fit: the text is shortened with an
+    ellipsis; links and hashtags are kept whole."""
+    from crisiscomms.domain.posttext import fit_body
+
+    assert parse_tweet(BARE_BODY).weightedLength > 280
+    fitted = fit_body(BARE_BODY, Platform.X)
+    assert parse_tweet(fitted).weightedLength <= 280
+    assert ELLIPSIS in fitted
+    assert fitted.endswith("https://www.essex.police.uk/news/flood #EssexFloods")
+    for link in ("essex.police.uk/news,", "gov.uk/floods", "nhs.uk"):
+        assert link in fitted
+    assert fit_body("short https://a.co/x #Tag", Platform.X) == "short https://a.co/x #Tag"

@@ -13,7 +13,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from crisiscomms.adapters.store import open_store
 from crisiscomms.domain.clock import FixedClock, SystemClock, parse_instant
 from crisiscomms.domain.config import Catalog
 from crisiscomms.domain.errors import ConfigError, StoreError
-from crisiscomms.domain.models import WatcherInfo
+from crisiscomms.domain.models import SourceKind, WatcherInfo
 from crisiscomms.ports import Clock, Credentials, Publisher, Source, Store
 from crisiscomms.services.dispatch import Dispatcher, DispatchStats
 from crisiscomms.services.runloop import RunLoop
@@ -215,7 +215,8 @@ class App:
                 client=client, parser=parser, x_client_factory=x_factory,
                 limits=FetchLimits(per_host=polling.per_host, total=polling.concurrency),
                 base_urls=base_urls or self.settings.source_base_urls,
-                credentials=self.credential_source)
+                credentials=self.credential_source, x_backfill=x_backfill(catalog),
+                x_cap_reset_day=self.settings.x_cap_reset_day)
         except BaseException:
             parser.close()
             raise
@@ -256,6 +257,15 @@ class App:
                     await src.aclose()
             with contextlib.suppress(Exception):
                 await closer()
+
+
+def x_backfill(catalog: Catalog) -> timedelta:
+    """The longest backfill window of the playbooks that amplify X sources: how far back an X
+    poll reads when its cursor is too old for recent search (a quiet week between incidents)."""
+    minutes = [pb.backfill_minutes for pb in catalog.playbooks.values()
+               if any(s.source in catalog.sources and
+                      catalog.sources[s.source].kind is SourceKind.X for s in pb.sources)]
+    return timedelta(minutes=max(minutes, default=120))
 
 
 class MissingCredentialSource:

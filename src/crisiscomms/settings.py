@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     source_base_urls: dict[str, str] = {}
     # App-only bearer token for reading X sources.
     x_bearer_token: SecretStr | None = None
+    # Day of the month X's usage cap resets (the project's cap_reset_day in X's Usage API).
+    x_cap_reset_day: Annotated[int, Field(ge=1, le=31)] = 1
     # Graph API version of every Facebook call. Versions expire about two years after the next
     # one is released, and then Graph silently serves the next oldest: move this on in time.
     facebook_graph_version: str = FACEBOOK_GRAPH_VERSION

@@ -14,7 +14,7 @@ from crisiscomms.drill import run_drill
 DRILLS = Path(__file__).resolve().parents[2] / "playbooks" / "drills"
 
 
-@pytest.mark.parametrize("name", ["fediverse", "cap-alerts"])
+@pytest.mark.parametrize("name", ["fediverse", "cap-alerts", "x-reactivation"])
 def test_small_drills_pass_and_are_reproducible(name: str, tmp_path: Path):
     first = run_drill(DRILLS / f"{name}.yaml", home=tmp_path / "a")
     assert first.ok, [o for o in first.outcomes if not o.ok]

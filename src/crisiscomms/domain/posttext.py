@@ -3,8 +3,15 @@
 ``compose`` runs at queue time, so the text an operator approves is exactly the text that is
 sent. The rules per platform (what counts as one "character"):
 
-* X          280, weighted: most Latin/Greek/Cyrillic code points weigh 1, CJK and others 2,
-             an emoji sequence 2, and every URL 23 (t.co).
+* X          280, weighted by twitter-text v3 (the ``twitter-text-parser`` package, the port of
+             the official library): most Latin/Greek/Cyrillic code points weigh 1, CJK and
+             others 2, an emoji sequence 2, and every URL X links 23 (t.co), bare domains
+             such as ``essex.police.uk`` or ``gov.uk/floods`` included. twitter-text's URL
+             regex is quadratic on long runs like ``a.a.a.a...``, so text is weighed one
+             whitespace-separated word at a time (no URL spans whitespace), each word
+             cached; a word over 128 characters is weighed by the simpler rule (an
+             ``http(s)://`` URL with a dotted host is 23, the rest by code point), and
+             ``fits`` first rejects text that is too long whatever its links weigh.
 * Mastodon   500 grapheme clusters, every URL 23.
 * Bluesky    300 grapheme clusters (URLs count in full) and at most 3,000 UTF-8 bytes.
 * Facebook   63,206 characters.
@@ -12,16 +19,20 @@ sent. The rules per platform (what counts as one "character"):
 When the rendered text is too long, the free text (``text``, then ``title``, then the other
 descriptive fields) is shortened at a word boundary with an ellipsis; the URL and the hashtags
 are never cut. Only if they alone do not fit are hashtags dropped (last first) and, as a last
-resort, the whole text cut.
+resort, the whole text cut. ``fit_body`` applies the same rule to a text already composed (an
+item queued before a counting fix, or edited): its words are shortened, its links and
+hashtags kept.
 """
 
 from __future__ import annotations
 
+import functools
 import string
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 
 import regex
+from twitter_text import extract_urls_with_indices, parse_tweet  # type: ignore[import-untyped]
 
 from crisiscomms.domain.errors import ConfigError
 from crisiscomms.domain.models import Platform
@@ -62,6 +73,9 @@ _EMOJI = regex.compile(r"[\p{Extended_Pictographic}\p{Regional_Indicator}]")
 # twitter-text v3: code points in these ranges weigh 1, every other one 2.
 _X_LIGHT_RANGES = ((0, 4351), (8192, 8205), (8208, 8223), (8242, 8247))
 _SAFE_FIELD = regex.compile(r"^[a-z_]+$")
+_X_WORD_OR_SPACE = regex.compile(r"\s+|\S+")
+_LINE_ENDING = regex.compile(r"\r\n|\r|\n")
+_X_MAX_WORD = 128  # longer words skip twitter-text's (quadratic) URL regex
 
 
 def url_spans(text: str) -> list[tuple[int, int]]:
@@ -96,14 +110,8 @@ def _graphemes(chunk: str) -> int:
     return len(_GRAPHEME.findall(chunk))
 
 
-def weighted_length(text: str, platform: Platform) -> int:
-    """Length of ``text`` as ``platform`` counts it against its limit (see module docstring)."""
-    text = unicodedata.normalize("NFC", text)
-    if platform is Platform.FACEBOOK:
-        return len(text)
-    if platform is Platform.BLUESKY:
-        return _graphemes(text)
-    measure: Callable[[str], int] = _x_weight if platform is Platform.X else _graphemes
+def _by_url_spans(text: str, measure: Callable[[str], int]) -> int:
+    """``http(s)://`` URLs with a dotted host weigh 23, everything else ``measure``."""
     total = 0
     pos = 0
     for start, end in url_spans(text):
@@ -114,8 +122,70 @@ def weighted_length(text: str, platform: Platform) -> int:
     return total + measure(text[pos:])
 
 
+@functools.lru_cache(maxsize=8192)
+def _x_word_weight(word: str) -> int:
+    """One whitespace-free word as X counts it (twitter-text v3; see the module docstring)."""
+    if len(word) > _X_MAX_WORD:
+        return _by_url_spans(word, _x_weight)
+    return int(parse_tweet(word).weightedLength)
+
+
+def _x_space_weight(space: str) -> int:
+    # twitter-text counts a CR LF pair as one line break.
+    return _x_weight(_LINE_ENDING.sub("\n", space))
+
+
+def _x_length(text: str) -> int:
+    total = 0
+    for match in _X_WORD_OR_SPACE.finditer(text):
+        piece = match.group()
+        total += _x_space_weight(piece) if piece[0].isspace() else _x_word_weight(piece)
+    return total
+
+
+def _x_lower_bound(text: str) -> int:
+    """At most X's count, cheap: a word weighs at least its graphemes or one link (23)."""
+    total = 0
+    for match in _X_WORD_OR_SPACE.finditer(text):
+        piece = match.group()
+        total += len(_LINE_ENDING.sub("\n", piece)) if piece[0].isspace() else \
+            min(_graphemes(piece), SHORT_URL_WEIGHT)
+    return total
+
+
+def x_link_spans(text: str) -> list[tuple[int, int]]:
+    """The ``(start, end)`` offsets of what X links in ``text`` (bare domains included)."""
+    spans: list[tuple[int, int]] = []
+    for match in _X_WORD_OR_SPACE.finditer(text):
+        word = match.group()
+        if word[0].isspace():
+            continue
+        if len(word) > _X_MAX_WORD:
+            found = [(s, e) for s, e in url_spans(word) if _shortened_by_platform(word[s:e])]
+        else:
+            found = [(int(u["indices"][0]), int(u["indices"][1]))
+                     for u in extract_urls_with_indices(word)]
+        spans += [(match.start() + s, match.start() + e) for s, e in found]
+    return spans
+
+
+def weighted_length(text: str, platform: Platform) -> int:
+    """Length of ``text`` as ``platform`` counts it against its limit (see module docstring)."""
+    text = unicodedata.normalize("NFC", text)
+    if platform is Platform.FACEBOOK:
+        return len(text)
+    if platform is Platform.BLUESKY:
+        return _graphemes(text)
+    if platform is Platform.X:
+        return _x_length(text)
+    return _by_url_spans(text, _graphemes)
+
+
 def fits(text: str, platform: Platform) -> bool:
     """True if ``platform`` would accept ``text`` as the body of one post."""
+    if platform is Platform.X and \
+            _x_lower_bound(unicodedata.normalize("NFC", text)) > LIMITS[platform]:
+        return False
     if weighted_length(text, platform) > LIMITS[platform]:
         return False
     return platform is not Platform.BLUESKY or len(text.encode("utf-8")) <= BLUESKY_MAX_BYTES
@@ -262,3 +332,55 @@ def compose(
         if fits(text, platform):
             return text
     return _hard_cut(text, platform)
+
+
+def _link_or_tag(word: str, platform: Platform) -> bool:
+    if regex.match(r"#\w", word):
+        return True
+    return bool(x_link_spans(word) if platform is Platform.X else url_spans(word))
+
+
+def fit_body(text: str, platform: Platform) -> str:
+    """Fit an already composed post to ``platform`` by the rule ``compose`` follows.
+
+    A text that fits comes back unchanged. Otherwise its words are dropped from the end and
+    an ellipsis marks the cut; words holding a link (on X: anything X links, bare domains
+    included) and hashtags are kept whole, in order. Only if they alone do not fit are
+    hashtags dropped (last first), and as a last resort the whole text is cut. Pure and
+    deterministic, so a publisher can apply it both when sending and when looking for what
+    it sent.
+    """
+    if fits(text, platform):
+        return text
+    text = unicodedata.normalize("NFC", text).strip()
+    pieces = _X_WORD_OR_SPACE.findall(text)
+    words = [i for i, piece in enumerate(pieces) if not piece[0].isspace()]
+    kept = [i for i in words if _link_or_tag(pieces[i], platform)]
+    free = [i for i in words if i not in set(kept)]
+
+    def render(n_free: int, fixed: list[int]) -> str:
+        chosen = sorted(set(free[:n_free]) | set(fixed))
+        out: list[str] = []
+        for i in chosen:
+            word = pieces[i]
+            if n_free < len(free) and n_free and i == free[n_free - 1]:
+                word = word.rstrip(" ,;:-–—") + ELLIPSIS
+            out.append((pieces[i - 1] if out and i > 0 else "") + word)
+        return "".join(out).strip()
+
+    if fits(render(0, kept), platform):
+        lo, hi = 0, len(free) - 1
+        while lo < hi:  # fits(render(lo)) holds; find the largest such lo
+            mid = (lo + hi + 1) // 2
+            if fits(render(mid, kept), platform):
+                lo = mid
+            else:
+                hi = mid - 1
+        return render(lo, kept)
+    tags = [i for i in kept if pieces[i].startswith("#")]
+    while tags:
+        kept.remove(tags.pop())
+        candidate = render(0, kept)
+        if fits(candidate, platform):
+            return candidate
+    return _hard_cut(render(0, kept), platform)

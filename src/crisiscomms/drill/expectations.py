@@ -87,6 +87,64 @@ def lead_amplified(x: Expectation, store: Store, catalog: Catalog,
     return Outcome(f"lead_amplified[{channel}]", ok, detail)
 
 
+def _sim_id(source: Any) -> str:
+    """The simulator's id of a catalogued source (the drill pins X sources by numeric id)."""
+    kind = str(source.kind)
+    if kind == "x":
+        return str(source.x_user_id or source.id)
+    if kind in ("mastodon", "bluesky"):
+        return (source.account or "").rstrip("/").rsplit("/", 1)[-1].lstrip("@")
+    return str(source.id)
+
+
+def lead_posts_relayed(x: Expectation, store: Store, catalog: Catalog,
+                       world: Any) -> Outcome:
+    """Every post the lead agency made on the simulated platform while an incident was active
+    went out on ``channel`` within ``within_seconds``. Counted from the simulator's own record,
+    so a source that is never read (e.g. an X source whose weeks-old cursor X refuses) fails
+    here, where ``lead_amplified``, counting what was stored, cannot see it."""
+    channel = x.channel or "x"
+    within = x.within_seconds or 120
+    platform = str(catalog.channels[channel].platform) if channel in catalog.channels else channel
+    pauses = _pauses(store, channel)
+    total, late, unread, unsent = 0, [], [], []
+    for inc in store.incidents():
+        end = inc.deactivated_at
+        for sid in sorted(lead_agency_sources(catalog, inc)):
+            source = catalog.sources.get(sid)
+            if source is None or (x.source and sid != x.source):
+                continue
+            kind = str(source.kind)
+            stored = {u.external_id: u for u, _, _ in store.updates(source_ids=[sid])}
+            for vis in world.visible_items(kind, _sim_id(source)):
+                if vis.first_at < inc.activated_at or (end is not None and vis.first_at > end):
+                    continue
+                total += 1
+                update = stored.get(vis.key) or next(
+                    (u for k, u in stored.items() if k.endswith("/" + vis.key)), None)
+                if update is None:
+                    unread.append(f"{sid}:{vis.key}")
+                    continue
+                done = [i for i in store.items(channel_id=channel, incident_id=inc.id)
+                        if i.update_id == update.id and str(i.state) == "published"
+                        and i.done_at]
+                if not done or done[0].done_at is None:
+                    unsent.append(f"{sid}:{vis.key}")
+                    continue
+                start = max(vis.first_at, inc.activated_at)
+                excused = pauses + _bursts(world, {platform, kind})
+                allowed = within + _paused_overlap(excused, start, done[0].done_at)
+                if (done[0].done_at - start).total_seconds() > allowed:
+                    late.append(f"{vis.key} {(done[0].done_at - start).total_seconds():.0f}s")
+    ok = total > 0 and not late and not unread and not unsent
+    detail = f"{total - len(late) - len(unread) - len(unsent)}/{total} lead posts made during " \
+             f"incidents relayed on {channel} within {within:.0f}s"
+    for label, names in (("never read", unread), ("not relayed", unsent), ("late", late)):
+        if names:
+            detail += f"; {label}: {', '.join(names[:5])}"
+    return Outcome(f"lead_posts_relayed[{channel}]", ok, detail)
+
+
 def no_normal_post_outside_staffed_hours(x: Expectation, store: Store, catalog: Catalog,
                                          world: Any) -> Outcome:
     windows = store.windows()
@@ -192,6 +250,7 @@ def published_count(x: Expectation, store: Store, catalog: Catalog,
 
 CHECKS: dict[str, Callable[[Expectation, Store, Catalog, Any], Outcome]] = {
     "lead_amplified": lead_amplified,
+    "lead_posts_relayed": lead_posts_relayed,
     "no_normal_post_outside_staffed_hours": no_normal_post_outside_staffed_hours,
     "no_duplicates": no_duplicates,
     "nothing_left_queued": nothing_left_queued,

@@ -132,7 +132,7 @@ EXPECTATION_KINDS = (
     "lead_amplified", "no_normal_post_outside_staffed_hours", "no_duplicates",
     "nothing_left_queued", "audit_chain_verifies", "published_matches_simulator",
     "normal_item_paused_then_resumed", "over_cap_posts", "no_request_during_rate_limit",
-    "held_outside_staffed_hours", "published_count", "rate_limited",
+    "held_outside_staffed_hours", "published_count", "rate_limited", "lead_posts_relayed",
 )
 
 

@@ -59,6 +59,7 @@ log = structlog.get_logger(__name__)
 # started less than this (plus its own time-out and a margin) ago may still land on the
 # platform, so its absence there is not yet proof that it failed.
 SEND_DEADLINE_S = 30.0
+LOOKUP_ATTEMPTS = 3  # a lookup answered 5xx is asked again at once, this many times in all
 SETTLE_MARGIN_S = 5.0
 
 _STATE_FOR = {
@@ -460,7 +461,7 @@ class Dispatcher:
                          resend_refused: bool = False) -> str:
         """The request may have reached the platform: look before sending again."""
         try:
-            found = publisher.find_existing(item, update)
+            found = self._look(publisher, item, update)
         except PublishError as exc:
             status = exc.status
             transient = status is None or status >= 500 or status == 429
@@ -509,6 +510,22 @@ class Dispatcher:
             return "review"
         self._retry_later(item, now, f"not on the platform after: {why}", stats)
         return "retry"
+
+    def _look(self, publisher: Publisher, item: OutboxItem,
+              update: Update | None) -> PublishResult | None:
+        """``find_existing``, asked again at once when a busy platform answers 5xx (a lookup
+        is a read, safe to repeat; it may take several pages, any of which can fail)."""
+        for attempt in range(LOOKUP_ATTEMPTS):
+            try:
+                return publisher.find_existing(item, update)
+            except PublishError as exc:
+                busy = exc.status is not None and exc.status >= 500
+                if not busy or attempt == LOOKUP_ATTEMPTS - 1:
+                    raise
+                log.info("outbox.lookup_retry", item=item.id, channel=item.channel_id,
+                         attempt=attempt + 1, status=exc.status)
+                (self.sleep or time.sleep)(1.0 * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _settled_at(self, item: OutboxItem) -> datetime | None:
         """When the item's last request can no longer land on the platform."""

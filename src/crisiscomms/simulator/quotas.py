@@ -13,10 +13,13 @@ from crisiscomms.domain.clock import utc
 
 @dataclass(frozen=True, slots=True)
 class Quota:
-    """``limit`` units per ``window`` of simulated time."""
+    """``limit`` units per ``window`` of simulated time. ``aligned`` windows start at whole
+    multiples of ``window`` since the epoch (Mastodon's limiter: a recorded post at 13:53
+    resets at 15:00 in a 3-hour window) instead of at the first request."""
 
     limit: int
     window: timedelta
+    aligned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,17 +34,23 @@ class QuotaDecision:
 
 _15_MIN = timedelta(minutes=15)
 
-# Defaults from shared/reference/platform-facts.md (X pay-per-use per-user limits, Mastodon
-# 300 / 5 min per account, Bluesky 5,000 points / h with create = 3 points).
+# Defaults from shared/reference/platform-facts.md (X pay-per-use per-user limits; Mastodon
+# 300 requests / 5 min per account for the API in general, and a separate 300 / 3 h per
+# account that posting and boosting share, both epoch-aligned as recorded in
+# shared/recorded/mastodon/; Bluesky 5,000 points / h with create = 3 points).
 DEFAULT_QUOTAS: dict[str, Quota] = {
     "x:POST /2/tweets": Quota(100, _15_MIN),
+    # X's 24-hour windows (x-app-limit-24hour-*; "<key> user-24h" for x-user-limit-24hour-*,
+    # none by default: the legacy tiers had e.g. 17 posts / 24 h per user on Free).
+    "x:POST /2/tweets app-24h": Quota(10_000, timedelta(hours=24)),
     "x:POST /2/users/:id/retweets": Quota(50, _15_MIN),
     "x:GET /2/users/:id/tweets": Quota(900, _15_MIN),
     "x:GET /2/tweets/search/recent": Quota(450, _15_MIN),
     "x:GET /2/tweets/:id": Quota(900, _15_MIN),
     "x:GET /2/users/me": Quota(75, _15_MIN),
     "x:GET /2/users/by/username/:username": Quota(900, _15_MIN),
-    "mastodon:account": Quota(300, timedelta(minutes=5)),
+    "mastodon:account": Quota(300, timedelta(minutes=5), aligned=True),
+    "mastodon:statuses": Quota(300, timedelta(hours=3), aligned=True),
     "bluesky:points": Quota(5000, timedelta(hours=1)),
     "bluesky:createSession": Quota(30, timedelta(minutes=5)),
     "facebook:page": Quota(4800, timedelta(hours=24)),
@@ -68,6 +77,11 @@ class QuotaBook:
         return self._quotas.get(key)
 
     def _window(self, key: str, quota: Quota, now: datetime) -> tuple[datetime, int]:
+        if quota.aligned:
+            step = quota.window.total_seconds()
+            begun = datetime.fromtimestamp(now.timestamp() // step * step, now.tzinfo)
+            start, used = self._windows.get(key, (begun, 0))
+            return (start, used) if start == begun else (begun, 0)
         start, used = self._windows.get(key, (now, 0))
         if now >= start + quota.window:
             start, used = now, 0

@@ -7,10 +7,21 @@ itself never sets. ``wait_on_rate_limit`` stays ``False`` so a 429 reaches our s
 
 Retweeting something already retweeted (200 ``retweeted: true`` or 403 "already retweeted")
 counts as done. A retweet has no id of its own in v2, so its result id is ``rt:<tweet id>``.
+
+Text is sent as ``posttext.fit_body`` makes it: unchanged when it fits X's count (twitter-text
+v3: bare domains X links weigh 23 too), otherwise shortened by the README's rule, so an item
+queued before that count was right, or edited, never reaches X over-long; ``find_existing``
+compares with the same text, with everything X links (which it returns as t.co) left out.
+
+Limits: a 429 waits for the exhausted window (``x-rate-limit-*``, ``x-app-limit-24hour-*``,
+``x-user-limit-24hour-*``), read from the headers (``TooManyRequests.reset_time`` exists only
+from tweepy 4.17); a 429 ``UsageCapExceeded`` (the monthly cap) pauses the channel for the
+longest pause allowed (a day); a 402 is "X credits exhausted", permanent.
 """
 
 from __future__ import annotations
 
+import html
 import http.client
 import logging
 from collections.abc import Iterator, Mapping
@@ -25,6 +36,7 @@ from pydantic import SecretStr
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from crisiscomms.adapters.publishers._common import (
+    MAX_RESET,
     cannot_tell,
     match_key,
     reset_from_headers,
@@ -48,6 +60,7 @@ from crisiscomms.domain.models import (
     PublishResult,
     Update,
 )
+from crisiscomms.domain.posttext import fit_body, x_link_spans
 from crisiscomms.ports import Clock
 
 log = structlog.get_logger(__name__)
@@ -60,6 +73,7 @@ CREDENTIAL_ROLES = ("consumer_key", "consumer_secret", "access_token", "access_t
 DEFAULT_TIMEOUT = (5.0, 15.0)  # (connect, read) seconds
 _NATIVE_ACTIONS = frozenset({ActionKind.RETWEET, ActionKind.BOOST, ActionKind.REPOST})
 _ALREADY_RETWEETED_CODE = 327  # v1.1 code, still seen in some v2 answers
+_LIMIT_WINDOWS = ("x-rate-limit", "x-app-limit-24hour", "x-user-limit-24hour")
 
 
 def _quiet_tweepy_logger() -> None:
@@ -89,6 +103,38 @@ def _payload_data(response: Any) -> Any:
 def _status(exc: tweepy.HTTPException) -> int | None:
     status = getattr(exc.response, "status_code", None)
     return status if isinstance(status, int) else None
+
+
+def _problem_title(exc: tweepy.HTTPException) -> str:
+    try:
+        body = exc.response.json()
+    except (AttributeError, ValueError, RecursionError):
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    if str(body.get("type", "")).endswith("/usage-capped"):
+        return "UsageCapExceeded"
+    return str(body.get("title") or "")
+
+
+def _limit_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The reset to wait for: the latest among the windows at ``remaining: 0`` (the 24-hour
+    ones included), else ``x-rate-limit-reset``."""
+    lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+    resets = [lowered.get(f"{w}-reset", "") for w in _LIMIT_WINDOWS
+              if lowered.get(f"{w}-remaining", "").strip() == "0"]
+    numbers = [int(r) for r in resets if r.strip().isdigit()]
+    if numbers:
+        lowered["x-rate-limit-reset"] = str(max(numbers))
+    return lowered
+
+
+def _without_links(text: str) -> str:
+    """``text`` without what X links (it returns those as t.co), for recognising a post."""
+    spans = x_link_spans(text)
+    for start, end in reversed(spans):
+        text = text[:start] + " " + text[end:]
+    return text
 
 
 def _already_retweeted(exc: tweepy.HTTPException) -> bool:
@@ -176,18 +222,29 @@ class XPublisher:
         except PublishError:
             raise
         except tweepy.TooManyRequests as exc:
-            headers = dict(getattr(exc.response, "headers", None) or {})
-            if exc.reset_time is not None:
-                headers.setdefault("x-rate-limit-reset", str(exc.reset_time))
-            reset_at = reset_from_headers(headers, self._clock.now())
+            now = self._clock.now()
+            headers = _limit_headers(dict(getattr(exc.response, "headers", None) or {}))
+            reset_time = getattr(exc, "reset_time", None)  # tweepy >= 4.17 only
+            if reset_time is not None:
+                headers.setdefault("x-rate-limit-reset", str(reset_time))
+            message, reset_at = self._message(exc), reset_from_headers(headers, now)
+            if _problem_title(exc) == "UsageCapExceeded":
+                # The monthly cap does not lift in 15 minutes: pause as long as allowed.
+                message = f"{PLATFORM}: X monthly usage cap reached (429 UsageCapExceeded)"
+                reset_at = now + MAX_RESET
             raise RateLimitedError(
-                self._message(exc), reset_at=reset_at, channel_id=channel, status=429
+                message, reset_at=reset_at, channel_id=channel, status=429
             ) from exc
         except tweepy.TwitterServerError as exc:
             raise TransientPublishError(
                 self._message(exc), channel_id=channel, status=_status(exc)
             ) from exc
         except tweepy.HTTPException as exc:
+            if _status(exc) == 402:
+                raise PermanentPublishError(
+                    f"{PLATFORM}: X credits exhausted (402 CreditsDepleted): the X developer "
+                    "account has no credits left; nothing is posted until it is topped up",
+                    channel_id=channel, status=402) from exc
             raise PermanentPublishError(
                 self._message(exc), channel_id=channel, status=_status(exc)
             ) from exc
@@ -241,12 +298,13 @@ class XPublisher:
         with self._boundary():
             if native is not None and item.action in _NATIVE_ACTIONS:
                 return self._retweet(native)
+            text = self._text(item)
             if native is not None and item.action is ActionKind.QUOTE:
                 answer = self._client.create_tweet(
-                    text=item.body, quote_tweet_id=native.id, user_auth=True
+                    text=text, quote_tweet_id=native.id, user_auth=True
                 )
             else:
-                answer = self._client.create_tweet(text=item.body, user_auth=True)
+                answer = self._client.create_tweet(text=text, user_auth=True)
             tweet_id = str(_raw(_payload_data(answer))["id"])
         return PublishResult(post_id=tweet_id, url=self._status_url(tweet_id))
 
@@ -258,7 +316,7 @@ class XPublisher:
                 tweets = self._recent_tweets(item.sent_at)
         except PublishError as exc:
             raise cannot_tell(exc, platform=PLATFORM, channel_id=self.channel_id) from exc
-        wanted = match_key(item.body)
+        wanted = _match(self._text(item))
         for tweet in tweets:
             refs = {
                 (str(r.get("type")), str(r.get("id")))
@@ -277,7 +335,7 @@ class XPublisher:
                 return PublishResult(post_id=str(tweet["id"]), url=self._status_url(tweet["id"]))
             if (
                 "retweeted" not in {t for t, _ in refs}
-                and match_key(str(tweet.get("text") or "")) == wanted
+                and _match(str(tweet.get("text") or "")) == wanted
             ):
                 return PublishResult(post_id=str(tweet["id"]), url=self._status_url(tweet["id"]))
         return None
@@ -289,6 +347,14 @@ class XPublisher:
             session.close()
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _text(self, item: OutboxItem) -> str:
+        """The text to send: the body, shortened by the README's rule if X would refuse it."""
+        text = fit_body(item.body, Platform.X)
+        if text != item.body:
+            log.warning("publisher.x_text_shortened", channel=self.channel_id, item=item.id,
+                        reason="over 280 as X counts it (links 23, bare domains included)")
+        return text
 
     def _status_url(self, tweet_id: object) -> str:
         who = self._account or "i/web"
@@ -339,6 +405,10 @@ class XPublisher:
             if not token:
                 break
         return out
+
+
+def _match(text: str) -> str:
+    return match_key(_without_links(html.unescape(text)))
 
 
 def _next_token(answer: Any) -> str | None:

@@ -21,6 +21,7 @@ redaction before any request is made.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 
 import httpx
 import requests
@@ -40,7 +41,7 @@ from crisiscomms.adapters.sources.http import (
 from crisiscomms.adapters.sources.mastodon import MastodonSource
 from crisiscomms.adapters.sources.parsing import FeedParserPool, ParsedFeed
 from crisiscomms.adapters.sources.rss import RssSource
-from crisiscomms.adapters.sources.x import XSearchClient, XSource
+from crisiscomms.adapters.sources.x import DEFAULT_BACKFILL, XSearchClient, XSource
 from crisiscomms.adapters.xhttp import mount_base_url
 from crisiscomms.domain.config import SourceConfig
 from crisiscomms.domain.errors import ConfigError
@@ -76,6 +77,8 @@ def build_sources(
     base_urls: Mapping[str, str] | None = None,
     resolver: Resolver | None = None,
     credentials: Credentials | None = None,
+    x_backfill: timedelta | None = None,
+    x_cap_reset_day: int = 1,
 ) -> list[Source]:
     """Build one adapter per catalogue source, and one ``XSource`` for all X sources.
 
@@ -86,7 +89,9 @@ def build_sources(
     lookup as channel credentials). When ``parser`` is omitted a
     ``FeedParserPool`` is created and shared; it stops when the sources are dropped.
     Raises ``ConfigError`` if X sources are listed but no ``x_client_factory`` is given,
-    or an account locator is malformed.
+    or an account locator is malformed. ``x_backfill`` bounds how far back an X poll whose
+    cursor is too old for recent search reads (the playbooks' backfill window);
+    ``x_cap_reset_day`` is the day of the month X's usage cap resets.
     """
     overrides = dict(base_urls or {})
     fetcher = HttpFetcher(client, limits or FetchLimits(), resolver=resolver)
@@ -108,7 +113,8 @@ def build_sources(
             session = getattr(x_client, "session", None)
             if isinstance(session, requests.Session):
                 mount_base_url(session, overrides.get("x"))
-            sources.append(XSource(x_configs, x_client))
+            sources.append(XSource(x_configs, x_client, backfill=x_backfill or DEFAULT_BACKFILL,
+                                   cap_reset_day=x_cap_reset_day))
         elif kind in (SourceKind.RSS, SourceKind.CAP):
             if pool is None:
                 pool = FeedParserPool()
