@@ -292,3 +292,52 @@ def test_fit_body_keeps_links_and_hashtags_and_shortens_the_words() -> None:
     for link in ("essex.police.uk/news,", "gov.uk/floods", "nhs.uk"):
         assert link in fitted
     assert fit_body("short https://a.co/x #Tag", Platform.X) == "short https://a.co/x #Tag"
+
+
+# -- issue 12: what relayed text may not do --------------------------------------------------
+def test_relayed_text_never_creates_a_mention(platform_x=Platform.X):
+    """An official post tagging people must not tag them from our account."""
+    import re
+
+    src = "@NHSEngland @10DowningStreet vaccination centres open today #Covid19"
+    for platform in (Platform.X, Platform.MASTODON, Platform.BLUESKY, Platform.FACEBOOK):
+        text = compose("{agency}: {text} {hashtags}",
+                       {"agency": "NHS", "text": src}, ["#EssexFloods"], platform)
+        assert not re.search(r"(?<![\w@])[@＠]\w", text), (platform, text)
+        assert "NHSEngland" in text and "10DowningStreet" in text  # the words stay
+
+
+def test_foreign_hashtags_are_kept_only_if_the_playbook_allows_them():
+    src = "Vaccination centres open today #Covid19 #StaySafe"
+    text = compose("{text} {hashtags}", {"text": src}, ["#EssexFloods"], Platform.X)
+    assert "#Covid19" not in text and "Covid19" in text and "#EssexFloods" in text
+    kept = compose("{text} {hashtags}", {"text": src}, ["#EssexFloods"], Platform.X,
+                   keep_source_hashtags=True)
+    assert "#Covid19" in kept and "#StaySafe" in kept
+
+
+def test_the_same_text_is_not_said_twice():
+    """An X post's title is its text: a Facebook template with both says it once."""
+    tweet = "Road closed at Chelmer Bridge. Use the A12 instead."
+    text = compose("{agency}: {title}\n\n{text}\n\n{url}\n\n{hashtags}",
+                   {"agency": "Essex Police", "title": tweet, "text": tweet,
+                    "url": "https://x.com/EssexPoliceUK/status/1"},
+                   ["#EssexFloods"], Platform.FACEBOOK)
+    assert text.count("Road closed") == 1
+
+
+def test_our_hashtag_is_not_repeated_when_the_source_already_has_it():
+    text = compose("{title} {text} {hashtags}",
+                   {"title": "Flood update #EssexFloods", "text": "Flood update #EssexFloods"},
+                   ["#EssexFloods"], Platform.X)
+    assert text.lower().count("#essexfloods") == 1
+
+
+def test_facebook_keeps_paragraph_breaks():
+    text = compose("{agency}: {title}\n\n{text}\n\n{url}",
+                   {"agency": "EA", "title": "Flood warning",
+                    "text": "Move valuables upstairs.\n\nCall Floodline.",
+                    "url": "https://check-for-flooding.service.gov.uk/x"}, [],
+                   Platform.FACEBOOK)
+    assert text == ("EA: Flood warning\n\nMove valuables upstairs.\n\nCall Floodline.\n\n"
+                    "https://check-for-flooding.service.gov.uk/x")

@@ -261,6 +261,9 @@ class Playbook(_Model):
     approval: Approval = Approval()
     hourly_ceiling: Annotated[int, Field(ge=1)] = 20
     backfill_minutes: Annotated[int, Field(ge=0)] = 120
+    # Relayed text keeps the sources' own hashtags ("#Covid19") only if this says so; ours
+    # (the incident's) are always added.
+    keep_source_hashtags: bool = False
     activation_message: str | None = None
     stand_down_message: str | None = None
 

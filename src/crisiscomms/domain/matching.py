@@ -107,7 +107,7 @@ def _fields(update: Update, catalog: Catalog) -> dict[str, str]:
 
 def _item(scope: str, action: ChannelAction, update: Update, catalog: Catalog,
           hashtags: Sequence[str], *, incident_id: int | None, is_lead: bool,
-          approval: str) -> NewOutboxItem:
+          approval: str, keep_source_hashtags: bool = False) -> NewOutboxItem:
     platform = catalog.channels[action.channel].platform
     hashtags_text = " ".join(hashtags)
     fields = {**_fields(update, catalog), "hashtags": hashtags_text}
@@ -119,7 +119,8 @@ def _item(scope: str, action: ChannelAction, update: Update, catalog: Catalog,
     return NewOutboxItem(
         dedupe_key=dedupe_key(scope, action.channel, action.action, update),
         channel_id=action.channel, action=act,
-        text=compose(action.template, fields, list(hashtags), platform),
+        text=compose(action.template, fields, list(hashtags), platform,
+                     keep_source_hashtags=keep_source_hashtags),
         update_id=update.id, incident_id=incident_id, source_id=update.source_id,
         is_lead=is_lead, severity_rank=update.severity_rank, published_at=update.published_at,
         approval=approval, native=update.native if native_ok else None, url=update.url,
@@ -203,11 +204,13 @@ def match(recorded: RecordedUpdate, *, catalog: Catalog, incidents: Sequence[Inc
                     continue  # the alert was not relayed there: no thread to answer in
                 items.append(replace(_item(f"i{inc.id}", action, update, catalog,
                                            list(inc.hashtags), incident_id=inc.id,
-                                           is_lead=is_lead, approval=approval),
+                                           is_lead=is_lead, approval=approval,
+                                           keep_source_hashtags=pb.keep_source_hashtags),
                                      reply_to_item=threads[action.channel]))
                 continue
             items.append(_item(f"i{inc.id}", action, update, catalog, list(inc.hashtags),
-                               incident_id=inc.id, is_lead=is_lead, approval=approval))
+                               incident_id=inc.id, is_lead=is_lead, approval=approval,
+                               keep_source_hashtags=pb.keep_source_hashtags))
         reasons.append(f"queued for incident {inc.id}")
     src = catalog.sources.get(update.source_id)
     if not covered and src is not None and src.watch == "always":

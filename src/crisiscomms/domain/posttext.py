@@ -216,13 +216,15 @@ def _contains_tag(text: str, tag: str) -> bool:
     return regex.search(pattern, text, regex.IGNORECASE) is not None
 
 
-def _render(pieces: list[tuple[str, str | None]], values: Mapping[str, str]) -> str:
+def _render(pieces: list[tuple[str, str | None]], values: Mapping[str, str], *,
+            paragraphs: bool = False) -> str:
     out = []
     for literal, name in pieces:
         out.append(literal)
         if name:
             out.append(values.get(name, ""))
-    return unicodedata.normalize("NFC", collapse_whitespace("".join(out)))
+    tidy = _keep_paragraphs if paragraphs else collapse_whitespace
+    return unicodedata.normalize("NFC", tidy("".join(out)))
 
 
 def truncate(value: str, graphemes: int) -> str:
@@ -283,11 +285,39 @@ def _hard_cut(text: str, platform: Platform) -> str:
     return "".join(clusters[:lo]).rstrip() + ELLIPSIS if lo else ""
 
 
+# Relayed words are the agency's, but our account must never tag people or causes with them:
+# "@name" gets a WORD JOINER after the "@" (invisible, and no platform's mention syntax matches
+# it any more), and a foreign "#tag" loses its "#" unless the playbook keeps source hashtags.
+SOURCE_FIELDS = ("title", "text", "area", "event", "severity")
+WORD_JOINER = "\u2060"
+_MENTION = regex.compile(r"(?<![\w@＠/])([@＠])(?=\w)")
+_HASHTAG = regex.compile(r"(?<![\w#&/=?])[#＃](\w+)")
+_PARAGRAPHS = regex.compile(r"\n\s*\n")
+
+
+def inert(value: str, *, keep_hashtags: bool, ours: Sequence[str] = ()) -> str:
+    """``value`` with its mentions made inert and, unless kept, foreign hashtags made words."""
+    value = _MENTION.sub(lambda m: m.group(1) + WORD_JOINER, value)
+    if keep_hashtags:
+        return value
+    mine = {t.lower() for t in ours}
+    return _HASHTAG.sub(lambda m: m.group(0) if m.group(0).lower() in mine else m.group(1),
+                        value)
+
+
+def _keep_paragraphs(text: str) -> str:
+    """Whitespace tidied, but paragraph breaks kept (Facebook shows them)."""
+    parts = [collapse_whitespace(p) for p in _PARAGRAPHS.split(text)]
+    return "\n\n".join(p for p in parts if p)
+
+
 def compose(
     template: str,
     fields: Mapping[str, str],
     hashtags: Sequence[str],
     platform: Platform,
+    *,
+    keep_source_hashtags: bool = False,
 ) -> str:
     """Render ``template`` with ``fields`` and fit the result to ``platform``.
 
@@ -300,8 +330,19 @@ def compose(
     """
     pieces = _parse_template(template)
     used = {name for _literal, name in pieces if name}
-    values = {name: collapse_whitespace(str(fields.get(name, ""))) for name in TEMPLATE_FIELDS}
+    paragraphs = platform is Platform.FACEBOOK
+    tidy = _keep_paragraphs if paragraphs else collapse_whitespace
+    values = {name: tidy(str(fields.get(name, ""))) for name in TEMPLATE_FIELDS}
     tags = [collapse_whitespace(t) for t in hashtags if t.strip()]
+    for name in SOURCE_FIELDS:
+        values[name] = inert(values[name], keep_hashtags=keep_source_hashtags, ours=tags)
+    title, body = values["title"].rstrip("…. "), values["text"]
+    if "title" in used and "text" in used and title and body.startswith(title):
+        values["title"] = ""  # an X post's title is its text: say it once
+    if tags and "hashtags" in used:
+        # Our hashtags once: not again when the relayed words already carry them.
+        said = " ".join(values[n] for n in used if n != "hashtags")
+        tags = [t for t in tags if not _contains_tag(said, t)]
     if tags and "hashtags" not in used:
         # Incident hashtags go on every post: a template without {hashtags} gets the ones its
         # own wording does not already contain, at the end.
@@ -313,7 +354,7 @@ def compose(
     if tags:
         values["hashtags"] = " ".join(tags)
 
-    text = _render(pieces, values)
+    text = _render(pieces, values, paragraphs=paragraphs)
     if fits(text, platform):
         return text
     for name in _SHRINK_ORDER:
