@@ -394,3 +394,37 @@ def test_an_accounts_own_thread_is_a_reply_to_itself(
     dropped = client.get(SEARCH, headers=auth, params={
         "query": "(from:111) -is:reply -is:retweet", "tweet.fields": fields}).json()
     assert [t["id"] for t in dropped["data"]] == [root]
+
+
+def test_a_cap_follow_up_on_x_is_a_reply_to_our_own_post():
+    """Issue 12: a CAP Update/Cancel is sent in the thread of our post of the alert
+    (``reply.in_reply_to_tweet_id`` of POST /2/tweets)."""
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from pydantic import SecretStr
+
+    from crisiscomms.adapters.publishers.x import XPublisher
+    from crisiscomms.domain.clock import FixedClock
+    from crisiscomms.domain.models import ActionKind, ItemState, OutboxItem
+    from crisiscomms.simulator import World, serve
+
+    clock = FixedClock(datetime(2026, 1, 5, 10, 0, tzinfo=UTC))
+    world = World(clock)
+    me = world.accounts.x_me.id
+    creds = {"consumer_key": SecretStr("ck"), "consumer_secret": SecretStr("cs"),
+             "access_token": SecretStr(f"{me}-at"), "access_token_secret": SecretStr("ats")}
+    with serve(world) as sim:
+        pub = XPublisher("x", credentials=creds, clock=clock, account="@nhs",
+                         base_url=sim.url_for("x"))
+        try:
+            alert = OutboxItem(id=1, dedupe_key="a", channel_id="x", action=ActionKind.POST,
+                               text="Flood warning for the Chelmer", state=ItemState.SENDING,
+                               created_at=clock.now())
+            first = pub.publish(alert, None)
+            second = pub.publish(replace(alert, id=2, dedupe_key="u",
+                                         text="Update: the warning is extended",
+                                         reply_to=first.post_id), None)
+        finally:
+            pub.close()
+    assert world.state["x.replies"] == {second.post_id: first.post_id}

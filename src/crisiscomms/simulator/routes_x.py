@@ -495,6 +495,8 @@ async def create_tweet(request: Request) -> Response:
     body = await params(request)
     text = str(body.get("text") or "")
     quote_id = str(body.get("quote_tweet_id") or "")
+    reply = body.get("reply")
+    reply_to = str(reply.get("in_reply_to_tweet_id") or "") if isinstance(reply, dict) else ""
     if not text.strip():
         return _bad_param("text", text, "The `text` field can not be empty")
     if len(text) > 25_000 or weighted(text) > _MAX_WEIGHTED:
@@ -514,6 +516,8 @@ async def create_tweet(request: Request) -> Response:
                 return problem(403, _DUPLICATE, "Forbidden")
         me = world.accounts.x_me
         post_id = x_snowflake(now, world.next_seq())
+        if reply_to:  # a reply in a thread: which post it answers
+            world.state.setdefault("x.replies", {})[post_id] = reply_to
         world.record_post(
             SimPost(
                 "x",

@@ -303,6 +303,11 @@ class XPublisher:
                 answer = self._client.create_tweet(
                     text=text, quote_tweet_id=native.id, user_auth=True
                 )
+            elif item.reply_to:
+                # A CAP follow-up answers our own post of the alert, in its thread.
+                answer = self._client.create_tweet(
+                    text=text, in_reply_to_tweet_id=item.reply_to, user_auth=True
+                )
             else:
                 answer = self._client.create_tweet(text=text, user_auth=True)
             tweet_id = str(_raw(_payload_data(answer))["id"])
