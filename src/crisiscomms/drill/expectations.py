@@ -11,6 +11,7 @@ from typing import Any
 from crisiscomms.domain.clock import parse_instant
 from crisiscomms.domain.config import Catalog
 from crisiscomms.domain.matching import lead_agency_sources
+from crisiscomms.domain.models import SEVERITY_RANK
 from crisiscomms.domain.workcal import is_staffed
 from crisiscomms.drill.scenario import Expectation, Scenario
 from crisiscomms.ports import Store
@@ -95,6 +96,22 @@ def _sim_id(source: Any) -> str:
     if kind in ("mastodon", "bluesky"):
         return (source.account or "").rstrip("/").rsplit("/", 1)[-1].lstrip("@")
     return str(source.id)
+
+
+def nothing_below_severity(x: Expectation, store: Store, catalog: Catalog,
+                           world: Any) -> Outcome:
+    """No published item from ``source`` relays an update whose CAP severity is below
+    ``severity`` (e.g. no Environment Agency flood *alert* where the playbook says warnings)."""
+    floor = SEVERITY_RANK.get((x.severity or "Severe").lower(), 0)
+    low = []
+    for item in store.items(states=["published"]):
+        if item.update_id is None or (x.source and item.source_id != x.source):
+            continue
+        cap = store.get_update(item.update_id).cap
+        if cap is not None and SEVERITY_RANK.get(cap.severity.lower(), 0) < floor:
+            low.append(f"item {item.id} on {item.channel_id} ({cap.severity}: {cap.event})")
+    return Outcome(f"nothing_below_severity[{x.source or 'all'}]", not low,
+                   f"{len(low)} relayed below {x.severity}" + (f": {low[:3]}" if low else ""))
 
 
 def lead_posts_relayed(x: Expectation, store: Store, catalog: Catalog,
@@ -251,6 +268,7 @@ def published_count(x: Expectation, store: Store, catalog: Catalog,
 CHECKS: dict[str, Callable[[Expectation, Store, Catalog, Any], Outcome]] = {
     "lead_amplified": lead_amplified,
     "lead_posts_relayed": lead_posts_relayed,
+    "nothing_below_severity": nothing_below_severity,
     "no_normal_post_outside_staffed_hours": no_normal_post_outside_staffed_hours,
     "no_duplicates": no_duplicates,
     "nothing_left_queued": nothing_left_queued,

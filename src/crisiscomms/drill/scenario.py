@@ -133,6 +133,7 @@ EXPECTATION_KINDS = (
     "nothing_left_queued", "audit_chain_verifies", "published_matches_simulator",
     "normal_item_paused_then_resumed", "over_cap_posts", "no_request_during_rate_limit",
     "held_outside_staffed_hours", "published_count", "rate_limited", "lead_posts_relayed",
+    "nothing_below_severity",
 )
 
 
@@ -145,6 +146,7 @@ class Expectation(_Model):
     within_seconds: Annotated[float, Field(gt=0)] | None = None
     min: Annotated[int, Field(ge=0)] | None = None
     max: Annotated[int, Field(ge=0)] | None = None
+    severity: str | None = None  # nothing_below_severity: the lowest CAP severity relayed
 
     @field_validator("kind")
     @classmethod
