@@ -462,7 +462,7 @@ async def test_bluesky_author_feed(fetcher: HttpFetcher, mock: respx.MockRouter)
     result = await src.poll(state_for(src.key), NOW)
     params = route.calls[0].request.url.params
     assert params["actor"] == "essexpolice.bsky.social"
-    assert params["filter"] == "posts_no_replies"
+    assert params["filter"] == "posts_and_author_threads"
     newest, older = result.updates  # pinned, repost and other authors skipped
     assert newest.external_id == "at://did:plc:essexpolice/app.bsky.feed.post/3kabc0000002"
     assert newest.title.startswith("The A12 is closed northbound")
@@ -504,3 +504,32 @@ def test_bluesky_actor_locators() -> None:
     for bad in ("https://bsky.app/", "", "a b"):
         with pytest.raises(ConfigError):
             parse_actor(bad)
+
+
+async def test_bluesky_keeps_the_agencys_own_thread_and_drops_replies_to_others(
+        fetcher: HttpFetcher, mock: respx.MockRouter) -> None:
+    """Issue 11: an agency's thread ("1/4 ... 2/4") is replies to itself; ask for
+    ``posts_and_author_threads`` and keep a reply whose ``reply.parent`` is the same DID."""
+    me = "did:plc:essexpolice"
+
+    def post(rkey: str, text: str, parent: str | None = None) -> dict:
+        record: dict = {"$type": "app.bsky.feed.post", "text": text,
+                        "createdAt": "2026-02-10T14:00:00.000Z"}
+        if parent:
+            ref = {"uri": parent, "cid": "bafyparent"}
+            record["reply"] = {"root": ref, "parent": ref}
+        return {"post": {"uri": f"at://{me}/app.bsky.feed.post/{rkey}", "cid": f"bafy{rkey}",
+                         "author": {"did": me, "handle": "essexpolice.bsky.social"},
+                         "record": record, "indexedAt": "2026-02-10T14:00:01.000Z"}}
+
+    first = f"at://{me}/app.bsky.feed.post/3kthread0001"
+    feed = {"feed": [post("3kthread0001", "1/2 Flooding on the A12"),
+                     post("3kthread0002", "2/2 Use the A120 instead", parent=first),
+                     post("3kreply00003", "@someone thanks",
+                          parent="at://did:plc:someone/app.bsky.feed.post/3kq")]}
+    route = mock.get(BSKY).mock(return_value=httpx.Response(200, json=feed))
+    src = BlueskySource(make_config(SourceKind.BLUESKY), fetcher)
+    result = await src.poll(state_for(src.key), NOW)
+    assert route.calls[0].request.url.params["filter"] == "posts_and_author_threads"
+    assert sorted(u.external_id.rsplit("/", 1)[-1] for u in result.updates) == [
+        "3kthread0001", "3kthread0002"]

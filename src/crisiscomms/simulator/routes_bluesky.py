@@ -308,8 +308,13 @@ async def get_author_feed(request: Request) -> Response:
         if handle is None:
             return _error(400, "InvalidRequest", "Profile not found")
         posts = _scripted_posts(world, handle)
-    if q.get("filter") in ("posts_no_replies", "posts_and_author_threads"):
+    if q.get("filter") == "posts_no_replies":
         posts = [p for p in posts if not p["record"].get("reply")]
+    elif q.get("filter") == "posts_and_author_threads":
+        # Replies only where the author answers itself (its threads), as the AppView does.
+        posts = [p for p in posts if not p["record"].get("reply") or str(
+            p["record"]["reply"].get("parent", {}).get("uri", "")).startswith(
+                f"at://{p['author']['did']}/")]
     posts.sort(key=lambda p: (p["record"]["createdAt"], p["rkey"]), reverse=True)
     cursor = q.get("cursor", "sim0")
     offset = int(cursor[3:]) if cursor.startswith("sim") and cursor[3:].isdigit() else 0

@@ -1,6 +1,8 @@
 """A Bluesky account's own posts via the public AppView (no login).
 
-``GET {base}/xrpc/app.bsky.feed.getAuthorFeed?actor=HANDLE&filter=posts_no_replies``
+``GET {base}/xrpc/app.bsky.feed.getAuthorFeed?actor=HANDLE&filter=posts_and_author_threads``
+(the account's posts and its own threads: a reply is kept only when its parent is the same
+account, so "1/4 ... 2/4" comes through and replies to others do not)
 (base ``https://public.api.bsky.app`` unless overridden). Items with a ``reason``
 (reposts, pinned posts) and posts by any other author are skipped. The account's DID
 is remembered in ``extra["bluesky_did"]`` on the first poll; if the handle later points at
@@ -82,7 +84,7 @@ class BlueskySource:
             sid = self.key
             response = await self._fetcher.fetch(
                 f"{self.base_url}/xrpc/app.bsky.feed.getAuthorFeed", source_id=sid,
-                params={"actor": self.actor, "filter": "posts_no_replies",
+                params={"actor": self.actor, "filter": "posts_and_author_threads",
                         "limit": str(PAGE_LIMIT)},
                 etag=state.etag, max_bytes=self._max_bytes,
                 allow_private=self.config.allow_private_network,
@@ -135,8 +137,13 @@ class BlueskySource:
         if not uri.startswith("at://") or not cid:
             return None
         record = as_dict(post.get("record"))
-        if as_dict(record.get("reply")):
-            return None
+        reply = as_dict(record.get("reply"))
+        if reply:
+            # Only the account's own thread: the parent must be a post of the same DID.
+            author = as_str(as_dict(post.get("author")).get("did"), 200)
+            parent = as_str(as_dict(reply.get("parent")).get("uri"), 500)
+            if not author or not parent.startswith(f"at://{author}/"):
+                return None
         rkey = uri.rstrip("/").rsplit("/", 1)[-1]
         url = f"https://bsky.app/profile/{quote(self.actor)}/post/{quote(rkey)}"
         text = tidy(as_str(record.get("text"), 20_000))
