@@ -540,7 +540,11 @@ class Dispatcher:
         stats = stats or DispatchStats()
         with self.store.reader() as r:
             expired = r.outbox.expired(now)
+            paused = {cid for cid, st in r.channels.list().items()
+                      if st.paused_until is not None and st.paused_until > now}
         for item in expired:
+            if item.channel_id in paused:
+                continue  # the platform said wait: not even a lookup goes before its reset
             try:
                 mine = self._save(item, outbox.take_over(item, owner=self.worker_id, now=now,
                                                          until=now + self.lease),

@@ -67,6 +67,7 @@ class FaultsAndLog:
             await _send_error(send, status)
             return
         logged = False
+        note_fault = ["accept_then_5xx"]  # cleared when the fault does not apply
 
         def record(status: int) -> None:
             # Log before the client can see the response, so tests that read the log right
@@ -76,7 +77,7 @@ class FaultsAndLog:
                 return
             logged = True
             note = f"accept_then_timeout:{status}" if roll.hang else (
-                f"accept_then_5xx:{status}" if roll.accept_5xx else (
+                f"accept_then_5xx:{status}" if roll.accept_5xx and note_fault[0] else (
                     "slow_accept" if roll.slow_accept else ""))
             quota_key, reset_at = str(state.get("quota_key", "")), state.get("reset_at")
             world.log_request(
@@ -92,10 +93,19 @@ class FaultsAndLog:
                 )
             )
 
+        replaced = False  # accepted (2xx), then answered 5xx instead
+
         async def capture(message: Message) -> None:
+            nonlocal replaced
             if message["type"] == "http.response.start":
-                record(int(message["status"]))
-            if roll.accept_5xx:
+                status = int(message["status"])
+                # Only a post the platform accepted can be "accepted, then 5xx"; a refusal
+                # (a 429, a 400) is answered as it is.
+                replaced = roll.accept_5xx and 200 <= status < 300
+                if roll.accept_5xx and not replaced:
+                    note_fault[0] = ""
+                record(status)
+            if replaced:
                 return  # the real answer is replaced by a 5xx below
             if not roll.hang:
                 await send(message)
@@ -105,7 +115,7 @@ class FaultsAndLog:
         except Exception:
             record(500)  # Starlette's error middleware answers 500 outside this one
             raise
-        if roll.accept_5xx:
+        if replaced:
             log.info("simulator.fault", fault="accept_then_5xx", path=path)
             await _send_error(send, world.faults.status_5xx)
             return
