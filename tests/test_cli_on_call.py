@@ -102,3 +102,40 @@ def test_ctrl_c_on_watch_exits_130(tmp_path, playbooks_dir):
         proc.send_signal(sig)
         codes[sig.name] = proc.wait(timeout=30)
     assert codes == {"SIGINT": 130, "SIGTERM": 0}
+
+
+def test_validate_says_which_playbooks_cannot_be_activated(cli, tmp_path):
+    """With the bundled (unpinned) sources.yaml, validate must not say a bare "ok": it names
+    each playbook that cannot be activated and why, and --strict exits non-zero."""
+    from pathlib import Path
+
+    bundled = Path(__file__).resolve().parents[1] / "playbooks"
+    r = cli("playbooks", "validate", str(bundled))
+    assert r.code == 0
+    assert "cannot be activated: flooding" in r.err or "flooding cannot be activated" in r.err
+    r = cli("playbooks", "validate", "--strict", str(bundled))
+    assert r.code == 3 and "flooding" in r.err
+
+
+def test_validate_strict_passes_when_every_playbook_can_be_activated(cli, playbooks_dir):
+    r = cli("playbooks", "validate", "--strict", str(playbooks_dir))
+    assert r.code == 0 and r.out.startswith("ok:")
+
+
+def test_activate_warns_loudly_when_no_watcher_uses_this_database(cli, home):
+    r = cli("activate", "flooding", "--reason", "r")
+    assert r.code == 0
+    assert "no watcher has been seen on this database" in r.err
+    assert str(home / "crisiscomms.db") in r.err
+    cli("deactivate", "--reason", "done")
+    from crisiscomms.adapters.store import open_store
+    from crisiscomms.domain.clock import SystemClock
+    from crisiscomms.domain.models import WatcherInfo
+
+    store = open_store(f"sqlite:///{home / 'crisiscomms.db'}")
+    now = SystemClock().now()
+    with store.unit_of_work() as uow:
+        uow.watchers.heartbeat(WatcherInfo("relay:1", "relay", 1, now, now))
+        uow.commit()
+    r = cli("activate", "flooding", "--reason", "again")
+    assert r.code == 0 and "no watcher has been seen" not in r.err

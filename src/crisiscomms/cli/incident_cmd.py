@@ -41,6 +41,13 @@ def activate(
                       lead=lead)
     for line in channel_warnings(app, inc.playbook):
         typer.echo(f"warning: {line}", err=True)
+    now = app.clock.now()
+    if not any((now - w.last_seen_at).total_seconds() <= LIVE_SECONDS
+               for w in app.store.watchers()):
+        typer.echo(f"WARNING: no watcher has been seen on this database "
+                   f"({app.store.describe()}) in the last {LIVE_SECONDS // 60} minutes: nothing "
+                   "will be relayed until 'crisiscomms watch' runs against it (check "
+                   "CRISISCOMMS_DATABASE_URL / CRISISCOMMS_HOME, or the service)", err=True)
     if json_out:
         echo_json(incident_json(inc))
         return

@@ -9,6 +9,7 @@ import typer
 
 from crisiscomms.adapters.playbooks import load_catalog
 from crisiscomms.cli.state import echo_json, settings
+from crisiscomms.domain.errors import RefusedError
 
 app = typer.Typer(help="Validate, list and show playbooks.", no_args_is_help=True)
 
@@ -17,12 +18,26 @@ app = typer.Typer(help="Validate, list and show playbooks.", no_args_is_help=Tru
 def validate(
     directory: Annotated[Path | None, typer.Argument(
         help="Playbooks folder (default: the configured one).")] = None,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Exit 3 if any playbook cannot be activated.")] = False,
 ) -> None:
-    """Validate every playbook file; errors name the file, the key and what is wrong."""
+    """Validate every playbook file; errors name the file, the key and what is wrong. Says
+    which playbooks cannot be activated, and why (with --strict that is a failure)."""
     cat = load_catalog(directory or settings().playbooks_dir)
     for w in cat.warnings():
         typer.echo(f"warning: {w}", err=True)
-    typer.echo(f"ok: {cat.directory}: policy, {len(cat.sources)} sources, "
+    blocked = []
+    for name, pb in sorted(cat.playbooks.items()):
+        try:
+            cat.check_activatable(pb)
+        except RefusedError as exc:
+            blocked.append(name)
+            typer.echo(f"warning: {name} cannot be activated: {exc}", err=True)
+    if blocked and strict:
+        raise RefusedError(f"{len(blocked)} of {len(cat.playbooks)} playbooks cannot be "
+                           f"activated: {', '.join(blocked)} (see the warnings above)")
+    state = "ok" if not blocked else f"valid, but {len(blocked)} cannot be activated"
+    typer.echo(f"{state}: {cat.directory}: policy, {len(cat.sources)} sources, "
                f"{len(cat.channels)} channels, {len(cat.playbooks)} playbooks "
                f"({', '.join(sorted(cat.playbooks))})")
 
