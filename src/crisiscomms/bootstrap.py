@@ -137,12 +137,15 @@ class App:
                 out[role] = value
         return out
 
-    def missing_credentials(self, channel_id: str) -> list[str]:
-        """The environment variables a channel needs that are unset (names, never values)."""
+    def missing_credentials(self, channel_id: str,
+                            creds: dict[str, Any] | None = None) -> list[str]:
+        """The environment variables a channel needs that are unset (names, never values);
+        ``creds``: the channel's credentials when already read."""
         from crisiscomms.adapters.publishers import missing_credentials
 
         channel = self.catalog.channels[channel_id]
-        missing = missing_credentials(channel.platform, self.credentials(channel_id))
+        found = self.credentials(channel_id) if creds is None else creds
+        missing = missing_credentials(channel.platform, found)
         return [channel.credentials.get(role, role) for role in missing]
 
     def build_publishers(self, *, dry_run: bool) -> dict[str, Publisher]:
@@ -159,7 +162,7 @@ class App:
             register_secrets(creds.values())
             base = self.settings.channel_base_urls.get(channel.id) or channel.base_url
             channel = channel.model_copy(update={"base_url": base})
-            missing = self.missing_credentials(channel.id)
+            missing = self.missing_credentials(channel.id, creds)
             if missing and not (dry_run or self.settings.dry_run):
                 # Loudly broken, never a silent dry run (its posts would count as published).
                 log.error("publisher.credentials_missing", channel=channel.id, unset=missing)

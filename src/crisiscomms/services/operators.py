@@ -13,11 +13,8 @@ def check_operator(store: Store, catalog: Catalog, clock: Clock, operator: str,
     """Refuse (and audit the refusal) if policy.yaml lists operators and this is not one."""
     allowed = catalog.policy.operators
     if allowed and operator not in allowed:
-        with store.unit_of_work() as uow:
-            uow.audit.append(NewAuditEvent(
-                operator, f"{action}.refused", subject,
-                f"operator {operator!r} is not listed in policy.yaml operators", clock.now()))
-            uow.commit()
+        audit_refusal(store, clock, operator, f"{action}.refused", subject,
+                      f"operator {operator!r} is not listed in policy.yaml operators")
         raise RefusedError(f"operator {operator!r} may not {action.split('.')[-1]}: not listed "
                            f"in {catalog.files.get('policy')} operators")
 

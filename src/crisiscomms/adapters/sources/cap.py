@@ -116,8 +116,7 @@ class CapSource:
                 accept=f"{CAP_ACCEPT}, {FEED_ACCEPT}",
             )
             if response.not_modified:
-                return replace(not_modified_result(state),
-                               extra=record_move(state.extra, response))
+                return not_modified_result(state, response)
             validators = (response.headers.get("etag"), response.headers.get("last-modified"))
             if looks_like_cap(response.body):
                 # The URL is a single CAP document, not an index.

@@ -31,7 +31,6 @@ level   EA meaning                 severity  urgency    certainty  msg_type
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -128,8 +127,7 @@ class EaFloodsSource:
                 accept="application/json", now=now,
             )
             if response.not_modified:
-                return replace(not_modified_result(state),
-                               extra=record_move(state.extra, response))
+                return not_modified_result(state, response)
             data = decode_json(response.body, source_id=sid, what="flood-monitoring JSON")
             items = data.get("items") if isinstance(data, dict) else None
             if not isinstance(items, list):

@@ -16,7 +16,6 @@ Yellow -> Moderate; urgency and certainty Unknown) so severity filters work on t
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from datetime import datetime
 
 import structlog
@@ -97,11 +96,14 @@ async def parse_feed(
     return parsed
 
 
-def not_modified_result(state: SourceState) -> PollResult:
-    """The result for a 304: nothing new, validators and memory unchanged."""
+def not_modified_result(state: SourceState,
+                        response: FetchResponse | None = None) -> PollResult:
+    """The result for a 304: nothing new, validators and memory unchanged (but a permanent
+    redirect on the way to the 304 is recorded, see ``http.record_move``)."""
+    extra = record_move(state.extra, response) if response is not None else dict(state.extra)
     return PollResult(
         not_modified=True, etag=state.etag, last_modified=state.last_modified,
-        cursor=state.cursor, extra=dict(state.extra),
+        cursor=state.cursor, extra=extra,
     )
 
 
@@ -175,8 +177,7 @@ class RssSource:
                 self._fetcher, self.config, state, now, max_bytes=self._max_bytes
             )
             if response.not_modified:
-                return replace(not_modified_result(state),
-                               extra=record_move(state.extra, response))
+                return not_modified_result(state, response)
             parsed = await parse_feed(self._parser, self.config, response)
             seen: set[str] = set()
             updates = []

@@ -163,9 +163,8 @@ class MemUpdates(_Repo):
         return None if best is None else (best.revision, best.content_hash)
 
     def add(self, update: Update, *, revision: int, baseline: bool) -> Update:
-        if self.latest(update.source_id, update.external_id) is not None and any(
-                u.source_id == update.source_id and u.external_id == update.external_id
-                and u.revision == revision for u, _, _ in self.t.updates.values()):
+        if any(u.source_id == update.source_id and u.external_id == update.external_id
+               and u.revision == revision for u, _, _ in self.t.updates.values()):
             raise StoreError(f"update {update.source_id}/{update.external_id} revision "
                              f"{revision} exists")
         stored = replace(update, id=self.t.next_id("updates"), revision=revision)
