@@ -251,9 +251,11 @@ class App:
             publishers = self.build_publishers(dry_run=dry_run)
             identity = WatcherInfo(self.worker_id, socket.gethostname(), os.getpid(),
                                    self.clock.now(), self.clock.now())
+            from crisiscomms.services.notices import build_notice_chores
+
             yield RunLoop(store=self.store, clock=self.clock, watcher=self.watcher(sources),
                           dispatcher=self.dispatcher(publishers), identity=identity,
-                          rng=self.rng)
+                          rng=self.rng, chores=[*build_notice_chores(self)])
         finally:
             for src in sources:
                 with contextlib.suppress(Exception):

@@ -6,7 +6,7 @@ Everything else receives ``now`` as a parameter or a ``Clock`` from the composit
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 
 def utc(dt: datetime) -> datetime:
@@ -27,6 +27,28 @@ def parse_instant(text: str) -> datetime:
 def isoformat(dt: datetime) -> str:
     """Canonical UTC ISO-8601 text used in the store and in JSON output."""
     return utc(dt).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def shown(dt: datetime | None, tz: tzinfo, *, seconds: bool = False) -> str:
+    """A time for people: wall time in ``tz`` (the policy's zone, London by default) with the
+    zone's name, e.g. ``2026-07-01 02:00 BST``; ``-`` for none. Every time shown to a person
+    goes through here (or carries its zone some other way, as ISO-8601 with ``Z`` in JSON)."""
+    if dt is None:
+        return "-"
+    wall = utc(dt).astimezone(tz)
+    return wall.strftime("%Y-%m-%d %H:%M:%S %Z" if seconds else "%Y-%m-%d %H:%M %Z")
+
+
+def parse_local_instant(text: str, tz: tzinfo) -> datetime:
+    """Parse an ISO-8601 instant typed by a person: an offset or ``Z`` is honoured; a naive
+    value is wall time in ``tz`` (the policy's zone), not UTC. Raises ValueError."""
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=tz)
+    return dt.astimezone(UTC)
 
 
 class SystemClock:

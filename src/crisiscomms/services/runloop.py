@@ -19,7 +19,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -61,6 +61,17 @@ def in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
     return fut
 
 
+class Chore(Protocol):
+    """A periodic job of the watcher beside polling and dispatch (reloading changed playbooks,
+    paging the on-call team). ``run`` must not block the event loop for long (put blocking I/O
+    in a thread); an exception is logged and the chore runs again at its next interval."""
+
+    name: str
+    interval_seconds: float
+
+    async def run(self, loop: RunLoop, now: datetime) -> None: ...
+
+
 @dataclass
 class RunLoop:
     """A watcher and a dispatcher on one store, with this process's heartbeat."""
@@ -71,6 +82,7 @@ class RunLoop:
     dispatcher: Dispatcher
     identity: WatcherInfo
     rng: random.Random = field(default_factory=random.Random)
+    chores: list[Chore] = field(default_factory=list)
     _last_beat: datetime | None = None
 
     def heartbeat(self, now: datetime) -> None:
@@ -91,7 +103,18 @@ class RunLoop:
         self.heartbeat(now)
         cycle = await self.watcher.poll_cycle(now)
         dispatched = await in_daemon_thread(lambda: self.dispatcher.tick(self.clock.now()))
+        for chore in self.chores:
+            await self._run_chore(chore)
         return cycle, dispatched
+
+    async def _run_chore(self, chore: Chore) -> None:
+        """One run of a chore; its failure is logged, never the loop's."""
+        try:
+            await chore.run(self, self.clock.now())
+        except StoreError:
+            raise
+        except Exception as exc:
+            log.exception("watch.chore_failed", chore=chore.name, error=str(exc))
 
     async def run(self, stop: asyncio.Event, *, once: bool = False, tick_seconds: float = 2.0,
                   max_ticks: int | None = None) -> tuple[CycleStats, DispatchStats]:
@@ -108,11 +131,16 @@ class RunLoop:
             last["dispatch"] = await in_daemon_thread(
                 lambda: self.dispatcher.tick(self.clock.now()))
 
+        def chore_step(chore: Chore) -> Callable[[], Awaitable[None]]:
+            return lambda: self._run_chore(chore)
+
         try:
             await asyncio.gather(
                 self._repeat("poll", poll, stop, tick_seconds, max_ticks, abandon=True),
                 self._repeat("dispatch", dispatch, stop, tick_seconds, max_ticks,
-                             abandon=False))
+                             abandon=False),
+                *(self._repeat(chore.name, chore_step(chore), stop, chore.interval_seconds,
+                               max_ticks, abandon=True) for chore in self.chores))
         finally:
             await self.watcher.cancel_running()
             with contextlib.suppress(StoreError), self.store.unit_of_work() as uow:
