@@ -24,6 +24,7 @@ from crisiscomms.cli import (
     queue_cmd,
     runtime_cmd,
     state,
+    status_cmd,
 )
 from crisiscomms.domain.errors import CrisisCommsError
 
@@ -38,6 +39,7 @@ app = typer.Typer(
 app.callback()(state.global_options)
 incident_cmd.register(app)
 runtime_cmd.register(app)
+status_cmd.register(app)
 drill_cmd.register(app)
 app.add_typer(playbooks_cmd.app, name="playbooks")
 app.add_typer(audit_cmd.app, name="audit")
