@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     allow_private_sources: bool = False
     # API roots for source adapters ("x", "mastodon", "bluesky"), e.g. a simulator.
     source_base_urls: dict[str, str] = {}
+    # Key of the audit trail's HMAC-SHA256 chain (CRISISCOMMS_AUDIT_KEY). Without it the chain
+    # is a plain SHA-256 chain: see the README for what that does and does not detect.
+    audit_key: SecretStr | None = None
     # App-only bearer token for reading X sources.
     x_bearer_token: SecretStr | None = None
     # Day of the month X's usage cap resets (the project's cap_reset_day in X's Usage API).
