@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test check lint typecheck pytest bench chaos clean format
+.PHONY: demo practice test check lint typecheck pytest bench chaos clean format
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 ## demo: install, then run the bundled Essex flood drill on the local simulator (no credentials)
 demo: $(STAMP)
 	$(BIN)/crisiscomms drill playbooks/drills/essex-flood.yaml --speed 0 --report demo-report.html
+
+## practice: the real watcher on the real clock against the simulator; act from another shell
+practice: $(STAMP)
+	$(BIN)/crisiscomms simulate --watch --port 0
 
 ## test: install, lint, type-check and run the whole suite
 test: $(STAMP) check pytest

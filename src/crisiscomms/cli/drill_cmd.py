@@ -14,6 +14,7 @@ from rich.live import Live
 from rich.table import Table
 
 from crisiscomms.cli.state import echo_json, get_app
+from crisiscomms.domain.errors import ConfigError
 
 LONDON = ZoneInfo("Europe/London")  # the drill's progress is read by people in the UK
 
@@ -108,9 +109,18 @@ def simulate(
                     ] = 8765,
     scenario: Annotated[Path | None, typer.Option(
         "--scenario", help="Script the sources from this drill scenario.")] = None,
+    watch: Annotated[bool, typer.Option(
+        "--watch", help="Practice: also run the real watcher against the simulator, on the "
+        "real clock, in a practice data dir; the scenario's updates appear --every seconds "
+        "apart (default scenario: playbooks/drills/essex-flood.yaml).")] = False,
+    every: Annotated[float, typer.Option(
+        "--every", help="With --watch: seconds between the scenario's updates.")] = 20.0,
 ) -> None:
     """Serve the platform simulator on 127.0.0.1 until interrupted (official sources and our
-    platforms; see the README for the URL layout)."""
+    platforms; see the README for the URL layout); --watch runs the watcher against it."""
+    if watch:
+        _practice(port, scenario or Path("playbooks/drills/essex-flood.yaml"), every)
+        return
     from crisiscomms.simulator import World, run_forever
 
     app = get_app()
@@ -131,6 +141,54 @@ def simulate(
         typer.echo(f"simulator listening on {getattr(sim, 'base_url', '')} (Ctrl-C to stop)")
 
     run_forever(world, port=port, on_ready=ready)
+
+
+PRACTICE_MARK = "PRACTICE"
+
+
+def practice_home() -> Path:
+    """The practice data dir: ``--home`` when given (only an empty folder or an earlier
+    practice's, never a live database), else a new temporary folder."""
+    import tempfile
+
+    from crisiscomms.cli import state
+
+    given = state._overrides.get("home")  # only --home: CRISISCOMMS_HOME may be the live one
+    home = Path(given) if given is not None else None
+    if home is None:
+        home = Path(tempfile.mkdtemp(prefix="crisiscomms-practice-"))
+    elif (home / "crisiscomms.db").exists() and not (home / PRACTICE_MARK).exists():
+        raise ConfigError(f"--home: {home} holds a database that is not a practice's: "
+                          "practice in an empty folder (or leave --home out)")
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (home / PRACTICE_MARK).write_text("crisiscomms simulate --watch data dir\n",
+                                      encoding="utf-8")
+    return home
+
+
+def _practice(port: int, scenario: Path, every: float) -> None:
+    from crisiscomms.cli.state import settings
+    from crisiscomms.domain.clock import shown
+    from crisiscomms.drill.practice import PracticeInfo, run_practice
+    from crisiscomms.logs import configure
+
+    s = settings()
+    configure(s.log_level, s.log_format, sys.stderr)
+    home = practice_home()
+
+    def ready(info: PracticeInfo) -> None:
+        cli = f"crisiscomms --home {info.home} --playbooks-dir {info.playbooks_dir}"
+        typer.echo(f"practice: simulator on {info.simulator_url}, watcher running, data in "
+                   f"{info.home} (Ctrl-C to stop)")
+        typer.echo(f"practice: {len(info.plan)} updates, one every {every:g} s from "
+                   f"{shown(info.plan[0].at, LONDON, seconds=True) if info.plan else '-'}")
+        typer.echo("practice: in another shell, act as on call:")
+        for cmd in ("status", "activate flooding --reason 'practice' --lead essex-police-x",
+                    "queue list --state needs_approval", "queue approve ID --reason 'checked'",
+                    "deactivate --reason 'practice over'", "report --last -o practice.html"):
+            typer.echo(f"  {cli} {cmd}")
+
+    run_practice(scenario, home, every_seconds=every, port=port, on_ready=ready)
 
 
 def register(app: typer.Typer) -> None:
