@@ -397,6 +397,7 @@ class HttpFetcher:
                 ) as resp:
                     location = resp.headers.get("location")
                     if resp.status_code in _REDIRECT_CODES and location:
+                        await self._drain(resp)  # the connection goes back to the pool
                         previous, current = current, resp.url.join(location)
                         permanent = permanent and resp.status_code in _PERMANENT_CODES
                         if permanent:
@@ -461,9 +462,11 @@ class HttpFetcher:
         status = resp.status_code
         headers = {k.lower(): v for k, v in resp.headers.items()}
         where = _where(resp.url)
-        if status != 200 and not 300 <= status < 400:
-            # Drain a 304's (empty) or an error's short body so the connection goes back to
-            # the pool: otherwise every conditional GET costs a new TCP (and TLS) handshake.
+        if not 200 <= status < 300:
+            # Every answer whose body we do not read (a 304, an error, a redirect without a
+            # Location) is drained so its connection goes back to the pool: a response closed
+            # unread closes its connection, and every idle conditional GET would then cost a
+            # new TCP (and TLS) handshake. A 2xx body is read to its end below.
             await self._drain(resp)
         if status == 304:
             return FetchResponse(304, b"", headers, not_modified=True, url=str(resp.url))
