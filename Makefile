@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 ## demo: install, then run the bundled Essex flood drill on the local simulator (no credentials)
 demo: $(STAMP)
 	$(BIN)/crisiscomms drill playbooks/drills/essex-flood.yaml --speed 0 --report demo-report.html
+	@echo "crisiscomms is installed at $(BIN)/crisiscomms (run 'source $(BIN)/activate' to put it on PATH); 'make practice' runs the watcher against the simulator"
 
 ## practice: the real watcher on the real clock against the simulator; act from another shell
 practice: $(STAMP)
