@@ -186,3 +186,65 @@ def test_next_opening_is_the_first_staffed_instant(at: datetime, windows: list[L
         # Nothing staffed just before it (the minute grid is fine enough for our inputs).
         assert not is_staffed(opening - timedelta(microseconds=1), POLICY, windows)
         assert not is_staffed(at, POLICY, windows)
+
+
+# -- the holidays package: imported on first use, the GB calendar only -----------------------
+
+def _fresh(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (nothing imported yet) and return its stdout."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_importing_workcal_and_the_cli_does_not_import_holidays() -> None:
+    out = _fresh("import sys, crisiscomms.domain.workcal, crisiscomms.domain.policy, "
+                 "crisiscomms.cli; print(sorted(m for m in sys.modules "
+                 "if m == 'holidays' or m.startswith('holidays.')))")
+    assert out == "[]"
+
+
+def test_the_first_bank_holiday_answer_loads_only_the_gb_calendar() -> None:
+    out = _fresh(
+        "import sys, datetime\n"
+        "from crisiscomms.domain.config import PolicyConfig\n"
+        "from crisiscomms.domain.workcal import is_working_day\n"
+        "policy = PolicyConfig()\n"
+        "print(is_working_day(datetime.date(2026, 12, 28), policy),"
+        " is_working_day(datetime.date(2026, 12, 29), policy),"
+        " 'holidays' in sys.modules,"
+        " [m for m in sys.modules if m.startswith(('holidays.countries', 'holidays.financial'))])")
+    assert out == "False True True []"
+
+
+@pytest.mark.parametrize("subdiv", ["ENG", "WLS", "SCT", "NIR", None])
+def test_the_gb_calendar_agrees_with_the_holidays_package(subdiv: str | None) -> None:
+    import holidays
+
+    from crisiscomms.domain.workcal import country_calendar
+
+    for year in range(2020, 2032):
+        ours = dict(country_calendar("GB", subdiv, year))
+        theirs = dict(holidays.country_holidays("GB", subdiv=subdiv, years=year))
+        assert ours == theirs, (subdiv, year)
+        assert ours  # every year has bank holidays
+
+
+def test_other_countries_and_bad_bank_holidays_settings() -> None:
+    from crisiscomms.domain.config import BankHolidays
+
+    ireland = POLICY.model_copy(update={"bank_holidays": BankHolidays(country="IE",
+                                                                        subdiv=None)})
+    assert not is_working_day(date(2026, 3, 17), ireland)  # St Patrick's Day
+    assert is_working_day(date(2026, 3, 17), POLICY)
+    for country, subdiv, message in (
+            ("ZZ", None, "unknown country 'ZZ'"),
+            ("GB", "XYZ", "bank_holidays.subdiv: unknown subdivision 'XYZ' of 'GB'")):
+        bad = POLICY.model_copy(update={"bank_holidays": BankHolidays(country=country,
+                                                                        subdiv=subdiv)})
+        with pytest.raises(ConfigError, match=message):
+            is_working_day(date(2026, 3, 18), bad)

@@ -11,16 +11,23 @@ winter).
 Bank holidays come from the ``holidays`` package (``policy.bank_holidays``: country ``GB``,
 subdivision ``ENG`` by default, which covers England and Wales and includes substitute days such
 as Boxing Day observed on Mon 28 Dec 2026). They are cached per (country, subdivision, year).
+
+``holidays`` is imported only when the first bank-holiday answer is needed, never when this
+module is imported (the CLI starts without it), and for ``GB`` only the United Kingdom's
+calendar is loaded: ``holidays.countries`` imports every country's module (the Chinese and
+other lunisolar calendars among them), which costs several times the one calendar needed.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
-
-import holidays
+from pathlib import Path
+from typing import Any
 
 from crisiscomms.domain.clock import utc
 from crisiscomms.domain.config import PolicyConfig
@@ -35,11 +42,64 @@ _DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
+_GB_CODES = frozenset({"GB", "GBR", "UK"})  # the holidays package's codes of UnitedKingdom
+_GB_MODULE = "holidays.countries.united_kingdom"
+
+
+@functools.cache
+def _uk_calendar() -> Callable[..., Mapping[date, str]] | None:
+    """The ``holidays`` package's ``UnitedKingdom`` class, loaded on its own.
+
+    ``import holidays.countries.united_kingdom`` would first run ``holidays/countries/
+    __init__.py``, which imports all the countries; the module file is loaded here under a
+    private name instead (it imports only the shared ``holidays`` modules). ``None`` when this
+    version of the package is laid out otherwise: the caller then asks the package's registry.
+    """
+    loaded = sys.modules.get(_GB_MODULE)
+    if loaded is None:
+        try:
+            import holidays
+            from holidays.holiday_base import HolidayBase
+
+            path = Path(holidays.__file__).parent / "countries" / "united_kingdom.py"
+            spec = importlib.util.spec_from_file_location("crisiscomms._holidays_gb", path)
+            if spec is None or spec.loader is None or not path.is_file():
+                return None
+            loaded = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(loaded)
+        except Exception:  # any surprise in another layout: the registry's way is the answer
+            return None
+    else:
+        from holidays.holiday_base import HolidayBase
+    cls: Any = getattr(loaded, "UnitedKingdom", None)
+    if not (isinstance(cls, type) and issubclass(cls, HolidayBase)):
+        return None
+    return cls  # type: ignore[no-any-return]
+
+
+def country_calendar(country: str, subdiv: str | None, year: int) -> Mapping[date, str]:
+    """The public holidays of ``year`` as ``{date: name}``, from the ``holidays`` package
+    (imported here, on first use). Raises what ``holidays.country_holidays`` raises."""
+    if country.upper() in _GB_CODES:
+        uk = _uk_calendar()
+        if uk is not None:
+            return uk(subdiv=subdiv, years=year)
+    import holidays
+
+    found: Mapping[date, str] = holidays.country_holidays(country, subdiv=subdiv, years=year)
+    return found
+
+
 @functools.lru_cache(maxsize=128)
 def _bank_holidays(country: str, subdiv: str | None, year: int) -> frozenset[date]:
     try:
-        found = holidays.country_holidays(country, subdiv=subdiv, years=year)
+        found = country_calendar(country, subdiv, year)
     except NotImplementedError as exc:
+        if subdiv is not None and "subdivision" in str(exc):
+            raise ConfigError(
+                f"policy.yaml: bank_holidays.subdiv: unknown subdivision {subdiv!r} of "
+                f"{country!r} for the holidays package"
+            ) from exc
         raise ConfigError(
             f"policy.yaml: bank_holidays: unknown country {country!r} for the holidays package"
         ) from exc
