@@ -266,6 +266,21 @@ class AuditEvent:
     details: dict[str, Any] = field(default_factory=dict)
     prev_hash: str = ""
     hash: str = ""
+    # The real wall-clock time the store wrote it (``at`` is the time the change claims, which
+    # ``--at`` may have frozen); None for events written before schema 8.
+    recorded_at: datetime | None = None
+    scheme: str = "sha256"  # how it was hashed: sha256 (old), sha256-v2, hmac-sha256 (keyed)
+
+    @property
+    def acting_for(self) -> str | None:
+        """The person a delegate acted for (``--operator``), if any."""
+        value = self.details.get("acting_for")
+        return str(value) if value else None
+
+    @property
+    def who(self) -> str:
+        """The actor as people read it: ``bob`` or ``bob acting for alice``."""
+        return f"{self.actor} acting for {self.acting_for}" if self.acting_for else self.actor
 
 
 @dataclass(frozen=True, slots=True)

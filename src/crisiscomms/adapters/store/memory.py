@@ -24,9 +24,10 @@ from crisiscomms.domain.audit import (
     StoredLink,
     details_text,
     event_hash,
+    scheme_for,
     verify_chain,
 )
-from crisiscomms.domain.clock import isoformat, parse_instant
+from crisiscomms.domain.clock import SystemClock, isoformat, parse_instant
 from crisiscomms.domain.errors import NotFoundError, RefusedError, StaleWriteError, StoreError
 from crisiscomms.domain.models import (
     AuditEvent,
@@ -43,6 +44,7 @@ from crisiscomms.domain.models import (
     Update,
     WatcherInfo,
 )
+from crisiscomms.ports import Clock
 
 IN_FLIGHT = (ItemState.LEASED, ItemState.SENDING)
 
@@ -334,8 +336,11 @@ class MemWindows(_Repo):
 
 
 class MemAudit(_Repo):
-    def __init__(self, t: _Tables) -> None:
+    def __init__(self, t: _Tables, *, key: bytes | None = None,
+                 wall_clock: Clock | None = None) -> None:
         super().__init__(t)
+        self.key = key
+        self.wall_clock: Clock = wall_clock or SystemClock()
         self.pending: builtins.list[NewAuditEvent] = []
 
     def append(self, event: NewAuditEvent) -> None:
@@ -343,12 +348,15 @@ class MemAudit(_Repo):
 
     def flush(self) -> None:
         seq, prev = self.t.head
+        scheme = scheme_for(self.key)
+        wall = isoformat(self.wall_clock.now())
         for e in self.pending:
             seq += 1
             at, det = isoformat(e.at), details_text(e.details)
-            h = event_hash(seq, at, e.actor, e.action, e.subject, e.reason, det, prev)
+            h = event_hash(seq, at, e.actor, e.action, e.subject, e.reason, det, prev,
+                           recorded_at=wall, scheme=scheme, key=self.key)
             self.t.audit.append(StoredLink(seq, at, e.actor, e.action, e.subject, e.reason, det,
-                                           prev, h))
+                                           prev, h, wall, scheme))
             prev = h
         self.t.head = (seq, prev)
         self.pending.clear()
@@ -362,11 +370,14 @@ class MemAudit(_Repo):
                     (action_prefix and not r.action.startswith(action_prefix)):
                 continue
             out.append(AuditEvent(r.seq, at, r.actor, r.action, r.subject, r.reason,
-                                  json.loads(r.details), r.prev_hash, r.hash))
+                                  json.loads(r.details), r.prev_hash, r.hash,
+                                  parse_instant(r.recorded_at) if r.recorded_at else None,
+                                  r.scheme))
         return out[:limit] if limit else out
 
-    def verify(self) -> ChainReport:
-        return verify_chain(list(self.t.audit), self.t.head)
+    def verify(self, *, expect_head: tuple[int | None, str] | None = None) -> ChainReport:
+        return verify_chain(list(self.t.audit), self.t.head, key=self.key,
+                            expect_head=expect_head)
 
 
 class MemWatchers(_Repo):
@@ -409,7 +420,8 @@ class MemoryUnitOfWork:
         self.outbox = MemOutbox(t)
         self.channels = MemChannels(t)
         self.windows = MemWindows(t)
-        self.audit = MemAudit(t)
+        self.audit = MemAudit(t, key=self._store.audit_key,
+                              wall_clock=self._store.wall_clock)
         self.watchers = MemWatchers(t)
         return self
 
@@ -437,7 +449,10 @@ class MemoryStore(StoreQueries):
 
     schema_version = max(v for v, _, _ in SQLITE_MIGRATIONS)
 
-    def __init__(self) -> None:
+    def __init__(self, *, audit_key: bytes | None = None,
+                 wall_clock: Clock | None = None) -> None:
+        self.audit_key = audit_key or None
+        self.wall_clock: Clock = wall_clock or SystemClock()
         self._lock = threading.RLock()
         self._tables = _Tables()
 

@@ -208,6 +208,16 @@ ALTER TABLE outbox ADD COLUMN reply_to_item INTEGER REFERENCES outbox(id);
 ALTER TABLE channel_state ADD COLUMN problem TEXT;
 """,
     ),
+    (
+        8,
+        "audit_wall_time_and_scheme",
+        """
+-- The real wall-clock time each audit event was written (beside the 'at' it claims, which
+-- --at may have frozen), and the scheme that hashed it (old rows: plain SHA-256).
+ALTER TABLE audit_events ADD COLUMN recorded_at TEXT;
+ALTER TABLE audit_events ADD COLUMN scheme TEXT NOT NULL DEFAULT 'sha256';
+""",
+    ),
 ]
 
 # PostgreSQL: the same schema in its own types (instants are timestamptz, ids identities).
@@ -395,5 +405,13 @@ INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '""" + "0" * 64 + """');
         7,
         "channel_problem",
         "ALTER TABLE channel_state ADD COLUMN problem TEXT;",
+    ),
+    (
+        8,
+        "audit_wall_time_and_scheme",
+        """
+ALTER TABLE audit_events ADD COLUMN recorded_at TIMESTAMPTZ;
+ALTER TABLE audit_events ADD COLUMN scheme TEXT NOT NULL DEFAULT 'sha256';
+""",
     ),
 ]

@@ -19,8 +19,9 @@ from urllib.parse import urlsplit, urlunsplit
 from crisiscomms.adapters.store.migrations import POSTGRES_MIGRATIONS
 from crisiscomms.adapters.store.queries import StoreQueries
 from crisiscomms.adapters.store.sql import Dialect, Row, SqlUnitOfWork
-from crisiscomms.domain.clock import utc
+from crisiscomms.domain.clock import SystemClock, utc
 from crisiscomms.domain.errors import StoreCorruptError, StoreError, StoreLockedError
+from crisiscomms.ports import Clock
 
 MIGRATION_LOCK = 0x63726973  # pg_advisory_xact_lock key: "cris"
 
@@ -85,7 +86,10 @@ class PostgresTx:
 class PostgresStore(StoreQueries):
     """Units of work on pooled connections; see the module docstring."""
 
-    def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 10.0) -> None:
+    def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 10.0,
+                 audit_key: bytes | None = None, wall_clock: Clock | None = None) -> None:
+        self.audit_key = audit_key or None
+        self.wall_clock: Clock = wall_clock or SystemClock()
         try:
             import psycopg
             from psycopg.rows import dict_row

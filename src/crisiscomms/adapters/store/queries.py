@@ -88,9 +88,10 @@ class StoreQueries:
         with self.reader() as r:
             return r.audit.events(since=since, limit=limit, action_prefix=action_prefix)
 
-    def verify_audit(self) -> ChainReport:
+    def verify_audit(self, *, expect_head: tuple[int | None, str] | None = None,
+                     ) -> ChainReport:
         with self.reader() as r:
-            return r.audit.verify()
+            return r.audit.verify(expect_head=expect_head)
 
     def watchers(self) -> builtins.list[WatcherInfo]:
         with self.reader() as r:

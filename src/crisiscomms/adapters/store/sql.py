@@ -33,9 +33,10 @@ from crisiscomms.domain.audit import (
     StoredLink,
     details_text,
     event_hash,
+    scheme_for,
     verify_chain,
 )
-from crisiscomms.domain.clock import isoformat
+from crisiscomms.domain.clock import SystemClock, isoformat
 from crisiscomms.domain.errors import NotFoundError, RefusedError, StaleWriteError, StoreError
 from crisiscomms.domain.models import (
     AuditEvent,
@@ -51,6 +52,7 @@ from crisiscomms.domain.models import (
     Update,
     WatcherInfo,
 )
+from crisiscomms.ports import Clock
 
 Row = Mapping[str, Any]
 CHUNK = 500  # ids per IN (...) list
@@ -445,10 +447,15 @@ class SqlWindows:
 
 class SqlAudit:
     """The chain is extended at commit, under a lock on its head row, so two writers can never
-    fork it and the head is the last lock a transaction takes (no lock-order deadlocks)."""
+    fork it and the head is the last lock a transaction takes (no lock-order deadlocks). Each
+    event records the real wall-clock time (read under that lock, so it only moves forward on
+    one host) and the scheme that hashed it (keyed when the store has the audit key)."""
 
-    def __init__(self, tx: SqlTx) -> None:
+    def __init__(self, tx: SqlTx, *, key: bytes | None = None,
+                 wall_clock: Clock | None = None) -> None:
         self.tx = tx
+        self.key = key
+        self.wall_clock: Clock = wall_clock or SystemClock()
         self.pending: builtins.list[NewAuditEvent] = []
 
     def append(self, event: NewAuditEvent) -> None:
@@ -460,15 +467,19 @@ class SqlAudit:
         head = _one(self.tx, f"SELECT seq, hash FROM audit_head WHERE id = 1 "
                     f"{self.tx.dialect.for_update}")
         seq, prev = (int(head["seq"]), str(head["hash"])) if head else (0, GENESIS)
+        scheme = scheme_for(self.key)
+        wall = self.wall_clock.now()
         for e in self.pending:
             seq += 1
             at = isoformat(e.at)
             det = details_text(e.details)
-            h = event_hash(seq, at, e.actor, e.action, e.subject, e.reason, det, prev)
+            h = event_hash(seq, at, e.actor, e.action, e.subject, e.reason, det, prev,
+                           recorded_at=isoformat(wall), scheme=scheme, key=self.key)
             self.tx.run("INSERT INTO audit_events (seq, at, actor, action, subject, reason, "
-                        "details, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?)",
+                        "details, prev_hash, hash, recorded_at, scheme) "
+                        "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                         (seq, self.tx.dialect.ts(e.at), e.actor, e.action, e.subject, e.reason,
-                         det, prev, h))
+                         det, prev, h, self.tx.dialect.ts(wall), scheme))
             prev = h
         self.tx.run("INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) ON CONFLICT (id) "
                     "DO UPDATE SET seq = excluded.seq, hash = excluded.hash", (seq, prev))
@@ -489,17 +500,24 @@ class SqlAudit:
             sql += f" LIMIT {int(limit)}"
         return [AuditEvent(int(r["seq"]), dt(r["at"]) or datetime.min, r["actor"], r["action"],
                            r["subject"], r["reason"], json.loads(r["details"]), r["prev_hash"],
-                           r["hash"]) for r in self.tx.rows(sql, params)]
+                           r["hash"], dt(r["recorded_at"]), r["scheme"])
+                for r in self.tx.rows(sql, params)]
 
-    def verify(self) -> ChainReport:
+    def verify(self, *, expect_head: tuple[int | None, str] | None = None) -> ChainReport:
+        def text(value: Any) -> str | None:
+            if value is None or isinstance(value, str):
+                return value
+            return isoformat(value)
+
         def links() -> Iterator[StoredLink]:
             for r in self.tx.rows("SELECT * FROM audit_events ORDER BY seq"):
-                at = r["at"] if isinstance(r["at"], str) else isoformat(r["at"])
-                yield StoredLink(int(r["seq"]), at, r["actor"], r["action"], r["subject"],
-                                 r["reason"], r["details"], r["prev_hash"], r["hash"])
+                yield StoredLink(int(r["seq"]), text(r["at"]) or "", r["actor"], r["action"],
+                                 r["subject"], r["reason"], r["details"], r["prev_hash"],
+                                 r["hash"], text(r["recorded_at"]), r["scheme"])
 
         head = _one(self.tx, "SELECT seq, hash FROM audit_head WHERE id = 1")
-        return verify_chain(links(), None if head is None else (int(head["seq"]), head["hash"]))
+        return verify_chain(links(), None if head is None else (int(head["seq"]), head["hash"]),
+                            key=self.key, expect_head=expect_head)
 
 
 class SqlWatchers:
@@ -526,6 +544,9 @@ class SqlWatchers:
 
 class SqlBackend(Protocol):
     """What a SQL backend gives the shared unit of work."""
+
+    audit_key: bytes | None
+    wall_clock: Clock
 
     def begin(self, *, readonly: bool) -> SqlTx: ...
 
@@ -563,7 +584,8 @@ class SqlUnitOfWork:
         self.outbox = SqlOutbox(tx)
         self.channels = SqlChannels(tx)
         self.windows = SqlWindows(tx)
-        self.audit = SqlAudit(tx)
+        self.audit = SqlAudit(tx, key=self._backend.audit_key,
+                              wall_clock=self._backend.wall_clock)
         self.watchers = SqlWatchers(tx)
         return self
 

@@ -19,7 +19,9 @@ from crisiscomms.adapters.store import migrations as schema
 from crisiscomms.adapters.store.queries import StoreQueries
 from crisiscomms.adapters.store.records import ts
 from crisiscomms.adapters.store.sql import Dialect, Row, SqlUnitOfWork
+from crisiscomms.domain.clock import SystemClock
 from crisiscomms.domain.errors import StoreCorruptError, StoreError, StoreLockedError
+from crisiscomms.ports import Clock
 
 BUSY_TIMEOUT_MS = 5000
 DIALECT = Dialect(name="sqlite", ts=ts, for_update="", skip_locked="")
@@ -72,8 +74,11 @@ class SQLiteTx:
 class SQLiteStore(StoreQueries):
     """Owns the connection: WAL, busy timeout, foreign keys, migrations, transactions."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, audit_key: bytes | None = None,
+                 wall_clock: Clock | None = None) -> None:
         self.path = path
+        self.audit_key = audit_key or None
+        self.wall_clock: Clock = wall_clock or SystemClock()
         self._lock = threading.RLock()
         self._depth = 0
         self._conn = self._connect(path)
