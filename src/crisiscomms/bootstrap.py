@@ -23,7 +23,7 @@ import httpx
 import structlog
 from pydantic import SecretStr
 
-from crisiscomms.adapters.playbooks import load_catalog
+from crisiscomms.adapters.playbooks import broken_files, load_catalog
 from crisiscomms.adapters.store import open_store
 from crisiscomms.domain.clock import FixedClock, SystemClock, parse_instant
 from crisiscomms.domain.config import Catalog
@@ -96,6 +96,7 @@ class App:
     rng: random.Random = field(default_factory=random.Random)
     sleep: Callable[[float], None] | None = None
     _closers: list[Any] = field(default_factory=list)
+    _catalog: Catalog | None = None
 
     @cached_property
     def store(self) -> Store:
@@ -111,11 +112,27 @@ class App:
         self._closers.append(store.close)
         return store
 
-    @cached_property
+    @property
     def catalog(self) -> Catalog:
+        """The playbooks. A command reads them partially (a broken file other than the
+        policy fails only the commands that read it, naming its line); the watcher loads
+        them strictly (``strict_catalog``) and follows their changes (``use_catalog``)."""
+        if self._catalog is None:
+            self._catalog = self.given_catalog or load_catalog(self.settings.playbooks_dir,
+                                                               partial=True)
+        return self._catalog
+
+    def strict_catalog(self) -> Catalog:
+        """The whole catalogue, every file valid (what a watcher runs on)."""
         if self.given_catalog is not None:
             return self.given_catalog
-        return load_catalog(self.settings.playbooks_dir)
+        if self._catalog is None or broken_files(self._catalog):
+            self._catalog = load_catalog(self.settings.playbooks_dir)
+        return self._catalog
+
+    def use_catalog(self, catalog: Catalog) -> None:
+        """A reloaded catalogue: what every later read of ``catalog`` sees."""
+        self._catalog = catalog
 
     @property
     def worker_id(self) -> str:
@@ -246,6 +263,7 @@ class App:
     @contextlib.asynccontextmanager
     async def run_loop(self, *, dry_run: bool) -> AsyncIterator[RunLoop]:
         """The watcher's run loop with every adapter it needs; closes them afterwards."""
+        self.strict_catalog()  # a watcher runs on a wholly valid catalogue
         sources, closer = self.build_sources()
         try:
             publishers = self.build_publishers(dry_run=dry_run)
