@@ -176,6 +176,9 @@ def test_tampered_chain_is_flagged_at_the_top(known):
 def test_csv_has_one_row_per_update_and_channel(known):
     _, r = known
     rows = list(csv.DictReader(io.StringIO(render(r, "csv"))))
+    messages = [row for row in rows if not row["update"]]
+    rows = [row for row in rows if row["update"]]
+    assert len(messages) == 4 + 4  # the activation and stand-down messages on 4 channels
     assert len(rows) == 4 * 4
     failed = [row for row in rows if row["state"] == "failed"]
     assert len(failed) == 1 and failed[0]["channel"] == "facebook"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from crisiscomms.bootstrap import run_watch
-from crisiscomms.cli.state import echo_json, get_app, option_instant
+from crisiscomms.cli.state import echo_json, get_app
+from crisiscomms.domain.clock import parse_local_instant
 from crisiscomms.domain.errors import ConfigError, NotFoundError
 from crisiscomms.report.files import write_atomically
 
@@ -42,6 +44,18 @@ def watch(
 
 
 
+def _local_instant(option: str, text: str | None, tz: tzinfo) -> datetime | None:
+    """A time typed by a person: an offset or ``Z`` is honoured, a naive one is wall time in
+    the policy's zone (not UTC)."""
+    if text is None:
+        return None
+    try:
+        return parse_local_instant(text, tz)
+    except ValueError:
+        raise ConfigError(f"--{option.lstrip('-')}: {text!r} is not an ISO-8601 time") \
+            from None
+
+
 def report(
     incident: Annotated[int | None, typer.Argument(help="Incident id.")] = None,
     last: Annotated[bool, typer.Option("--last", help="The most recent incident.")] = False,
@@ -51,9 +65,11 @@ def report(
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Write here (atomically) instead of stdout.")] = None,
     from_: Annotated[str | None, typer.Option(
-        "--from", help="Normal-mode period report: start (ISO-8601).")] = None,
+        "--from", help="Normal-mode period report: start (ISO-8601; without an offset, in "
+        "the policy's time zone).")] = None,
     to: Annotated[str | None, typer.Option(
-        "--to", help="Normal-mode period report: end (ISO-8601, default now).")] = None,
+        "--to", help="Normal-mode period report: end (ISO-8601, default now; without an "
+        "offset, in the policy's time zone).")] = None,
 ) -> None:
     """The post-incident audit report (or, with --from/--to, a normal-mode period report)."""
     from crisiscomms.report import FORMATS, build_incident_report, build_period_report, render
@@ -66,8 +82,9 @@ def report(
     if from_ is not None:
         if incident is not None or last:
             raise ConfigError("--from: give either an incident or a period, not both")
-        start = option_instant("--from", from_) or now
-        end = option_instant("--to", to) or now
+        tz = app.catalog.policy.tz
+        start = _local_instant("--from", from_, tz) or now
+        end = _local_instant("--to", to, tz) or now
         if end <= start:
             raise ConfigError("--to: must be after --from")
         data = build_period_report(app.store, app.catalog, start, end, now)

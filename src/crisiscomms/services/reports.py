@@ -1,28 +1,40 @@
 """The post-incident audit report, built only from the store and the audit trail.
 
-``build_incident_report`` and ``build_period_report`` return plain data (the JSON format);
-``render`` turns it into Markdown, CSV or a self-contained HTML page.
+``build_incident_report`` and ``build_period_report`` return plain data (the JSON format: every
+time ISO-8601 UTC with ``Z``); ``render`` turns it into Markdown, CSV or a self-contained HTML
+page, where every time is shown in the policy's zone with the zone's name.
+
+An incident report is scoped to its incident: its period (the backfill window before the
+activation to the stand-down), the updates of its playbook's sources seen in that period, the
+outbox items of this incident for them (and the normal-mode items for the same updates, which
+the board asks about: "that warning was approved, then what?"), and the operator actions on
+this incident, on those items, or on nothing incident-specific (windows, channels). Another
+incident's items and actions never appear in it.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from crisiscomms import __version__
 from crisiscomms.domain.clock import isoformat
 from crisiscomms.domain.config import Catalog
+from crisiscomms.domain.errors import NotFoundError
 from crisiscomms.domain.matching import lead_agency_sources
-from crisiscomms.domain.models import AuditEvent, Incident, OutboxItem, Update
+from crisiscomms.domain.models import AuditEvent, Incident, ItemEvent, OutboxItem, Update
 from crisiscomms.domain.workcal import in_regular_hours, week_bounds
 from crisiscomms.ports import Store
 
-SCHEMA = "crisiscomms.report/1"
-SYSTEM_ACTORS_PREFIXES = ("watcher", "dispatcher", "system")
+SCHEMA = "crisiscomms.report/2"
 OPERATOR_ACTIONS = ("incident.", "queue.", "window.")
+# An operator's reason as the queue service words it: "approved by alice: the reason".
+_DECISION_REASON = re.compile(r"^(?:approved|rejected|held|retry|edited) by (.+?)(?:: |$)(.*)$",
+                              re.S)
 
 
 def percentile(values: Sequence[float], pct: float) -> float | None:
@@ -44,30 +56,127 @@ def _stats(values: Sequence[float]) -> dict[str, Any]:
 
 
 def _integrity(store: Store, now: datetime) -> dict[str, Any]:
+    """The audit head (count and hash) as the store verified it just now: an outside copy of
+    it lets anyone see later whether the trail was truncated or rewritten."""
     chain = store.verify_audit()
     return {"audit_chain_ok": chain.ok, "audit_events": chain.count,
-            "audit_head_hash": chain.head_hash, "problem": chain.problem or None,
+            "audit_head_hash": chain.head_hash, "audit_head": f"{chain.count}:{chain.head_hash}",
+            "audit_keyed_events": getattr(chain, "keyed", None),
+            "audit_unchecked_events": getattr(chain, "unchecked", None),
+            "problem": chain.problem or None,
             "generated_at": isoformat(now), "crisiscomms_version": __version__,
             "schema": SCHEMA}
 
 
+def _why(reason: str) -> str:
+    """The operator's own words, without the "approved by alice: " the service puts first."""
+    m = _DECISION_REASON.match(reason)
+    return m.group(2) if m else reason
+
+
+def _history(events: Iterable[ItemEvent]) -> list[dict[str, Any]]:
+    """The item's states in order; a run of the same state by the same actor (a held item is
+    re-held at every dispatcher tick) is one line with its first and last time and a count."""
+    out: list[dict[str, Any]] = []
+    for e in events:
+        last = out[-1] if out else None
+        if last is not None and last["state"] == e.state and last["by"] == e.actor \
+                and "action" not in e.details:
+            last["last_at"] = isoformat(e.at)
+            last["times"] += 1
+            continue
+        out.append({"state": e.state, "first_at": isoformat(e.at), "last_at": isoformat(e.at),
+                    "times": 1, "by": e.actor, "reason": e.reason})
+    return out
+
+
+def _decisions(events: Iterable[ItemEvent]) -> list[dict[str, Any]]:
+    """Every operator decision on the item: what, who, when and why."""
+    return [{"action": e.details["action"], "by": e.actor, "at": isoformat(e.at),
+             "reason": _why(e.reason), "to": e.state}
+            for e in events if e.details.get("action")]
+
+
 def _item_outcome(store: Store, item: OutboxItem) -> dict[str, Any]:
+    """One outbox item: its final state, how it got there, and what went out where."""
     events = store.item_events(item.id)
-    approvals = [{"by": e.actor, "at": _iso(e.at), "decision": e.details.get("action")}
-                 for e in events if e.details.get("action") in ("approve", "reject", "edit",
-                                                                   "hold", "retry")]
-    held = [e.reason for e in events if e.state in ("held", "needs_approval")]
+    held = [e for e in events if e.state in ("held", "needs_approval")]
     return {
         "item": item.id, "channel": item.channel_id, "action": str(item.action),
+        "mode": "incident" if item.incident_id is not None else "normal",
+        "incident": item.incident_id,
         "state": str(item.state), "reason": item.reason,
         "post_id": item.platform_post_id, "post_url": item.platform_url,
         "published_at": _iso(item.done_at) if str(item.state) == "published" else None,
+        "done_at": _iso(item.done_at),
         "attempts": item.attempts, "retried": item.attempts > 1,
         "last_error": item.last_error, "out_of_hours": item.out_of_hours,
         "over_cap": item.over_cap, "text": item.body,
         "edited": item.edited_text is not None, "original_text": item.text
         if item.edited_text is not None else None,
-        "held_reasons": sorted(set(held)), "operator_decisions": approvals,
+        "held_reasons": sorted({e.reason for e in held}),
+        "decisions": _decisions(events), "history": _history(events),
+    }
+
+
+def _about(store: Store, e: AuditEvent, cache: dict[int, dict[str, Any] | None],
+           ) -> dict[str, Any] | None:
+    """What an operator action was about: the item's update (source, title, text, link)."""
+    kind, _, ident = e.subject.partition(":")
+    if kind != "item" or not ident.isdigit():
+        return None
+    item_id = int(ident)
+    if item_id not in cache:
+        try:
+            it = store.get_item(item_id)
+        except NotFoundError:  # a report never fails on one dangling subject
+            cache[item_id] = None
+            return None
+        about: dict[str, Any] = {"item": it.id, "channel": it.channel_id,
+                                 "incident": it.incident_id, "update": it.update_id,
+                                 "source": it.source_id, "agency": None, "title": None,
+                                 "text": it.body, "url": it.url or None}
+        if it.update_id is not None:
+            u = store.get_update(it.update_id)
+            about.update(source=u.source_id, agency=u.agency, title=u.title, text=u.text,
+                         url=u.url)
+        cache[item_id] = about
+    return cache[item_id]
+
+
+def _audit_json(store: Store, e: AuditEvent, cache: dict[int, dict[str, Any] | None],
+                ) -> dict[str, Any]:
+    return {"seq": e.seq, "at": isoformat(e.at), "actor": e.actor, "action": e.action,
+            "subject": e.subject, "reason": e.reason, "about": _about(store, e, cache)}
+
+
+def _is_operator(e: AuditEvent) -> bool:
+    return e.action.startswith(OPERATOR_ACTIONS)
+
+
+def _in_scope(e: AuditEvent, incident_id: int, item_ids: set[int]) -> bool:
+    """An audit event belongs to this incident's report: about it, about one of its items,
+    or about nothing incident-specific (a live window, a channel)."""
+    kind, _, ident = e.subject.partition(":")
+    if kind == "incident":
+        return ident == str(incident_id)
+    if kind == "item":
+        return ident.isdigit() and int(ident) in item_ids
+    return True
+
+
+def _update_json(u: Update, disposition: str, baseline: bool, lead: bool) -> dict[str, Any]:
+    cap = u.cap
+    return {
+        "update": u.id, "source": u.source_id, "agency": u.agency, "kind": str(u.kind),
+        "lead": lead, "external_id": u.external_id, "revision": u.revision,
+        "published_at": _iso(u.published_at), "seen_at": _iso(u.fetched_at),
+        "title": u.title, "text": u.text, "url": u.url, "disposition": disposition,
+        "baseline": baseline,
+        "cap": None if cap is None else {
+            "msg_type": cap.msg_type, "status": cap.status, "scope": cap.scope,
+            "severity": cap.severity, "urgency": cap.urgency, "certainty": cap.certainty,
+            "event": cap.event, "area": cap.area, "references": list(cap.references)},
     }
 
 
@@ -95,18 +204,37 @@ def build_incident_report(store: Store, catalog: Catalog, incident: Incident,
             u = store.get_update(uid)
             seen.append((u, "queued for incident (backfill)", False))
     seen.sort(key=lambda r: (r[0].published_at, r[0].id or 0))
+    # The normal-mode items for the same updates (held, approved, rejected...): the board
+    # asks what became of them too. Another incident's items stay in that incident's report.
+    seen_ids = {u.id for u, _, _ in seen}
+    normal: dict[int, list[OutboxItem]] = defaultdict(list)
+    for it in store.items():
+        if it.incident_id is None and it.update_id in seen_ids and it.update_id is not None:
+            normal[it.update_id].append(it)
     leads = lead_agency_sources(catalog, incident)
     channels = sorted({c.channel for c in pb.channels}) if pb else sorted(
         {i.channel_id for i in items})
 
-    timeline, tta_source, tta_channel = [], defaultdict(list), defaultdict(list)
+    timeline: list[dict[str, Any]] = []
+    tta_source: dict[str, list[float]] = defaultdict(list)
+    tta_channel: dict[str, list[float]] = defaultdict(list)
     counts: Counter[tuple[str, str, str]] = Counter()
-    lead_total, lead_full, missed = 0, 0, []
+    states: Counter[str] = Counter()
+    lead_total, lead_full = 0, 0
+    missed: list[dict[str, Any]] = []
+    not_queued: list[dict[str, Any]] = []
+    report_items: set[int] = {m.id for m in messages}
     for u, disposition, baseline in seen:
-        outs = [_item_outcome(store, it) for it in sorted(by_update.get(u.id or 0, []),
-                                                          key=lambda i: i.channel_id)]
-        for it, o in zip(sorted(by_update.get(u.id or 0, []), key=lambda i: i.channel_id),
-                         outs, strict=True):
+        mine = sorted(by_update.get(u.id or 0, []), key=lambda i: (i.channel_id, i.id))
+        theirs = sorted(normal.get(u.id or 0, []), key=lambda i: (i.channel_id, i.id))
+        outs: list[dict[str, Any]] = []
+        for it in [*mine, *theirs]:
+            o = _item_outcome(store, it)
+            report_items.add(it.id)
+            states[o["state"]] += 1
+            outs.append(o)
+            if it.incident_id is None:
+                continue
             counts[(u.source_id, it.channel_id, o["state"])] += 1
             if o["state"] == "published" and it.done_at:
                 # From the later of the source's publication and the activation: nothing
@@ -119,18 +247,30 @@ def build_incident_report(store: Store, catalog: Catalog, incident: Incident,
         entry = _update_json(u, disposition, baseline, u.source_id in leads)
         entry["outcomes"] = outs
         timeline.append(entry)
-        if u.source_id in leads and not baseline and (u.cap is None or u.cap.amplifiable):
+        amplifiable = u.cap is None or u.cap.amplifiable
+        # A baseline update counts when it was backfilled into the incident (queued for it),
+        # as the drill's lead_amplified counts it; one the playbook did not queue for this
+        # incident (filtered, or from before the backfill) is listed, not counted.
+        if u.source_id in leads and amplifiable and (not baseline or mine):
+            if not mine:
+                not_queued.append({"update": u.id, "title": u.title, "reason": disposition})
+                continue
             lead_total += 1
-            done = {o["channel"] for o in outs if o["state"] == "published"}
-            if outs and done >= set(channels):
+            done = {o["channel"] for o in outs
+                    if o["mode"] == "incident" and o["state"] == "published"}
+            if done >= set(channels):
                 lead_full += 1
             else:
                 why = "; ".join(f"{o['channel']}: {o['state']} ({o['reason']})" for o in outs
-                                if o["state"] != "published") or disposition
-                missed.append({"update": u.id, "title": u.title, "reason": why})
+                                if o["mode"] == "incident" and o["state"] != "published")
+                missed.append({"update": u.id, "title": u.title, "reason": why or disposition})
 
-    audit = store.audit_events()
-    window = [e for e in audit if start <= e.at <= end + timedelta(seconds=1)]
+    message_json = [_item_outcome(store, m) for m in messages]
+    for m in message_json:
+        states[m["state"]] += 1
+    cache: dict[int, dict[str, Any] | None] = {}
+    window = store.audit_events(since=start)
+    window = [e for e in window if e.at <= end + timedelta(seconds=1)]
     rate_waits = [e for e in window if e.action == "channel.rate_limited"
                   and e.subject.split(":", 1)[1] in channels]
     published = [i for i in items if str(i.state) == "published"]
@@ -153,9 +293,11 @@ def build_incident_report(store: Store, catalog: Catalog, incident: Incident,
             "deactivation_reason": incident.deactivation_reason,
             "duration_s": (end - incident.activated_at).total_seconds(),
             "still_active": incident.active, "channels": channels,
+            "period_from": isoformat(start), "period_to": isoformat(end),
+            "time_zone": catalog.policy.timezone,
         },
         "timeline": timeline,
-        "messages": [_item_outcome(store, m) for m in messages],
+        "messages": message_json,
         "figures": {
             "time_to_amplify": {
                 "by_source": {k: _stats(v) for k, v in sorted(tta_source.items())},
@@ -164,6 +306,7 @@ def build_incident_report(store: Store, catalog: Catalog, incident: Incident,
             },
             "counts": [{"source": s, "channel": c, "outcome": o, "count": n}
                        for (s, c, o), n in sorted(counts.items())],
+            "items_by_state": dict(sorted(states.items())),
             "updates_seen": len(timeline),
             "posts_published": len(published),
             "posts_out_of_staffed_hours": sum(i.out_of_hours for i in published),
@@ -176,71 +319,69 @@ def build_incident_report(store: Store, catalog: Catalog, incident: Incident,
             "retried_items": sum(i.attempts > 1 for i in items),
             "lead_coverage": {"lead_updates": lead_total, "amplified_on_every_channel":
                               lead_full, "share": round(lead_full / lead_total, 4)
-                              if lead_total else None, "missed": missed},
+                              if lead_total else None, "missed": missed,
+                              "not_queued": not_queued},
         },
-        "operators": [_audit_json(e) for e in window if _is_operator(e)],
+        "operators": [_audit_json(store, e, cache) for e in window if _is_operator(e)
+                      and _in_scope(e, incident.id, report_items)],
         "integrity": _integrity(store, now),
-    }
-
-
-def _is_operator(e: AuditEvent) -> bool:
-    return e.action.startswith(OPERATOR_ACTIONS)
-
-
-def _audit_json(e: AuditEvent) -> dict[str, Any]:
-    return {"seq": e.seq, "at": isoformat(e.at), "actor": e.actor, "action": e.action,
-            "subject": e.subject, "reason": e.reason}
-
-
-def _update_json(u: Update, disposition: str, baseline: bool, lead: bool) -> dict[str, Any]:
-    cap = u.cap
-    return {
-        "update": u.id, "source": u.source_id, "agency": u.agency, "kind": str(u.kind),
-        "lead": lead, "external_id": u.external_id, "revision": u.revision,
-        "published_at": _iso(u.published_at), "seen_at": _iso(u.fetched_at),
-        "title": u.title, "url": u.url, "disposition": disposition, "baseline": baseline,
-        "cap": None if cap is None else {
-            "msg_type": cap.msg_type, "status": cap.status, "scope": cap.scope,
-            "severity": cap.severity, "urgency": cap.urgency, "certainty": cap.certainty,
-            "event": cap.event, "area": cap.area, "references": list(cap.references)},
     }
 
 
 def build_period_report(store: Store, catalog: Catalog, start: datetime, end: datetime,
                         now: datetime) -> dict[str, Any]:
-    """Normal-mode period: posts per channel per week against the caps, and what was held."""
+    """Normal-mode period: posts per channel per week against the caps, and what was held.
+
+    Crisis posts (items of an incident) are counted apart: the policy's section 11 has them
+    bypass the normal weekly cap, so they never make a week "over cap"."""
     policy = catalog.policy
-    weeks: dict[tuple[str, str], int] = Counter()
+    normal_weeks: Counter[tuple[str, str]] = Counter()
+    crisis_weeks: Counter[tuple[str, str]] = Counter()
     items = store.items()
     published = [i for i in items if str(i.state) == "published" and i.done_at
                  and start <= i.done_at < end]
     for it in published:
         assert it.done_at is not None
         wk, _ = week_bounds(it.done_at, policy)
-        weeks[(it.channel_id, isoformat(wk))] += 1
-    rows = [{"channel": c, "week_start": w, "posts": n, "cap": policy.weekly_caps.get(c),
-             "over_cap": policy.weekly_caps.get(c) is not None
-             and n > policy.weekly_caps[c]} for (c, w), n in sorted(weeks.items())]
+        (crisis_weeks if it.incident_id is not None else normal_weeks)[
+            (it.channel_id, isoformat(wk))] += 1
+    rows = []
+    for c, w in sorted(set(normal_weeks) | set(crisis_weeks)):
+        n, cap = normal_weeks[(c, w)], policy.weekly_caps.get(c)
+        rows.append({"channel": c, "week_start": w, "posts": n,
+                     "crisis_posts": crisis_weeks[(c, w)], "cap": cap,
+                     "over_cap": cap is not None and n > cap})
     held = []
     for it in items:
         if it.incident_id is not None:
             continue
-        for e in store.item_events(it.id):
-            if e.at and start <= e.at < end and e.state == "held" \
-                    and not in_regular_hours(e.at, policy):
-                held.append({"item": it.id, "channel": it.channel_id, "at": _iso(e.at),
-                             "reason": e.reason, "state_now": str(it.state)})
+        events = [e for e in store.item_events(it.id) if start <= e.at < end
+                  and e.state == "held" and not in_regular_hours(e.at, policy)]
+        if not events:
+            continue
+        u = store.get_update(it.update_id) if it.update_id is not None else None
+        all_events = store.item_events(it.id)
+        held.append({"item": it.id, "channel": it.channel_id,
+                     "source": u.source_id if u else None, "title": u.title if u else None,
+                     "url": u.url if u else None, "text": it.body,
+                     "first_at": isoformat(events[0].at), "last_at": isoformat(events[-1].at),
+                     "times": len(events), "reason": events[0].reason,
+                     "state_now": str(it.state), "reason_now": it.reason,
+                     "decisions": _decisions(all_events),
+                     "post_url": it.platform_url})
+    cache: dict[int, dict[str, Any] | None] = {}
     return {
         "schema": SCHEMA, "kind": "period",
         "header": {"from": isoformat(start), "to": isoformat(end),
                    "weekly_caps": policy.weekly_caps, "week": policy.week,
+                   "time_zone": policy.timezone,
                    "incidents_in_period": [i.id for i in store.incidents()
                                            if i.activated_at < end and
                                            (i.deactivated_at or now) >= start]},
         "weeks": rows,
         "published": [_item_outcome(store, i) for i in published],
         "held_outside_staffed_hours": held,
-        "operators": [_audit_json(e) for e in store.audit_events(since=start)
+        "operators": [_audit_json(store, e, cache) for e in store.audit_events(since=start)
                       if e.at < end and _is_operator(e)],
         "integrity": _integrity(store, now),
     }
