@@ -25,6 +25,14 @@ def _no_retry_waits() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _no_system_config(tmp_path_factory: pytest.TempPathFactory,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read the real /etc/crisiscomms/config.yaml (a missing file is fine)."""
+    monkeypatch.setenv("CRISISCOMMS_SYSTEM_CONFIG",
+                       str(tmp_path_factory.getbasetemp() / "no-system-config.yaml"))
+
+
+@pytest.fixture(autouse=True)
 def _reset_logging() -> Iterator[None]:
     """A CLI test configures logging onto capsys's stream; never let the next test inherit it."""
     yield

@@ -1,8 +1,13 @@
-"""Settings from the environment, ``.env``, secret files and an optional YAML file.
+"""Settings from the environment, ``.env``, secret files and a YAML configuration file.
 
 Precedence (highest first): init arguments, environment (``CRISISCOMMS_*``, nested with
-``__``), ``.env``, secret files (``CRISISCOMMS_SECRETS_DIR``), the YAML file named by
-``CRISISCOMMS_CONFIG``. Channel credentials are never read from playbooks: a channel names the
+``__``), ``.env``, secret files (``CRISISCOMMS_SECRETS_DIR``), then one YAML configuration
+file: the one named by ``CRISISCOMMS_CONFIG``, or else the system-wide
+``/etc/crisiscomms/config.yaml`` when it exists (``CRISISCOMMS_SYSTEM_CONFIG`` names another
+path for it, as tests do), so the service and every operator's CLI open the same database and
+playbooks. The YAML file is world-readable: it may not hold secrets (credentials come from the
+environment, ``.env`` or secret files), and a key it does not know is an error naming the
+file and line. Channel credentials are never read from playbooks: a channel names the
 environment variables that hold them, and ``channel_secret`` reads them here.
 """
 
@@ -11,15 +16,23 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, TypeAdapter, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
+    SecretsSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
+
+from crisiscomms.domain.errors import ConfigError
+
+# The system-wide configuration file shared by the service and every operator's CLI.
+# CRISISCOMMS_SYSTEM_CONFIG names another path (tests point it into a temporary folder);
+# CRISISCOMMS_CONFIG names a file that is read instead of it.
+SYSTEM_CONFIG = Path("/etc/crisiscomms/config.yaml")
 
 # The newest Graph API version in Meta's changelog in Dec 2026 (v27.0, introduced 2026-11-04;
 # developers.facebook.com/docs/graph-api/changelog). Same value as the Facebook adapter's
@@ -62,6 +75,25 @@ class DispatchSettings(BaseModel):
     max_lookups: Annotated[int, Field(ge=1)] = 5
 
 
+class NotifySettings(BaseModel):
+    """How the watcher pages the on-call team (targets: ``CRISISCOMMS_NOTIFY_URLS``)."""
+
+    # How often the watcher looks for something to page about.
+    check_seconds: Annotated[float, Field(ge=1)] = 10.0
+    # A condition still open (an item still waiting, a source still failing) is paged again
+    # at most this often; a condition that clears and comes back within it is not paged anew.
+    remind_minutes: Annotated[float, Field(ge=1)] = 30.0
+    # At most this many pages per window; past that, one digest of the rest.
+    max_per_window: Annotated[int, Field(ge=2)] = 6
+    window_minutes: Annotated[float, Field(ge=1)] = 15.0
+    # Connect/read timeout of each target (Apprise's cto/rto), so a dead target costs seconds.
+    timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # After a page no target took, try again this much later.
+    retry_seconds: Annotated[float, Field(ge=1)] = 120.0
+    # A source failing this many polls in a row pages (default: polling.failure_alert_after).
+    source_failures: Annotated[int, Field(ge=1)] | None = None
+
+
 class Settings(BaseSettings):
     """All runtime settings of crisiscomms."""
 
@@ -71,7 +103,6 @@ class Settings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
-        secrets_dir=os.environ.get("CRISISCOMMS_SECRETS_DIR") or None,
     )
 
     home: Path = Field(default_factory=default_home)
@@ -103,11 +134,22 @@ class Settings(BaseSettings):
     audit_key: SecretStr | None = None
     # App-only bearer token for reading X sources.
     x_bearer_token: SecretStr | None = None
+    # Apprise URLs of the on-call team's pages (comma, space or newline separated). A secret:
+    # these URLs carry tokens and passwords.
+    notify_urls: SecretStr | None = None
+    notify: NotifySettings = NotifySettings()
     # Day of the month X's usage cap resets (the project's cap_reset_day in X's Usage API).
     x_cap_reset_day: Annotated[int, Field(ge=1, le=31)] = 1
     # Graph API version of every Facebook call. Versions expire about two years after the next
     # one is released, and then Graph silently serves the next oldest: move this on in time.
     facebook_graph_version: str = FACEBOOK_GRAPH_VERSION
+
+    @field_validator("audit_key", "x_bearer_token", "notify_urls", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty secret (an empty credential file) is no secret: unset."""
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return None if isinstance(raw, str) and not raw.strip() else value
 
     @field_validator("facebook_graph_version")
     @classmethod
@@ -127,16 +169,129 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [
-            init_settings, env_settings, dotenv_settings, file_secret_settings]
-        config_file = os.environ.get("CRISISCOMMS_CONFIG")
-        if config_file:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings,
+                                                     dotenv_settings]
+        secrets_dir = os.environ.get("CRISISCOMMS_SECRETS_DIR")
+        if secrets_dir:  # read when settings are built (systemd sets it to %d)
+            if not Path(secrets_dir).is_dir():
+                raise ConfigError(f"CRISISCOMMS_SECRETS_DIR: {secrets_dir} is not a directory")
+            sources.append(SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir))
+        config = config_file()
+        if config is not None:
+            sources.append(ConfigFileSource(settings_cls, config))
         return tuple(sources)
+
+    def notify_url_list(self) -> list[SecretStr]:
+        """The Apprise URLs, one ``SecretStr`` each (never logged)."""
+        if self.notify_urls is None:
+            return []
+        return [SecretStr(u) for u in re.split(r"[\s,]+", self.notify_urls.get_secret_value())
+                if u]
 
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'crisiscomms.db'}"
+
+
+def config_file() -> Path | None:
+    """The YAML configuration file in force: ``CRISISCOMMS_CONFIG`` (which must exist), else
+    the system-wide file when it exists."""
+    named = os.environ.get("CRISISCOMMS_CONFIG")
+    if named:
+        path = Path(named)
+        if not path.exists():
+            raise ConfigError(f"CRISISCOMMS_CONFIG: {path} does not exist")
+        return path
+    system = Path(os.environ.get("CRISISCOMMS_SYSTEM_CONFIG") or SYSTEM_CONFIG)
+    return system if system.exists() else None
+
+
+_PATH_KEYS = ("home", "playbooks_dir")
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """The YAML configuration file: known keys only, no secrets, each value checked here so
+    that an error names the file, key and line. Relative paths are relative to the file."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+        self.data = load_config_file(path, settings_cls.model_fields)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.data)
+
+
+def load_config_file(path: Path, fields: dict[str, FieldInfo]) -> dict[str, Any]:
+    """Read and check the configuration file, or a one-line ``ConfigError``."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{path}: cannot read the configuration file: {why}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not isinstance(root, yaml.MappingNode):
+        raise ConfigError(f"{path}: line 1: the configuration file must be a mapping of "
+                          "settings (key: value)")
+    lines = {str(k.value): k.start_mark.line + 1 for k, _ in root.value
+             if isinstance(k, yaml.ScalarNode)}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key)
+        where = f"{path}: line {lines.get(name, 1)}: key {name}"
+        if name not in fields:
+            known = ", ".join(sorted(f for f in fields if not _is_secret(fields[f])))
+            raise ConfigError(f"{where}: unknown setting (known: {known})")
+        if _is_secret(fields[name]):
+            raise ConfigError(f"{where}: secrets are not accepted from the configuration file "
+                              f"(it is world-readable); set CRISISCOMMS_{name.upper()} in the "
+                              "environment, .env or a secret file (CRISISCOMMS_SECRETS_DIR)")
+        if name == "database_url" and isinstance(value, str) and _has_password(value):
+            raise ConfigError(f"{where}: a password is not accepted in the configuration file; "
+                              "set it in CRISISCOMMS_DATABASE_URL (environment, .env or a secret "
+                              "file) or use PGPASSWORD / ~/.pgpass")
+        if name in _PATH_KEYS and isinstance(value, str) and value:
+            value = str(path.parent / Path(value).expanduser())
+        if name in ("log_level", "log_format") and isinstance(value, str):
+            value = value.strip().lower()
+        field = fields[name]
+        try:
+            kind: Any = (Annotated[(field.annotation, *field.metadata)]  # type: ignore[misc]
+                         if field.metadata else field.annotation)
+            TypeAdapter(kind).validate_python(value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            sub = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"{where}{'.' + sub if sub else ''}: {first['msg']}") from None
+        out[name] = value
+    return out
+
+
+def _is_secret(field: FieldInfo) -> bool:
+    return "SecretStr" in str(field.annotation)
+
+
+def _has_password(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:
+        return False
 
 
 def channel_secret(env_name: str) -> SecretStr | None:
