@@ -31,7 +31,8 @@ from crisiscomms.domain.errors import ConfigError, StoreError
 from crisiscomms.domain.models import SourceKind, WatcherInfo
 from crisiscomms.ports import Clock, Credentials, Publisher, Source, Store
 from crisiscomms.services.dispatch import Dispatcher, DispatchStats
-from crisiscomms.services.runloop import RunLoop
+from crisiscomms.services.reload import RELOAD_SECONDS
+from crisiscomms.services.runloop import Chore, RunLoop
 from crisiscomms.services.watch import CycleStats, Watcher
 from crisiscomms.settings import Settings, channel_secret
 
@@ -145,8 +146,8 @@ class App:
         self._closers.clear()
 
     # -- adapters -------------------------------------------------------------------
-    def credentials(self, channel_id: str) -> dict[str, Any]:
-        channel = self.catalog.channels[channel_id]
+    def credentials(self, channel_id: str, catalog: Catalog | None = None) -> dict[str, Any]:
+        channel = (catalog or self.catalog).channels[channel_id]
         out = {}
         for role, env_name in channel.credentials.items():
             value = self.credential_source.get(env_name)
@@ -154,18 +155,20 @@ class App:
                 out[role] = value
         return out
 
-    def missing_credentials(self, channel_id: str,
-                            creds: dict[str, Any] | None = None) -> list[str]:
+    def missing_credentials(self, channel_id: str, creds: dict[str, Any] | None = None,
+                            catalog: Catalog | None = None) -> list[str]:
         """The environment variables a channel needs that are unset (names, never values);
         ``creds``: the channel's credentials when already read."""
         from crisiscomms.adapters.publishers import missing_credentials
 
-        channel = self.catalog.channels[channel_id]
-        found = self.credentials(channel_id) if creds is None else creds
+        channel = (catalog or self.catalog).channels[channel_id]
+        found = self.credentials(channel_id, catalog) if creds is None else creds
         missing = missing_credentials(channel.platform, found)
         return [channel.credentials.get(role, role) for role in missing]
 
-    def build_publishers(self, *, dry_run: bool) -> dict[str, Publisher]:
+    def build_publishers(self, *, dry_run: bool, catalog: Catalog | None = None,
+                         only: set[str] | None = None) -> dict[str, Publisher]:
+        """The publishers of the catalogue's channels (``only``: of those channels)."""
         from crisiscomms.adapters.publishers import build_publisher
         from crisiscomms.adapters.publishers.unavailable import UnavailablePublisher
         from crisiscomms.logs import register_secrets
@@ -174,12 +177,15 @@ class App:
                               follow_redirects=False)
         self._closers.append(client.close)
         publishers: dict[str, Publisher] = {}
-        for channel in self.catalog.channels.values():
-            creds = self.credentials(channel.id)
+        catalog = catalog or self.catalog
+        for channel in catalog.channels.values():
+            if only is not None and channel.id not in only:
+                continue
+            creds = self.credentials(channel.id, catalog)
             register_secrets(creds.values())
             base = self.settings.channel_base_urls.get(channel.id) or channel.base_url
             channel = channel.model_copy(update={"base_url": base})
-            missing = self.missing_credentials(channel.id, creds)
+            missing = self.missing_credentials(channel.id, creds, catalog)
             if missing and not (dry_run or self.settings.dry_run):
                 # Loudly broken, never a silent dry run (its posts would count as published).
                 log.error("publisher.credentials_missing", channel=channel.id, unset=missing)
@@ -261,8 +267,18 @@ class App:
                           rng=self.rng, sleep=self.sleep, clock=self.clock)
 
     @contextlib.asynccontextmanager
-    async def run_loop(self, *, dry_run: bool) -> AsyncIterator[RunLoop]:
-        """The watcher's run loop with every adapter it needs; closes them afterwards."""
+    async def run_loop(self, *, dry_run: bool,
+                       reload_seconds: float = RELOAD_SECONDS) -> AsyncIterator[RunLoop]:
+        """The watcher's run loop with every adapter it needs; closes them afterwards. Unless
+        the catalogue was given (a drill), the loop follows its playbooks folder (its files
+        looked at every ``reload_seconds``)."""
+        folder = None
+        running: dict[str, str] | None = None
+        if self.given_catalog is None:
+            from crisiscomms.adapters.playbooks import PlaybookFiles
+
+            folder = PlaybookFiles(self.settings.playbooks_dir)
+            running = folder.digests()  # read before the load: a change meanwhile is seen
         self.strict_catalog()  # a watcher runs on a wholly valid catalogue
         sources, closer = self.build_sources()
         try:
@@ -271,17 +287,43 @@ class App:
                                    self.clock.now(), self.clock.now())
             from crisiscomms.services.notices import build_notice_chores
 
-            yield RunLoop(store=self.store, clock=self.clock, watcher=self.watcher(sources),
-                          dispatcher=self.dispatcher(publishers), identity=identity,
-                          rng=self.rng, chores=[*build_notice_chores(self)])
+            loop = RunLoop(store=self.store, clock=self.clock, watcher=self.watcher(sources),
+                           dispatcher=self.dispatcher(publishers), identity=identity,
+                           rng=self.rng, chores=[*build_notice_chores(self)])
+            if folder is not None:
+                loop.chores.insert(0, self._reloader(folder, running, dry_run, closers,
+                                                     reload_seconds))
+            yield loop
         finally:
-            for src in sources:
+            current = loop.watcher.sources if loop is not None else sources
+            for src in current:
                 with contextlib.suppress(Exception):
                     await src.aclose()
-            with contextlib.suppress(Exception):
-                await closer()
+            for close in closers:
+                with contextlib.suppress(Exception):
+                    await close()
+
+    def _reloader(self, folder: Any, running: dict[str, str] | None, dry_run: bool,
+                  closers: list[Any], reload_seconds: float) -> Chore:
+        """The chore that follows the playbooks folder (``services.reload``)."""
+        from crisiscomms.services.reload import PlaybooksReloader
+
+        def make_sources(catalog: Catalog) -> list[Source]:
+            built, close = self.build_sources(catalog=catalog)
+            closers.append(close)  # their shared client lives until the loop ends
+            return built
+
+        def make_publishers(catalog: Catalog, only: set[str]) -> dict[str, Publisher]:
+            return self.build_publishers(dry_run=dry_run, catalog=catalog, only=only)
+
+        return PlaybooksReloader(store=self.store, folder=folder, catalog=self.catalog,
+                                 actor=self.worker_id, make_sources=make_sources,
+                                 make_publishers=make_publishers, on_reload=self.use_catalog,
+                                 interval_seconds=reload_seconds, running=running)
 
 
+        closers = [closer]
+        loop: RunLoop | None = None
 def x_backfill(catalog: Catalog) -> timedelta:
     """The longest backfill window of the playbooks that amplify X sources: how far back an X
     poll reads when its cursor is too old for recent search (a quiet week between incidents)."""
@@ -347,7 +389,8 @@ def stop_on_signals() -> Iterator[StopEvent]:
 async def run_watch(app: App, *, once: bool, dry_run: bool, tick_seconds: float = 2.0,
                     max_ticks: int | None = None) -> tuple[CycleStats, DispatchStats]:
     """The long-running job: poll due sources, then dispatch, until stopped."""
-    async with app.run_loop(dry_run=dry_run) as loop:
+    async with app.run_loop(dry_run=dry_run,
+                            reload_seconds=min(tick_seconds, RELOAD_SECONDS)) as loop:
         with stop_on_signals() as stop:
             log.info("watch.started", sources=len(loop.watcher.sources),
                      channels=len(loop.dispatcher.publishers), dry_run=dry_run,

@@ -42,7 +42,19 @@ def _md_cell(value: Any) -> str:
     return " ".join(str(value if value is not None else "").split()).replace("|", "\\|")
 
 
+def _pivot(counts: list[dict[str, Any]], channels: list[str]) -> dict[str, Any]:
+    """Outcome counts as a source x channel grid: each cell a list of (outcome, count)."""
+    chans = sorted({*channels, *(c["channel"] for c in counts)})
+    cells: dict[tuple[str, str], list[tuple[str, int]]] = {}
+    for c in counts:
+        cells.setdefault((c["source"], c["channel"]), []).append((c["outcome"], c["count"]))
+    sources = sorted({c["source"] for c in counts})
+    return {"channels": chans,
+            "rows": [(s, [cells.get((s, ch), []) for ch in chans]) for s in sources]}
+
+
 _env.filters["secs"] = _secs
+_env.filters["pivot"] = _pivot
 _env.filters["cell"] = _md_cell
 
 
