@@ -496,3 +496,6 @@ class PlaybookFiles:
 
     def load(self) -> Catalog:
         return load_catalog(self.directory)
+
+    def locate(self, exc: ConfigError) -> dict[str, Any]:
+        return problem_of(exc).details()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, tzinfo
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from crisiscomms.cli.state import echo_json, get_app
-from crisiscomms.domain.clock import isoformat
+from crisiscomms.domain.clock import isoformat, shown
+from crisiscomms.domain.errors import ConfigError
+from crisiscomms.services.reload import reload_states
 
 LIVE_SECONDS = 120  # a watcher heartbeats every 10 s; two minutes of silence means gone
 
@@ -38,8 +42,22 @@ def status(
                  "started_at": isoformat(w.started_at), "last_seen_at": isoformat(w.last_seen_at),
                  "live": (now - w.last_seen_at).total_seconds() <= LIVE_SECONDS}
                 for w in app.store.watchers()]
+    live_watchers = [w for w in app.store.watchers()
+                     if (now - w.last_seen_at).total_seconds() <= LIVE_SECONDS]
+    states = reload_states(app.store, live_watchers)
+    reloads = [{"worker": r.worker, "loaded_at": isoformat(r.loaded_at),
+                "refused": r.refused, "refused_at": isoformat(r.refused_at)
+                if r.refused_at else None} for r in states]
+    tz: tzinfo = UTC
+    catalog_error = None
+    try:
+        tz = app.catalog.policy.tz
+    except ConfigError as exc:  # status still answers, and says what is wrong
+        catalog_error = str(exc)
     data = {"crisis_flag": bool(active), "at": isoformat(now),
             "database": app.store.describe(),
+            "playbooks": {"directory": str(app.settings.playbooks_dir),
+                          "error": catalog_error, "reload": reloads},
             "incidents": [incident_json(i) for i in active], "queue": counts,
             "sources": sources, "channels": channels, "watchers": watchers}
     if json_out:
@@ -47,6 +65,21 @@ def status(
         return
     typer.echo(f"crisis flag: {'ON' if active else 'off'}")
     typer.echo(f"database: {data['database']}")
+    typer.echo(f"playbooks: {app.settings.playbooks_dir}")
+    if catalog_error:
+        typer.echo(f"playbooks: cannot be read: {catalog_error}")
+    for r in states:
+        refused = r.refused
+        if not refused:
+            continue
+        name = Path(str(refused.get("file") or "")).name or "the playbooks"
+        where = ", ".join(part for part in (
+            f"line {refused['line']}" if refused.get("line") else "",
+            f"key {refused['key']}" if refused.get("key") else "") if part)
+        loaded = shown(r.loaded_at, tz)
+        typer.echo(f"playbooks: change to {name} refused ({where + ': ' if where else ''}"
+                   f"{refused.get('error')}); the watcher {r.worker} runs the last good "
+                   f"configuration loaded at {loaded}")
     live = [w for w in watchers if w["live"]]
     typer.echo(f"watchers: {len(live)} live" + ("" if live else
                                                 " (none seen in the last 2 minutes)"))

@@ -156,6 +156,40 @@ class Dispatcher:
         # Set on shutdown: the tick finishes the send in flight and starts no other.
         self.stop_requested = threading.Event()
         self._problems: dict[str, str | None] = {}  # what the store says of each channel
+        self._lock = threading.Lock()
+        self._pending: tuple[Catalog, dict[str, Publisher], set[str]] | None = None
+
+    def reconfigure(self, catalog: Catalog, publishers: Mapping[str, Publisher],
+                    removed: set[str]) -> None:
+        """Use a reloaded catalogue from the next tick on (never in the middle of one):
+        ``publishers`` replace (or add) those channels' publishers, ``removed`` channels lose
+        theirs (their items are held as not configured)."""
+        with self._lock:
+            if self._pending is not None:  # two reloads before a tick: the later one wins
+                _, earlier, gone = self._pending
+                publishers = {**{k: v for k, v in earlier.items() if k not in removed},
+                              **publishers}
+                removed = (gone | removed) - set(publishers)
+            self._pending = (catalog, dict(publishers), set(removed))
+
+    def _apply_pending(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        catalog, publishers, removed = pending
+        old = {k: v for k, v in self.publishers.items() if k in removed or k in publishers}
+        self.catalog = catalog
+        self.publishers = {**{k: v for k, v in self.publishers.items() if k not in removed},
+                           **publishers}
+        for channel_id, publisher in old.items():
+            if self.publishers.get(channel_id) is not publisher:
+                with contextlib.suppress(Exception):
+                    publisher.close()
+        for channel_id in removed:
+            self._problems.pop(channel_id, None)
+        log.info("dispatch.reconfigured", channels=sorted(self.publishers),
+                 replaced=sorted(publishers), removed=sorted(removed))
 
     def _now(self, fallback: datetime) -> datetime:
         """The time now (a send's lease starts when the send starts, not the round)."""
@@ -165,6 +199,7 @@ class Dispatcher:
     def tick(self, now: datetime) -> DispatchStats:
         """Recover expired leases, then decide and send every pending item once."""
         stats = DispatchStats()
+        self._apply_pending()  # a reloaded catalogue takes effect between ticks only
         if not self._problems:  # first tick: say which channels cannot post at all
             for channel_id, publisher in sorted(self.publishers.items()):
                 self._channel_problem(channel_id, getattr(publisher, "unavailable", None))

@@ -52,6 +52,23 @@ REFUSED_SEEN = "refused_seen"  # in SourceState.extra: refusals already audited 
 REFUSALS = frozenset({"redirect_refused", "private_address", "bad_url", "too_many_redirects"})
 
 
+async def _close(src: Source) -> None:
+    try:
+        await src.aclose()
+    except Exception as exc:  # a stopped adapter's close failing is not the loop's failure
+        log.warning("source.close_failed", source=src.key, error=str(exc))
+
+
+_CLOSING: set[asyncio.Future[None]] = set()  # closes in progress (kept until they finish)
+
+
+def _close_later(src: Source, _task: object = None) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is gone: the process is exiting
+        fut = asyncio.ensure_future(_close(src))
+        _CLOSING.add(fut)
+        fut.add_done_callback(_CLOSING.discard)
+
+
 def _respecting_reset(state: SourceState, now: datetime) -> bool:
     value = state.extra.get(NOT_BEFORE)
     return bool(value) and datetime.fromisoformat(str(value)) > now
@@ -86,6 +103,35 @@ class Watcher:
         # watcher takes a source over only from a watcher that died or stalled.
         self.lease = timedelta(seconds=max(60.0, settings.deadline_seconds + 30.0))
         self._running: dict[str, asyncio.Future[None]] = {}
+        self._pending: tuple[Catalog, list[Source], set[str]] | None = None
+
+    # -- following the playbooks ------------------------------------------------------
+    def reconfigure(self, catalog: Catalog, added: Sequence[Source], dropped: set[str]) -> None:
+        """Use a reloaded catalogue from the next cycle on (never in the middle of one):
+        the adapters keyed ``dropped`` stop (each when its poll in progress, if any, ends) and
+        ``added`` start; the others keep polling with their state, as after a restart."""
+        if self._pending is not None:  # two reloads before a cycle: the later one wins
+            _, earlier, gone = self._pending
+            dropped = dropped | gone
+            added = [*(a for a in earlier if a.key not in dropped), *added]
+        self._pending = (catalog, list(added), set(dropped))
+
+    async def _apply_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        catalog, added, dropped = pending
+        gone = [s for s in self.sources if s.key in dropped]
+        self.catalog = catalog
+        self.sources = [*(s for s in self.sources if s.key not in dropped), *added]
+        log.info("watch.reconfigured", sources=[s.key for s in self.sources],
+                 started=[s.key for s in added], stopped=sorted(dropped))
+        for src in gone:
+            task = self._running.get(src.key)
+            if task is None:
+                await _close(src)
+            else:  # its poll ends first (a poll is never cut short by a reload)
+                task.add_done_callback(functools.partial(_close_later, src))
 
     # -- scheduling -----------------------------------------------------------------
     def incident_source_ids(self, incidents: Sequence[Incident]) -> set[str]:
@@ -122,6 +168,8 @@ class Watcher:
         With ``wait=False`` (the run loop) the polls go on in the background and the next
         cycle starts without them: a source still being polled is simply not due again, so
         one slow server delays nothing but itself. ``cancel_running()`` abandons them."""
+        await self._apply_pending()
+        catalog = self.catalog  # one configuration for the whole cycle, each poll included
         incidents = self.store.active_incidents()
         watched = self.watched_ids(incidents)
         incident_ids = self.incident_source_ids(incidents)
@@ -150,7 +198,7 @@ class Watcher:
         tasks = []
         for src, st in due:
             task = asyncio.ensure_future(self._poll_and_record(
-                src, st, now, self._interval(src, incident_ids), incidents, stats))
+                src, st, now, self._interval(src, incident_ids), incidents, stats, catalog))
             self._running[src.key] = task
             task.add_done_callback(functools.partial(self._finished, src.key))
             tasks.append(task)
@@ -160,7 +208,7 @@ class Watcher:
 
     async def _poll_and_record(self, src: Source, st: SourceState, now: datetime,
                                interval: float, incidents: Sequence[Incident],
-                               stats: CycleStats) -> None:
+                               stats: CycleStats, catalog: Catalog) -> None:
         try:
             result = await self._poll(src, st, now)
         except asyncio.CancelledError:
@@ -176,7 +224,8 @@ class Watcher:
             if isinstance(result, SourceError):
                 self._record_failure(src, st, result, now, stats)
             else:
-                self._record_success(src, st, result, now, interval, incidents, stats)
+                self._record_success(src, st, result, now, interval, incidents, stats,
+                                     catalog)
         except StaleWriteError as exc:
             self._overtaken(src, exc, now, stats)
 
@@ -284,7 +333,8 @@ class Watcher:
 
     def _record_success(self, src: Source, st: SourceState, result: PollResult, now: datetime,
                         interval: float, incidents: Sequence[Incident],
-                        stats: CycleStats) -> None:
+                        stats: CycleStats, catalog: Catalog | None = None) -> None:
+        catalog = catalog or self.catalog
         next_at = now + timedelta(seconds=interval + self._jitter())
         extra = {k: v for k, v in {**st.extra, **result.extra}.items() if k != NOT_BEFORE}
         if result.rate_limited_until is not None:
@@ -298,10 +348,10 @@ class Watcher:
             cursor=result.cursor if result.cursor is not None else st.cursor,
             extra=extra, baseline_done=True)
         baseline = not st.baseline_done
-        leads = all_lead_sources(self.catalog, incidents)
+        leads = all_lead_sources(catalog, incidents)
         ordered = sorted((u for u in result.updates
                           if u.source_id in src.source_ids and u.source_id in
-                          self.catalog.sources), key=lambda u: priority(u, leads))
+                          catalog.sources), key=lambda u: priority(u, leads))
         with self.store.unit_of_work() as uow:
             if st.failures >= self.settings.failure_alert_after:
                 uow.audit.append(NewAuditEvent(
@@ -316,7 +366,7 @@ class Watcher:
                     # Where we relayed the alert it refers to: it is answered there, only.
                     threads = uow.outbox.threads(rec.update.source_id,
                                                  referenced_ids(rec.update))
-                m = match(rec, catalog=self.catalog, incidents=incidents, baseline=baseline,
+                m = match(rec, catalog=catalog, incidents=incidents, baseline=baseline,
                           now=now, threads=threads)
                 uow.updates.set_disposition(rec.update.id or 0, m.disposition)
                 items += m.items
