@@ -8,10 +8,13 @@ from pathlib import Path
 
 import yaml
 
+from tests.identity_helpers import become
 
-def test_activate_status_deactivate_round_trip(cli):
+
+def test_activate_status_deactivate_round_trip(cli, monkeypatch):
+    become(monkeypatch, "alice")
     r = cli("--at", "2026-11-27T18:00:00Z", "activate", "flooding", "--reason", "River Chelmer",
-            "--operator", "alice", "--json")
+            "--json")
     assert r.code == 0, r.err
     inc = json.loads(r.out)
     assert inc["id"] == 1 and inc["lead"] == "essex-police-x"
@@ -29,7 +32,8 @@ def test_activate_status_deactivate_round_trip(cli):
     r = cli("status")
     assert "crisis flag: ON" in r.out and "River Chelmer" in r.out
 
-    r = cli("deactivate", "--reason", "levels falling", "--operator", "bob")
+    become(monkeypatch, "bob")
+    r = cli("deactivate", "--reason", "levels falling")
     assert r.code == 0, r.err
     assert "crisis flag off" in r.out
     assert json.loads(cli("status", "--json").out)["crisis_flag"] is False
@@ -88,13 +92,15 @@ def test_deactivate_without_active_incident(cli):
     assert r.code == 2 and "unknown incident 99" in r.err
 
 
-def test_unpinned_x_source_refuses_activation_and_is_audited(cli, playbooks_dir: Path):
+def test_unpinned_x_source_refuses_activation_and_is_audited(cli, playbooks_dir: Path,
+                                                             monkeypatch):
+    become(monkeypatch, "alice")
     data = yaml.safe_load((playbooks_dir / "sources.yaml").read_text())
     for s in data["sources"]:
         if s["id"] == "ecfrs-x":
             s["x_user_id"] = ""
     (playbooks_dir / "sources.yaml").write_text(yaml.safe_dump(data))
-    r = cli("activate", "flooding", "--reason", "r", "--operator", "alice")
+    r = cli("activate", "flooding", "--reason", "r")
     assert r.code == 3
     assert "ecfrs-x (@ECFRS)" in r.err and "pinned" in r.err
     log = json.loads(cli("audit", "log", "--json").out)
@@ -102,15 +108,17 @@ def test_unpinned_x_source_refuses_activation_and_is_audited(cli, playbooks_dir:
     assert json.loads(cli("status", "--json").out)["crisis_flag"] is False
 
 
-def test_unlisted_operator_is_refused_and_audited(cli, playbooks_dir: Path):
+def test_unlisted_operator_is_refused_and_audited(cli, playbooks_dir: Path, monkeypatch):
     policy = yaml.safe_load((playbooks_dir / "policy.yaml").read_text())
     policy["operators"] = ["alice"]
     (playbooks_dir / "policy.yaml").write_text(yaml.safe_dump(policy))
-    r = cli("activate", "flooding", "--reason", "r", "--operator", "mallory")
+    become(monkeypatch, "mallory")
+    r = cli("activate", "flooding", "--reason", "r")
     assert r.code == 3 and "mallory" in r.err
     log = json.loads(cli("audit", "log", "--json").out)
     assert log[-1]["action"] == "incident.activate.refused"
-    assert cli("activate", "flooding", "--reason", "r", "--operator", "alice").code == 0
+    become(monkeypatch, "alice")
+    assert cli("activate", "flooding", "--reason", "r").code == 0
 
 
 def test_bad_at_is_a_usage_error(cli):

@@ -7,6 +7,8 @@ import json
 
 import yaml
 
+from tests.identity_helpers import become
+
 
 def test_an_unknown_state_is_an_error_listing_the_valid_ones(cli):
     cli("activate", "flooding", "--reason", "r")
@@ -30,14 +32,16 @@ def test_queue_list_has_column_headers(cli):
     assert first.split()[:4] == ["ID", "STATE", "CHANNEL", "ACTION"]
 
 
-def test_window_remove_goes_through_the_operator_check(cli, playbooks_dir):
+def test_window_remove_goes_through_the_operator_check(cli, playbooks_dir, monkeypatch):
     policy = yaml.safe_load((playbooks_dir / "policy.yaml").read_text())
     policy["operators"] = ["alice"]
     (playbooks_dir / "policy.yaml").write_text(yaml.safe_dump(policy))
+    become(monkeypatch, "alice")
     r = cli("window", "add", "--from", "2026-12-02T10:00:00Z", "--to", "2026-12-02T11:00:00Z",
-            "--reason", "Q&A", "--operator", "alice")
+            "--reason", "Q&A")
     assert r.code == 0, r.err
-    r = cli("window", "remove", "1", "--reason", "oops", "--operator", "mallory")
+    become(monkeypatch, "mallory")
+    r = cli("window", "remove", "1", "--reason", "oops")
     assert r.code == 3 and "mallory" in r.err
     assert len(json.loads(cli("window", "list", "--json").out)) == 1
     log = json.loads(cli("audit", "log", "--json").out)

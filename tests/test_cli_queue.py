@@ -10,6 +10,7 @@ import yaml
 from crisiscomms.domain.clock import FixedClock, parse_instant
 from crisiscomms.simulator import World, serve
 from crisiscomms.testing import enqueue
+from tests.identity_helpers import become
 
 FRI_EVENING = "2026-11-27T18:00:00Z"  # outside staffed hours
 MON_MORNING = "2026-11-30T09:00:00Z"
@@ -19,15 +20,16 @@ def _items(cli, *args):
     return json.loads(cli("queue", "list", "--json", *args).out)
 
 
-def test_queue_actions_are_audited_and_explained(cli):
-    assert cli("--at", FRI_EVENING, "activate", "major-incident", "--reason", "r",
-               "--operator", "alice").code == 0
+def test_queue_actions_are_audited_and_explained(cli, monkeypatch):
+    become(monkeypatch, "alice")
+    assert cli("--at", FRI_EVENING, "activate", "major-incident", "--reason", "r").code == 0
     items = _items(cli)
     assert len(items) == 2 and {i["state"] for i in items} == {"queued"}
     x_item = next(i for i in items if i["channel"] == "x")
 
+    become(monkeypatch, "bob")
     r = cli("--at", FRI_EVENING, "queue", "edit", str(x_item["id"]), "--text",
-            "A major incident has been declared. #EssexMajorIncident", "--operator", "bob")
+            "A major incident has been declared. #EssexMajorIncident")
     assert r.code == 0, r.err
     shown = json.loads(cli("queue", "show", str(x_item["id"]), "--json").out)
     assert shown["edited_text"].startswith("A major incident has been declared.")
@@ -92,9 +94,10 @@ def test_windows_and_explain_for_normal_items(cli, home: Path):
     assert cli("window", "remove", "1").code == 2
 
 
-def test_lead_change_is_audited_and_reported(cli):
+def test_lead_change_is_audited_and_reported(cli, monkeypatch):
     cli("activate", "flooding", "--reason", "r")
-    r = cli("lead", "ecfrs-x", "--reason", "fire service takes the lead", "--operator", "alice")
+    become(monkeypatch, "alice")
+    r = cli("lead", "ecfrs-x", "--reason", "fire service takes the lead")
     assert r.code == 0 and "lead is now ecfrs-x" in r.out
     assert cli("lead", "met-office-ee", "--reason", "x").code == 2
     assert cli("lead", "ecfrs-x", "--reason", "x").code == 3

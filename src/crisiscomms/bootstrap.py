@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import os
+import pwd
 import random
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from pydantic import SecretStr
 
 from crisiscomms.adapters.playbooks import broken_files, load_catalog
 from crisiscomms.adapters.store import open_store
-from crisiscomms.domain.clock import FixedClock, SystemClock, parse_instant
+from crisiscomms.domain.clock import AtClock, SystemClock, is_naive, parse_local_instant
 from crisiscomms.domain.config import Catalog
 from crisiscomms.domain.errors import ConfigError, StoreError
 from crisiscomms.domain.models import SourceKind, WatcherInfo
@@ -39,17 +39,34 @@ from crisiscomms.settings import Settings, channel_secret
 log = structlog.get_logger(__name__)
 
 
-def default_operator() -> str:
-    """The operator is the login name (the real user under sudo)."""
-    return os.environ.get("SUDO_USER") or getpass.getuser()
+def default_operator(trust_sudo_user: bool = False) -> str:
+    """The operator is the real OS user (``getuid``'s passwd entry), never ``$USER`` or
+    ``$LOGNAME``, which anyone can set. ``SUDO_USER`` is honoured only when the real user is
+    root (only root can run sudo's child with it) and the policy says ``trust_sudo_user``."""
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid without a passwd entry (containers)
+        name = f"uid:{uid}"
+    sudo_user = os.environ.get("SUDO_USER", "").strip()
+    if uid == 0 and trust_sudo_user and sudo_user:
+        return sudo_user
+    return name
 
 
-def make_clock(at: str | None) -> Clock:
-    """``--at`` / ``CRISISCOMMS_AT`` freeze the clock at an instant; otherwise the system clock."""
+def make_clock(at: str | None, tz: tzinfo | Callable[[], tzinfo] | None = None, *,
+               live_ok: bool = False) -> Clock:
+    """``--at`` / ``CRISISCOMMS_AT`` freeze the clock at an instant (``AtClock``: the operator
+    check refuses changes with it on a live database unless ``live_ok``); otherwise the system
+    clock. A naive instant means wall time in ``tz`` (the policy's zone; a callable is asked
+    only then), UTC if none is given; an offset or ``Z`` is honoured."""
     if not at:
         return SystemClock()
     try:
-        return FixedClock(parse_instant(at))
+        zone: tzinfo = UTC
+        if is_naive(at) and tz is not None:
+            zone = tz() if callable(tz) else tz
+        return AtClock(parse_local_instant(at, zone), text=at.strip(), live_ok=live_ok)
     except ValueError:
         raise ConfigError(f"--at: {at!r} is not an ISO-8601 instant "
                           "(e.g. 2026-11-27T18:00:00Z)") from None

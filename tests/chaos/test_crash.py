@@ -68,7 +68,7 @@ def test_watch_survives_random_sigkills(tmp_path: Path):
         playbooks = write_playbooks(tmp_path / "playbooks", sim, scenario)
         env = sim_env(home, playbooks, sim)
         done = cli(env, "activate", PLAYBOOK, "--reason", "chaos: crash test",
-                   "--operator", "chaos", cwd=tmp_path)
+                   cwd=tmp_path)
         assert done.returncode == 0, done.stderr
 
         # The first poll of a source is its baseline (floods nothing): let every source

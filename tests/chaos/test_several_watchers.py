@@ -78,7 +78,7 @@ def test_several_watchers_publish_everything_exactly_once(tmp_path: Path,
         playbooks = write_playbooks(tmp_path / "playbooks", sim, scenario)
         env = sim_env(home, playbooks, sim, **extra)
         done = cli(env, "activate", PLAYBOOK, "--reason", "chaos: several watchers",
-                   "--operator", "chaos", cwd=tmp_path)
+                   cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         n_keys = sum(1 for s in scenario.sources if s.kind == "rss") + 1
         serial = iter(range(1000))

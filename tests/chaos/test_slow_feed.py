@@ -40,7 +40,7 @@ def test_a_trickling_feed_neither_blocks_posting_nor_a_stop(tmp_path: Path):
     with serve(world) as sim:
         playbooks = write_playbooks(tmp_path / "playbooks", sim, scenario)
         env = sim_env(home, playbooks, sim, CRISISCOMMS_POLLING__DEADLINE_SECONDS="120")
-        assert cli(env, "activate", PLAYBOOK, "--reason", "slow feed", "--operator", "chaos",
+        assert cli(env, "activate", PLAYBOOK, "--reason", "slow feed",
                    cwd=tmp_path).returncode == 0
         watch = Watch(env, tmp_path, logs / "watch.log", worker_id="slow")
         try:

@@ -45,7 +45,7 @@ def test_two_watchers_on_one_database_post_nothing_twice(tmp_path: Path):
         playbooks = write_playbooks(tmp_path / "playbooks", sim, scenario)
         env = sim_env(home, playbooks, sim)
         done = cli(env, "activate", PLAYBOOK, "--reason", "chaos: two watchers",
-                   "--operator", "chaos", cwd=tmp_path)
+                   cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         n_keys = sum(1 for s in scenario.sources if s.kind == "rss") + 1
         watchers = [Watch(env, tmp_path, logs / f"watch-{w}.log", worker_id=f"w{w}")

@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 import typer
 
-from crisiscomms.bootstrap import default_operator
-from crisiscomms.cli.state import echo_json, get_app
+from crisiscomms.cli.state import current_operator, echo_json, get_app, when
 from crisiscomms.cli.status_cmd import LIVE_SECONDS
+from crisiscomms.domain.audit import ChainReport
 from crisiscomms.domain.clock import isoformat
 from crisiscomms.domain.models import Incident
 from crisiscomms.services import incidents as uc
@@ -32,13 +32,14 @@ def activate(
     lead: Annotated[str | None, typer.Option(
         "--lead", help="Lead agency source id; default: the playbook's default_lead.")] = None,
     operator: Annotated[str | None, typer.Option(
-        "--operator", help="Who is activating (default: your login name).")] = None,
+        "--operator", help="Act for this operator (only where policy.yaml delegates lets you; "
+        "audited). You are always your real OS user.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Turn the crisis flag on: create an incident of PLAYBOOK and print its id."""
     app = get_app()
     inc = uc.activate(app.store, app.catalog, app.clock, playbook=playbook, reason=reason,
-                      operator=operator or default_operator(), hashtags=hashtag or [],
+                      operator=current_operator(operator), hashtags=hashtag or [],
                       lead=lead)
     for line in channel_warnings(app, inc.playbook):
         typer.echo(f"warning: {line}", err=True)
@@ -49,11 +50,14 @@ def activate(
                    f"({app.store.describe()}) in the last {LIVE_SECONDS // 60} minutes: nothing "
                    "will be relayed until 'crisiscomms watch' runs against it (check "
                    "CRISISCOMMS_DATABASE_URL / CRISISCOMMS_HOME, or the service)", err=True)
+    head = app.store.verify_audit()
     if json_out:
-        echo_json(incident_json(inc))
+        echo_json({**incident_json(inc), "audit_head": head.head})
         return
     typer.echo(f"incident {inc.id} active: playbook {inc.playbook}, lead {inc.lead}, "
-               f"hashtags {' '.join(inc.hashtags)}, by {inc.activated_by}")
+               f"hashtags {' '.join(inc.hashtags)}, by {inc.activated_by} at "
+               f"{when(inc.activated_at)}")
+    typer.echo(audit_head_line(head))
 
 
 def channel_warnings(app: Any, playbook: str) -> list[str]:
@@ -81,19 +85,30 @@ def deactivate(
         help="Incident id; may be left out when exactly one is active.")] = None,
     reason: Annotated[str, typer.Option("--reason", help="Why: goes on the audit record.")] = "",
     operator: Annotated[str | None, typer.Option(
-        "--operator", help="Who is standing down (default: your login name).")] = None,
+        "--operator", help="Act for this operator (only where policy.yaml delegates lets you; "
+        "audited). You are always your real OS user.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Stand an incident down; the crisis flag goes off with the last active incident."""
     app = get_app()
     inc = uc.deactivate(app.store, app.catalog, app.clock, incident_id=incident, reason=reason,
-                        operator=operator or default_operator())
+                        operator=current_operator(operator))
     remaining = app.store.active_incidents()
+    head = app.store.verify_audit()
     if json_out:
-        echo_json({**incident_json(inc), "crisis_flag": bool(remaining)})
+        echo_json({**incident_json(inc), "crisis_flag": bool(remaining),
+                   "audit_head": head.head})
         return
     flag = "on" if remaining else "off"
-    typer.echo(f"incident {inc.id} stood down by {inc.deactivated_by}; crisis flag {flag}")
+    typer.echo(f"incident {inc.id} stood down by {inc.deactivated_by} at "
+               f"{when(inc.deactivated_at)}; crisis flag {flag}")
+    typer.echo(audit_head_line(head))
+
+
+def audit_head_line(head: ChainReport) -> str:
+    """The audit head to copy somewhere outside (``audit verify --expect-head``)."""
+    state = "ok" if head.ok else f"BROKEN: {head.problem}"
+    return f"audit head {head.head} (chain {state}; keep a copy: audit verify --expect-head)"
 
 
 def lead(
@@ -102,13 +117,14 @@ def lead(
     incident: Annotated[int | None, typer.Option(
         "--incident", help="Incident id; may be left out when exactly one is active.")] = None,
     operator: Annotated[str | None, typer.Option(
-        "--operator", help="Who is acting (default: your login name).")] = None,
+        "--operator", help="Act for this operator (only where policy.yaml delegates lets you; "
+        "audited). You are always your real OS user.")] = None,
 ) -> None:
     """Hand an active incident's lead to another allowed lead agency."""
     app = get_app()
     inc = uc.change_lead(app.store, app.catalog, app.clock, lead=source, reason=reason,
-                         operator=operator or default_operator(), incident_id=incident)
-    typer.echo(f"incident {inc.id}: lead is now {inc.lead}")
+                         operator=current_operator(operator), incident_id=incident)
+    typer.echo(f"incident {inc.id}: lead is now {inc.lead} (at {when(app.clock.now())})")
 
 
 def register(app: typer.Typer) -> None:

@@ -6,10 +6,9 @@ from typing import Annotated, Any
 
 import typer
 
-from crisiscomms.bootstrap import default_operator
-from crisiscomms.cli.state import echo_json, get_app, option_instant
-from crisiscomms.domain.clock import isoformat
-from crisiscomms.domain.errors import ConfigError
+from crisiscomms.cli.state import current_operator, echo_json, get_app, option_instant, when
+from crisiscomms.domain.clock import isoformat, parse_instant
+from crisiscomms.domain.errors import ConfigError, CrisisCommsError, RefusedError
 from crisiscomms.domain.models import ItemState, OutboxItem
 from crisiscomms.services import queue as ops
 from crisiscomms.services import windows
@@ -21,7 +20,8 @@ window_app = typer.Typer(help="Live-event windows that extend staffed hours (pol
 policy_app = typer.Typer(help="Ask the policy about an item.", no_args_is_help=True)
 
 Operator = Annotated[str | None, typer.Option(
-    "--operator", help="Who is acting (default: your login name).")]
+    "--operator", help="Act for this operator (only where policy.yaml delegates lets you; "
+    "audited as 'you acting for NAME'). You are always your real OS user.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 ItemId = Annotated[int, typer.Argument(help="Outbox item id (see 'queue list').")]
 
@@ -90,14 +90,17 @@ def show(item: ItemId, json_out: Json = False) -> None:
     events = store.item_events(item)
     if json_out:
         echo_json({**item_json(it), "history": [
-            {"at": e.at, "state": e.state, "reason": e.reason, "actor": e.actor,
+            {"at": isoformat(e.at), "state": e.state, "reason": e.reason, "actor": e.actor,
              "details": e.details} for e in events]})
         return
+    times = {"not_before": it.not_before, "created_at": it.created_at, "done_at": it.done_at}
     for k, v in item_json(it).items():
-        typer.echo(f"{k:>12}: {v}")
+        typer.echo(f"{k:>12}: {when(times[k]) if times.get(k) else v}")
     typer.echo("     history:")
     for e in events:
-        typer.echo(f"   {isoformat(e.at)} {e.state:<15} {e.actor:<14} {e.reason}")
+        actor = e.actor + (f" acting for {e.details['acting_for']}"
+                           if e.details.get("acting_for") else "")
+        typer.echo(f"   {when(e.at, seconds=True)} {e.state:<15} {actor:<14} {e.reason}")
 
 
 def _done(item: OutboxItem, json_out: bool) -> None:
@@ -108,13 +111,54 @@ def _done(item: OutboxItem, json_out: bool) -> None:
 
 
 @app.command()
-def approve(item: ItemId, operator: Operator = None,
+def approve(items: Annotated[list[int] | None, typer.Argument(
+                help="Outbox item ids (see 'queue list').", show_default=False)] = None,
+            all_from: Annotated[str | None, typer.Option(
+                "--all-from", help="Every item waiting for approval whose update came from "
+                "this source id.")] = None,
+            operator: Operator = None,
             reason: Annotated[str, typer.Option("--reason", help="Why (audited).")] = "approved",
             json_out: Json = False) -> None:
-    """Approve an item that needs approval; the policy then decides when it goes."""
+    """Approve items that need approval (one id, several, or --all-from SOURCE); the policy
+    then decides when each goes. Each is its own audited decision; a refused one is reported
+    and the others go on (exit non-zero if any was refused)."""
     a = get_app()
-    _done(ops.approve(a.store, a.catalog, a.clock, item, operator or default_operator(),
-                      reason), json_out)
+    ids = list(items or [])
+    if all_from is not None:
+        if ids:
+            raise ConfigError("queue approve: give item ids or --all-from, not both")
+        if all_from not in a.catalog.sources:
+            raise ConfigError(f"--all-from: unknown source {all_from!r} (one of: "
+                              f"{', '.join(sorted(a.catalog.sources))})")
+        ids = ops.waiting_from(a.store, all_from)
+        if not ids:
+            typer.echo(f"no items from {all_from} are waiting for approval")
+            return
+    if not ids:
+        raise ConfigError("queue approve: give an item id (or several), or --all-from SOURCE")
+    who = current_operator(operator)
+    if len(ids) == 1 and all_from is None:
+        _done(ops.approve(a.store, a.catalog, a.clock, ids[0], who, reason), json_out)
+        return
+    results = ops.approve_many(a.store, a.catalog, a.clock, ids, who, reason)
+    approved = [r for r in results if r.item is not None]
+    refused = [r for r in results if r.error is not None]
+    if json_out:
+        echo_json({"approved": [item_json(r.item) for r in approved if r.item is not None],
+                   "refused": [{"id": r.item_id, "error": str(r.error)} for r in refused]})
+    else:
+        for r in results:
+            if r.item is not None:
+                typer.echo(_line(r.item))
+            else:
+                typer.echo(f"item {r.item_id}: not approved: {r.error}", err=True)
+        src = f" from {all_from}" if all_from else ""
+        typer.echo(f"approved {len(approved)} of {len(results)} items{src}"
+                   + (f"; {len(refused)} refused" if refused else ""))
+    if refused:
+        codes = {r.error.exit_code for r in refused if r.error is not None}
+        raise typer.Exit(RefusedError.exit_code if RefusedError.exit_code in codes
+                         else max(codes, default=CrisisCommsError.exit_code))
 
 
 @app.command()
@@ -122,18 +166,19 @@ def reject(item: ItemId, reason: Annotated[str, typer.Option("--reason", help="W
            operator: Operator = None, json_out: Json = False) -> None:
     """Reject an item: it will never be sent."""
     a = get_app()
-    _done(ops.reject(a.store, a.catalog, a.clock, item, operator or default_operator(),
-                     reason), json_out)
+    _done(ops.reject(a.store, a.catalog, a.clock, item, current_operator(operator), reason),
+          json_out)
 
 
 @app.command()
 def hold(item: ItemId, reason: Annotated[str, typer.Option("--reason", help="Why (audited).")],
          until: Annotated[str | None, typer.Option(
-             "--until", help="Hold until this instant (default: until 'queue retry').")] = None,
+             "--until", help="Hold until this instant (without an offset: the policy's time "
+             "zone; default: until 'queue retry').")] = None,
          operator: Operator = None, json_out: Json = False) -> None:
     """Hold an item (until a time, or until released with 'queue retry')."""
     a = get_app()
-    _done(ops.hold(a.store, a.catalog, a.clock, item, operator or default_operator(), reason,
+    _done(ops.hold(a.store, a.catalog, a.clock, item, current_operator(operator), reason,
                    option_instant("--until", until)), json_out)
 
 
@@ -146,7 +191,7 @@ def retry(item: ItemId, operator: Operator = None,
     """Put a failed, held or needs-review item back in the queue. Safe: an item whose earlier
     attempt may have reached the platform is checked on the platform before any resend."""
     a = get_app()
-    _done(ops.retry(a.store, a.catalog, a.clock, item, operator or default_operator(), force),
+    _done(ops.retry(a.store, a.catalog, a.clock, item, current_operator(operator), force),
           json_out)
 
 
@@ -155,14 +200,16 @@ def edit(item: ItemId, text: Annotated[str, typer.Option("--text", help="The new
          operator: Operator = None, json_out: Json = False) -> None:
     """Edit an item's text before it is approved or sent; the original is kept."""
     a = get_app()
-    _done(ops.edit(a.store, a.catalog, a.clock, item, operator or default_operator(), text),
+    _done(ops.edit(a.store, a.catalog, a.clock, item, current_operator(operator), text),
           json_out)
 
 
 @window_app.command("add")
 def window_add(
-    from_: Annotated[str, typer.Option("--from", help="Start (ISO-8601).")],
-    to: Annotated[str, typer.Option("--to", help="End (ISO-8601).")],
+    from_: Annotated[str, typer.Option(
+        "--from", help="Start (ISO-8601; without an offset: the policy's time zone).")],
+    to: Annotated[str, typer.Option(
+        "--to", help="End (ISO-8601; without an offset: the policy's time zone).")],
     reason: Annotated[str, typer.Option("--reason", help="The live event.")],
     operator: Operator = None,
 ) -> None:
@@ -171,8 +218,8 @@ def window_add(
     start, end = option_instant("--from", from_), option_instant("--to", to)
     assert start is not None and end is not None
     w = windows.add_window(a.store, a.catalog, a.clock, start, end, reason,
-                           operator or default_operator())
-    typer.echo(f"window {w.id}: {isoformat(w.start)} to {isoformat(w.end)}: {w.reason}")
+                           current_operator(operator))
+    typer.echo(f"window {w.id}: {when(w.start)} to {when(w.end)}: {w.reason}")
 
 
 @window_app.command("list")
@@ -183,8 +230,13 @@ def window_list(json_out: Json = False) -> None:
         echo_json([{"id": w.id, "from": isoformat(w.start), "to": isoformat(w.end),
                     "reason": w.reason, "by": w.created_by} for w in ws])
         return
+    if not ws:
+        typer.echo("no live-event windows")
+        return
+    typer.echo(f"{'ID':>4} {'FROM':<20} {'TO':<20} {'BY':<14} REASON")
     for w in ws:
-        typer.echo(f"{w.id:>4} {isoformat(w.start)} {isoformat(w.end)} {w.reason}")
+        typer.echo(f"{w.id:>4} {when(w.start):<20} {when(w.end):<20} {w.created_by:<14} "
+                   f"{w.reason}")
 
 
 @window_app.command("remove")
@@ -194,23 +246,25 @@ def window_remove(window: Annotated[int, typer.Argument(help="Window id.")],
     """Remove a live-event window."""
     a = get_app()
     windows.remove_window(a.store, a.catalog, a.clock, window, reason,
-                          operator or default_operator())
+                          current_operator(operator))
     typer.echo(f"window {window} removed")
 
 
 @policy_app.command()
 def explain(item: ItemId,
             at: Annotated[str | None, typer.Option(
-                "--at", help="As of this instant (default: now or the global --at).")] = None,
+                "--at", help="As of this instant (default: now or the global --at; without an "
+                "offset: the policy's time zone).")] = None,
             json_out: Json = False) -> None:
     """Print why an item is where it is and when it would go."""
     a = get_app()
-    when = option_instant("--at", at) or a.clock.now()
-    info = ops.explain(a.store, a.catalog, item, when)
+    when_at = option_instant("--at", at) or a.clock.now()
+    info = ops.explain(a.store, a.catalog, item, when_at)
     if json_out:
         echo_json(info)
         return
     typer.echo(f"item {item} on {info['channel']} is {info['state']}: {info['stored_reason']}")
-    typer.echo(f"at {info['at']}: {info['decision']}: {info['reason']}")
+    typer.echo(f"at {when(when_at)}: {info['decision']}: {info['reason']}")
     if info["would_go_at"]:
-        typer.echo(f"would go at {info['would_go_at']} (if nothing else changes)")
+        typer.echo(f"would go at {when(parse_instant(info['would_go_at']))} (if nothing else "
+                   "changes)")

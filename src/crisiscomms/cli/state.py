@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
-from crisiscomms.bootstrap import App, build_app
-from crisiscomms.domain.clock import parse_instant
+from crisiscomms import bootstrap
+from crisiscomms.bootstrap import App, build_app, make_clock
+from crisiscomms.domain.clock import SystemClock, is_naive, parse_local_instant, shown
 from crisiscomms.domain.errors import ConfigError
+from crisiscomms.domain.models import Operator
 from crisiscomms.logs import configure
 from crisiscomms.settings import Settings
 
@@ -36,6 +38,9 @@ def global_options(
         "--log-format", help="auto (console on a TTY, JSON lines otherwise), json or console."
     )] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    at_on_live_database: Annotated[bool, typer.Option(
+        "--at-on-live-database", help="Allow changes with --at on a database a watcher uses "
+        "(audited; the real time is recorded too).")] = False,
 ) -> None:
     """Relay official crisis updates to our channels, exactly once, with an audit trail."""
     global _app
@@ -46,6 +51,7 @@ def global_options(
         if value is not None:
             _overrides[key] = value
     _overrides["_debug"] = debug
+    _overrides["_at_on_live_database"] = at_on_live_database
 
 
 def settings() -> Settings:
@@ -64,8 +70,35 @@ def get_app() -> App:
     if _app is None:
         s = settings()
         configure(s.log_level, s.log_format, sys.stderr)
-        _app = build_app(s)
+        app = build_app(s, clock=SystemClock())
+        if s.at:
+            # --at: a naive instant is wall time in the policy's zone (read only then).
+            app.clock = make_clock(s.at, lambda: app.catalog.policy.tz,
+                                   live_ok=bool(_overrides.get("_at_on_live_database")))
+        _app = app
     return _app
+
+
+def policy_tz() -> tzinfo:
+    """The policy's time zone: what times are shown in and naive input means."""
+    return get_app().catalog.policy.tz
+
+
+def when(dt: datetime | None, *, seconds: bool = False) -> str:
+    """A time for people, in the policy's zone with its name (``2026-07-01 02:00 BST``)."""
+    return shown(dt, policy_tz(), seconds=seconds)
+
+
+def current_operator(requested: str | None) -> Operator:
+    """Who is acting: the real OS user (``SUDO_USER`` from root only if the policy trusts it);
+    ``--operator NAME`` naming someone else makes this a delegate acting for NAME, which the
+    operator check allows only where policy ``delegates`` does."""
+    policy = get_app().catalog.policy
+    user = bootstrap.default_operator(trust_sudo_user=policy.trust_sudo_user)
+    name = (requested or "").strip()
+    if not name or name == user:
+        return Operator(user)
+    return Operator(user, acting_for=name)
 
 
 def close() -> None:
@@ -76,11 +109,14 @@ def close() -> None:
 
 
 def option_instant(option: str, text: str | None) -> datetime | None:
-    """Parse an ISO-8601 option value, or fail naming the option."""
+    """Parse an ISO-8601 option value typed by a person, or fail naming the option: an offset
+    or ``Z`` is honoured; a naive value is wall time in the policy's zone."""
     if text is None:
         return None
     try:
-        return parse_instant(text)
+        if not is_naive(text):
+            return parse_local_instant(text, UTC)
+        return parse_local_instant(text, policy_tz())
     except ValueError:
         raise ConfigError(f"{option}: {text!r} is not an ISO-8601 instant") from None
 

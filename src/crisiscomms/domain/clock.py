@@ -77,3 +77,22 @@ class FixedClock:
         with self._lock:
             self._at = self._at + delta
             return self._at
+
+
+class AtClock(FixedClock):
+    """The clock frozen by ``--at`` (drills and what-if questions). The operator check refuses
+    changes made with it on a database a watcher uses, unless ``live_ok`` (the explicit
+    ``--at-on-live-database``); the audit trail records the real wall time beside it anyway."""
+
+    def __init__(self, at: datetime, *, text: str = "", live_ok: bool = False) -> None:
+        super().__init__(at)
+        self.text = text or isoformat(at)
+        self.live_ok = live_ok
+
+
+def is_naive(text: str) -> bool:
+    """True if an ISO-8601 instant carries no offset (and no ``Z``). Raises ValueError."""
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        return False
+    return datetime.fromisoformat(value).tzinfo is None

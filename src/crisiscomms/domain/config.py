@@ -96,8 +96,35 @@ class PolicyConfig(_Model):
     pacing: bool = True
     normal_approval: Literal["auto", "manual"] = "manual"
     operators: list[str] = []
+    # Who may act for whom with ``--operator``: ``{bob: [alice]}`` lets the OS user bob act for
+    # alice (audited as "bob acting for alice"); nobody else may name another operator.
+    delegates: dict[str, list[str]] = {}
+    # Under sudo from root, take SUDO_USER as the operator (only root can set it honestly).
+    trust_sudo_user: bool = False
+    # Named on-call roles and their members, e.g. ``{oncall-lead: [carol]}``.
+    roles: dict[str, list[str]] = {}
+    # Roles whose members may approve text they wrote themselves (audited as self-approval).
+    self_approval: list[str] = []
     # What to do with updates of ``watch: always`` sources outside a crisis.
     normal_channels: list[ChannelAction] = []
+
+    @model_validator(mode="after")
+    def _known_roles(self) -> PolicyConfig:
+        unknown = [r for r in self.self_approval if r not in self.roles]
+        if unknown:
+            raise ValueError(f"self_approval: unknown role {unknown[0]!r} (define it under "
+                             f"roles; defined: {', '.join(sorted(self.roles)) or 'none'})")
+        return self
+
+    def members(self, role: str) -> frozenset[str]:
+        return frozenset(self.roles.get(role, ()))
+
+    def may_self_approve(self, person: str) -> str | None:
+        """The self-approval role ``person`` holds, if any."""
+        return next((r for r in self.self_approval if person in self.members(r)), None)
+
+    def may_act_for(self, delegate: str, person: str) -> bool:
+        return person in self.delegates.get(delegate, ())
 
     @field_validator("timezone")
     @classmethod

@@ -402,6 +402,39 @@ class NewAuditEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Operator:
+    """Who is acting: ``user`` is the real person (the OS user, see ``default_operator``);
+    ``acting_for`` is the operator a delegate acts for with ``--operator`` (policy
+    ``delegates``). The audit records ``user`` as the actor and ``acting_for`` in details."""
+
+    user: str
+    acting_for: str | None = None
+
+    @property
+    def on_behalf(self) -> str:
+        """Whose authority the action uses (checked against policy ``operators``)."""
+        return self.acting_for or self.user
+
+    @property
+    def label(self) -> str:
+        """For people: ``bob`` or ``bob acting for alice``."""
+        return f"{self.user} acting for {self.acting_for}" if self.acting_for else self.user
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset((self.user, self.acting_for) if self.acting_for else (self.user,))
+
+    def details(self) -> dict[str, Any]:
+        """What goes into an audit event's details."""
+        return {"acting_for": self.acting_for} if self.acting_for else {}
+
+
+def as_operator(value: str | Operator) -> Operator:
+    """A plain name (tests, the drill, the watcher) is a person acting for themselves."""
+    return value if isinstance(value, Operator) else Operator(value)
+
+
+@dataclass(frozen=True, slots=True)
 class WatcherInfo:
     """A watcher process as its heartbeat last described it."""
 

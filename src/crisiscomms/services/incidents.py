@@ -17,7 +17,13 @@ from crisiscomms.domain.matching import (
     match,
     message_items,
 )
-from crisiscomms.domain.models import Incident, NewAuditEvent, NewOutboxItem, RecordedUpdate
+from crisiscomms.domain.models import (
+    Incident,
+    NewAuditEvent,
+    NewOutboxItem,
+    Operator,
+    RecordedUpdate,
+)
 from crisiscomms.ports import Clock, Store, UnitOfWork
 from crisiscomms.services.operators import audit_refusal, check_operator
 
@@ -25,11 +31,12 @@ log = structlog.get_logger(__name__)
 
 
 def activate(store: Store, catalog: Catalog, clock: Clock, *, playbook: str,
-             reason: str, operator: str, hashtags: Sequence[str] = (),
+             reason: str, operator: str | Operator, hashtags: Sequence[str] = (),
              lead: str | None = None) -> Incident:
     """Turn the crisis flag on for a playbook: create the incident, queue its opening posts."""
     pb = catalog.playbook(playbook)
-    check_operator(store, catalog, clock, operator, "incident.activate", f"playbook:{pb.name}")
+    who = check_operator(store, catalog, clock, operator, "incident.activate",
+                         f"playbook:{pb.name}")
     if not reason.strip():
         raise ConfigError("--reason: a reason is required (it goes on the audit record)")
     try:
@@ -45,25 +52,25 @@ def activate(store: Store, catalog: Catalog, clock: Clock, *, playbook: str,
     try:
         catalog.check_activatable(pb)
     except RefusedError as exc:
-        audit_refusal(store, clock, operator, "incident.activate.refused",
+        audit_refusal(store, clock, who, "incident.activate.refused",
                       f"playbook:{pb.name}", str(exc))
         raise
     now = clock.now()
     with store.unit_of_work() as uow:
         incident = uow.incidents.add(playbook=pb.name, hashtags=tags, lead=chosen_lead,
-                                     reason=reason.strip(), operator=operator, at=now)
+                                     reason=reason.strip(), operator=who.label, at=now)
         uow.audit.append(NewAuditEvent(
-            operator, "incident.activated", f"incident:{incident.id}", incident.reason, now,
+            who.user, "incident.activated", f"incident:{incident.id}", incident.reason, now,
             {"playbook": pb.name, "hashtags": list(tags), "lead": chosen_lead,
-             "channels": sorted({c.channel for c in pb.channels})}))
+             "channels": sorted({c.channel for c in pb.channels}), **who.details()}))
         items: list[NewOutboxItem] = []
         if pb.activation_message:
             items += message_items(incident, pb, catalog, ACTIVATION, pb.activation_message)
         items += _backfill(uow, catalog, pb, incident)
-        uow.outbox.add(items, at=now, actor=operator)
+        uow.outbox.add(items, at=now, actor=who.user)
         uow.commit()
     log.info("incident.activated", incident=incident.id, playbook=pb.name, lead=chosen_lead,
-             hashtags=tags, operator=operator)
+             hashtags=tags, operator=who.label)
     return incident
 
 
@@ -93,39 +100,39 @@ def resolve_incident(store: Store, incident_id: int | None) -> Incident:
 
 
 def deactivate(store: Store, catalog: Catalog, clock: Clock, *, incident_id: int | None,
-               reason: str, operator: str) -> Incident:
+               reason: str, operator: str | Operator) -> Incident:
     """Stand an incident down; queue its stand-down message. The flag goes off with the last."""
     if not reason.strip():
         raise ConfigError("--reason: a reason is required (it goes on the audit record)")
     incident = resolve_incident(store, incident_id)
-    check_operator(store, catalog, clock, operator, "incident.deactivate",
-                   f"incident:{incident.id}")
+    who = check_operator(store, catalog, clock, operator, "incident.deactivate",
+                         f"incident:{incident.id}")
     pb = catalog.playbooks.get(incident.playbook)
     now = clock.now()
     with store.unit_of_work() as uow:
-        if not uow.incidents.stand_down(incident.id, at=now, operator=operator,
+        if not uow.incidents.stand_down(incident.id, at=now, operator=who.label,
                                         reason=reason.strip()):
             raise RefusedError(f"incident {incident.id} is already stood down")
         closed = uow.incidents.get(incident.id)
-        uow.audit.append(NewAuditEvent(operator, "incident.deactivated",
+        uow.audit.append(NewAuditEvent(who.user, "incident.deactivated",
                                        f"incident:{incident.id}", reason.strip(), now,
-                                       {"playbook": incident.playbook}))
+                                       {"playbook": incident.playbook, **who.details()}))
         if pb is not None and pb.stand_down_message:
             uow.outbox.add(message_items(closed, pb, catalog, STAND_DOWN,
-                                         pb.stand_down_message), at=now, actor=operator)
+                                         pb.stand_down_message), at=now, actor=who.user)
         uow.commit()
-    log.info("incident.deactivated", incident=closed.id, operator=operator)
+    log.info("incident.deactivated", incident=closed.id, operator=who.label)
     return closed
 
 
 def change_lead(store: Store, catalog: Catalog, clock: Clock, *, lead: str, reason: str,
-                operator: str, incident_id: int | None = None) -> Incident:
+                operator: str | Operator, incident_id: int | None = None) -> Incident:
     """Hand an active incident's lead to another allowed lead agency."""
     if not reason.strip():
         raise ConfigError("--reason: a reason is required (it goes on the audit record)")
     incident = resolve_incident(store, incident_id)
-    check_operator(store, catalog, clock, operator, "incident.lead_change",
-                   f"incident:{incident.id}")
+    who = check_operator(store, catalog, clock, operator, "incident.lead_change",
+                         f"incident:{incident.id}")
     pb = catalog.playbook(incident.playbook)
     if lead not in pb.leads:
         raise ConfigError(f"LEAD: {lead!r} is not an allowed lead of playbook {pb.name!r} "
@@ -137,10 +144,10 @@ def change_lead(store: Store, catalog: Catalog, clock: Clock, *, lead: str, reas
         if not uow.incidents.change_lead(incident.id, lead=lead):
             raise RefusedError(f"incident {incident.id} is stood down; its lead is final")
         changed = uow.incidents.get(incident.id)
-        uow.audit.append(NewAuditEvent(operator, "incident.lead_changed",
+        uow.audit.append(NewAuditEvent(who.user, "incident.lead_changed",
                                        f"incident:{incident.id}", reason.strip(), now,
                                        {"from": incident.lead, "to": lead,
-                                        "at": isoformat(now)}))
+                                        "at": isoformat(now), **who.details()}))
         uow.commit()
-    log.info("incident.lead_changed", incident=changed.id, lead=lead, operator=operator)
+    log.info("incident.lead_changed", incident=changed.id, lead=lead, operator=who.label)
     return changed

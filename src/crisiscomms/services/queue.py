@@ -5,14 +5,14 @@ unit of work."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from crisiscomms.domain import outbox
-from crisiscomms.domain.clock import isoformat
+from crisiscomms.domain.clock import isoformat, shown
 from crisiscomms.domain.config import Catalog
-from crisiscomms.domain.errors import ConfigError, RefusedError
+from crisiscomms.domain.errors import ConfigError, CrisisCommsError, RefusedError
 from crisiscomms.domain.models import (
     ActionKind,
     DecisionAction,
@@ -20,6 +20,7 @@ from crisiscomms.domain.models import (
     ItemState,
     NewAuditEvent,
     NewOutboxItem,
+    Operator,
     OutboxItem,
 )
 from crisiscomms.domain.outbox import FOREVER
@@ -28,13 +29,13 @@ from crisiscomms.domain.posttext import fits
 from crisiscomms.domain.workcal import local
 from crisiscomms.ports import Clock, Store
 from crisiscomms.services.dispatch import channel_counters
-from crisiscomms.services.operators import check_operator
+from crisiscomms.services.operators import audit_refusal, check_operator
 
 PENDING = ("queued", "held", "needs_approval")
 NATIVE_ACTIONS = frozenset({ActionKind.RETWEET, ActionKind.BOOST, ActionKind.REPOST})
 
 
-def _change(store: Store, clock: Clock, item_id: int, operator: str, action: str,
+def _change(store: Store, clock: Clock, item_id: int, who: Operator, action: str,
             change: Callable[[OutboxItem, datetime], OutboxItem],
             extra: Callable[[OutboxItem, OutboxItem], dict[str, Any]] | None = None,
             ) -> OutboxItem:
@@ -45,12 +46,13 @@ def _change(store: Store, clock: Clock, item_id: int, operator: str, action: str
         before = uow.outbox.get(item_id)
         after = change(before, now)
         saved = uow.outbox.save(before, after, ItemEvent(now, str(after.state), after.reason,
-                                                         operator, {"action": action}))
+                                                         who.user, {"action": action,
+                                                                    **who.details()}))
         details: dict[str, Any] = {"from": str(before.state), "to": str(after.state),
-                                   "channel": before.channel_id}
+                                   "channel": before.channel_id, **who.details()}
         if extra is not None:
             details.update(extra(before, after))
-        uow.audit.append(NewAuditEvent(operator, f"queue.{action}", f"item:{item_id}",
+        uow.audit.append(NewAuditEvent(who.user, f"queue.{action}", f"item:{item_id}",
                                        after.reason, now, details))
         uow.commit()
     return saved
@@ -65,61 +67,95 @@ def enqueue(store: Store, items: Sequence[NewOutboxItem], clock: Clock,
     return ids
 
 
-def approve(store: Store, catalog: Catalog, clock: Clock, item_id: int, operator: str,
-            reason: str) -> OutboxItem:
-    """Approve an item; the policy then decides when it goes."""
-    check_operator(store, catalog, clock, operator, "queue.approve", f"item:{item_id}")
-    return _change(store, clock, item_id, operator, "approve",
-                   lambda it, now: outbox.approve(it, by=operator, at=now,
-                                                  reason=f"approved by {operator}: {reason}"))
+def last_writer(store: Store, item_id: int) -> tuple[frozenset[str], ItemEvent] | None:
+    """Who last wrote the item's text (its latest edit: the delegate and whom they acted for),
+    or None if nobody of ours has edited it."""
+    edits = [e for e in store.item_events(item_id) if e.details.get("action") == "edit"]
+    if not edits:
+        return None
+    last = edits[-1]
+    names = {last.actor}
+    if last.details.get("acting_for"):
+        names.add(str(last.details["acting_for"]))
+    return frozenset(names), last
 
 
-def reject(store: Store, catalog: Catalog, clock: Clock, item_id: int, operator: str,
-           reason: str) -> OutboxItem:
+def approve(store: Store, catalog: Catalog, clock: Clock, item_id: int,
+            operator: str | Operator, reason: str) -> OutboxItem:
+    """Approve an item; the policy then decides when it goes. Approval by the person who last
+    wrote the text is refused unless they hold a policy ``self_approval`` role (then it is
+    audited as a self-approval)."""
+    who = check_operator(store, catalog, clock, operator, "queue.approve", f"item:{item_id}")
+    extra: dict[str, Any] = {}
+    writer = last_writer(store, item_id)
+    if writer is not None and writer[0] & who.names:
+        role = catalog.policy.may_self_approve(who.user)
+        wrote = " and ".join(sorted(writer[0] & who.names))
+        if role is None:
+            audit_refusal(store, clock, who, "queue.approve.refused", f"item:{item_id}",
+                          f"self-approval: {wrote} last wrote this text", {"self_approval": True})
+            raise RefusedError(
+                f"item {item_id}: {wrote} last wrote its text, so {who.label} may not approve "
+                "it; another operator must (policy.yaml self_approval names the on-call roles "
+                "that may)")
+        extra = {"self_approval": role}
+    why = f"approved by {who.label}: {reason}"
+    if extra:
+        why = (f"approved by {who.label} (self-approval, role {extra['self_approval']}): "
+               f"{reason}")
+    return _change(store, clock, item_id, who, "approve",
+                   lambda it, now: outbox.approve(it, by=who.label, at=now, reason=why),
+                   (lambda before, after: extra) if extra else None)
+
+
+def reject(store: Store, catalog: Catalog, clock: Clock, item_id: int,
+           operator: str | Operator, reason: str) -> OutboxItem:
     """Reject an item for good."""
-    check_operator(store, catalog, clock, operator, "queue.reject", f"item:{item_id}")
+    who = check_operator(store, catalog, clock, operator, "queue.reject", f"item:{item_id}")
     if not reason.strip():
         raise ConfigError("--reason: a reason is required")
-    return _change(store, clock, item_id, operator, "reject",
+    return _change(store, clock, item_id, who, "reject",
                    lambda it, now: outbox.reject(it, at=now,
-                                                 reason=f"rejected by {operator}: {reason}"))
+                                                 reason=f"rejected by {who.label}: {reason}"))
 
 
-def hold(store: Store, catalog: Catalog, clock: Clock, item_id: int, operator: str,
+def hold(store: Store, catalog: Catalog, clock: Clock, item_id: int, operator: str | Operator,
          reason: str, until: datetime | None) -> OutboxItem:
     """Hold an item until a time, or until 'queue retry' releases it."""
-    check_operator(store, catalog, clock, operator, "queue.hold", f"item:{item_id}")
+    who = check_operator(store, catalog, clock, operator, "queue.hold", f"item:{item_id}")
     if until is not None and until <= clock.now():
         raise ConfigError("--until: must be in the future")
-    why = f"held by {operator}: {reason}" + (f" until {isoformat(until)}" if until else "")
-    return _change(store, clock, item_id, operator, "hold",
-                   lambda it, now: outbox.hold(it, until=until, reason=why))
+    why = f"held by {who.label}: {reason}" + (
+        f" until {shown(until, catalog.policy.tz)}" if until else "")
+    return _change(store, clock, item_id, who, "hold",
+                   lambda it, now: outbox.hold(it, until=until, reason=why),
+                   (lambda before, after: {"until": isoformat(until)}) if until else None)
 
 
-def retry(store: Store, catalog: Catalog, clock: Clock, item_id: int, operator: str,
+def retry(store: Store, catalog: Catalog, clock: Clock, item_id: int, operator: str | Operator,
           force: bool = False) -> OutboxItem:
     """Back to the queue. A needs-review item is first checked on the platform (the dispatcher
     asks ``find_existing`` before any resend) unless ``force`` is given."""
-    check_operator(store, catalog, clock, operator, "queue.retry", f"item:{item_id}")
+    who = check_operator(store, catalog, clock, operator, "queue.retry", f"item:{item_id}")
 
     def change(it: OutboxItem, now: datetime) -> OutboxItem:
         if it.state is ItemState.NEEDS_REVIEW and not force:
             # In flight with an expired lease: the dispatcher's recovery looks on the platform
             # first and only resends if the platform certainly does not have it.
-            return outbox.retry(it, now=now, check_platform=True, by=operator,
-                                reason=f"retry by {operator}: platform will be checked "
+            return outbox.retry(it, now=now, check_platform=True, by=who.label,
+                                reason=f"retry by {who.label}: platform will be checked "
                                        "before any resend")
-        return outbox.retry(it, now=now, check_platform=False, by=operator,
-                            reason=f"retry by {operator}" + (" (forced resend)" if force
-                                                             else ""))
+        return outbox.retry(it, now=now, check_platform=False, by=who.label,
+                            reason=f"retry by {who.label}" + (" (forced resend)" if force
+                                                              else ""))
 
-    return _change(store, clock, item_id, operator, "retry", change)
+    return _change(store, clock, item_id, who, "retry", change)
 
 
-def edit(store: Store, catalog: Catalog, clock: Clock, item_id: int, operator: str,
+def edit(store: Store, catalog: Catalog, clock: Clock, item_id: int, operator: str | Operator,
          text: str) -> OutboxItem:
     """Replace the text that will be sent; the original is kept beside the edit."""
-    check_operator(store, catalog, clock, operator, "queue.edit", f"item:{item_id}")
+    who = check_operator(store, catalog, clock, operator, "queue.edit", f"item:{item_id}")
     item = store.get_item(item_id)
     if item.action in NATIVE_ACTIONS:
         # A retweet, boost or repost sends the agency's own post, not our text: an edit would
@@ -134,10 +170,39 @@ def edit(store: Store, catalog: Catalog, clock: Clock, item_id: int, operator: s
         raise ConfigError("--text: must not be empty")
     if channel is not None and not fits(text, channel.platform):
         raise ConfigError(f"--text: too long for {channel.platform} (item {item_id})")
-    return _change(store, clock, item_id, operator, "edit",
+    return _change(store, clock, item_id, who, "edit",
                    lambda it, now: outbox.edit(it, text=text,
-                                               reason=f"text edited by {operator}"),
+                                               reason=f"text edited by {who.label}"),
                    lambda before, after: {"edited_text": text, "original_text": before.text})
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    """One item of a bulk approval: approved (``item``) or refused (``error``)."""
+
+    item_id: int
+    item: OutboxItem | None = None
+    error: CrisisCommsError | None = None
+
+
+def waiting_from(store: Store, source_id: str) -> list[int]:
+    """The items waiting for approval whose update came from ``source_id``."""
+    return [i.id for i in store.items(states=["needs_approval"])
+            if i.source_id == source_id]
+
+
+def approve_many(store: Store, catalog: Catalog, clock: Clock, item_ids: Sequence[int],
+                 operator: str | Operator, reason: str) -> list[BulkResult]:
+    """Approve several items, each in its own audited transition: a refusal of one (not
+    waiting, self-approval, a concurrent change) is reported for it and the rest go on."""
+    out = []
+    for item_id in item_ids:
+        try:
+            out.append(BulkResult(item_id, approve(store, catalog, clock, item_id, operator,
+                                                   reason)))
+        except CrisisCommsError as exc:
+            out.append(BulkResult(item_id, error=exc))
+    return out
 
 
 def explain(store: Store, catalog: Catalog, item_id: int, at: datetime) -> dict[str, Any]:
