@@ -157,3 +157,134 @@ async def _drive(app: Any, world: Any, sim: Any, playbooks: Path, sources_yaml: 
     await _until(lambda: len(_events(app, "playbooks.reloaded")) > before, "the recovery")
     status = await asyncio.to_thread(cli, "status")
     assert "refused" not in status.out, status.out
+
+
+# ------------------------------------------------------------------ the reloader, unit by unit
+
+def _loop(world: Any, worker: str = "w1") -> Any:
+    from crisiscomms.domain.models import WatcherInfo
+    from crisiscomms.services.runloop import RunLoop
+
+    now = world.clock.now()
+    return RunLoop(store=world.store, clock=world.clock, watcher=world.watcher(),
+                   dispatcher=world.dispatcher(worker),
+                   identity=WatcherInfo(worker, "host", 1, now, now))
+
+
+def _reloader(world: Any, playbooks_dir: Path, loop: Any, worker: str = "w1",
+              built: list[Any] | None = None) -> Any:
+    from crisiscomms.adapters.playbooks import PlaybookFiles
+    from crisiscomms.services.reload import PlaybooksReloader
+    from crisiscomms.testing import FakePublisher, FakeSource
+
+    built = built if built is not None else []
+
+    def make_sources(catalog: Any) -> list[Any]:
+        out = [FakeSource(sid) for sid in catalog.sources]
+        built.append(("sources", sorted(catalog.sources)))
+        return out
+
+    def make_publishers(catalog: Any, only: set[str]) -> dict[str, Any]:
+        built.append(("publishers", sorted(only)))
+        return {c: FakePublisher(c) for c in only}
+
+    return PlaybooksReloader(store=world.store, folder=PlaybookFiles(playbooks_dir),
+                             catalog=world.catalog, actor=worker, make_sources=make_sources,
+                             make_publishers=make_publishers)
+
+
+def _world(tmp_path: Path, playbooks_dir: Path) -> Any:
+    from tests.core.helpers import make_world
+
+    return make_world(tmp_path, playbooks_dir)
+
+
+def test_plan_rebuilds_only_what_changed(playbooks_dir: Path):
+    """Pinning an X id (the README's fix) rebuilds the one X adapter; RSS adapters stay."""
+    from types import SimpleNamespace
+
+    from crisiscomms.adapters.playbooks import load_catalog
+    from crisiscomms.services.reload import plan_channels, plan_sources
+
+    old = load_catalog(playbooks_dir)
+    x_ids = tuple(s.id for s in old.sources.values() if s.kind == "x")
+    adapters = [SimpleNamespace(key="x", source_ids=x_ids)] + [
+        SimpleNamespace(key=s.id, source_ids=(s.id,)) for s in old.sources.values()
+        if s.kind != "x"]
+    _edit(playbooks_dir / "sources.yaml",
+          lambda d: next(s for s in d["sources"] if s["id"] == "essex-police-x")
+          .update(x_user_id="123456"))
+    new = load_catalog(playbooks_dir)
+    plan = plan_sources(old, new, adapters)
+    assert plan.dropped == {"x"} and set(plan.to_build) == set(x_ids)
+    assert plan_sources(old, old, adapters).dropped == set()
+    _edit(playbooks_dir / "sources.yaml", lambda d: d.update(
+        sources=[s for s in d["sources"] if s["id"] != "met-office-ee"]))
+    _edit(playbooks_dir / "severe-weather.yaml", lambda d: d.update(
+        sources=[s for s in d["sources"] if s["source"] != "met-office-ee"],
+        default_lead="essex-police-x", allowed_leads=["essex-police-x"]))
+    _edit(playbooks_dir / "flooding.yaml", lambda d: d.update(
+        sources=[s for s in d["sources"] if s["source"] != "met-office-ee"]))
+    _edit(playbooks_dir / "channels.yaml", lambda d: next(
+        c for c in d["channels"] if c["id"] == "facebook").update(account="otherpage"))
+    newer = load_catalog(playbooks_dir)
+    plan = plan_sources(new, newer, adapters)
+    assert "met-office-ee" in plan.dropped and "met-office-ee" not in plan.to_build
+    assert plan_channels(new, newer) == ({"facebook"}, set())
+
+
+def test_the_swap_waits_for_the_next_step(tmp_path: Path, playbooks_dir: Path):
+    """The reload is prepared by the chore; the watcher and the dispatcher take it at the start
+    of their next step, never in the middle of one."""
+    world = _world(tmp_path, playbooks_dir)
+    loop = _loop(world)
+    built: list[Any] = []
+    reloader = _reloader(world, playbooks_dir, loop, built=built)
+    old = loop.watcher.catalog
+    kept = {s.key: s for s in loop.watcher.sources}
+    _edit(playbooks_dir / "policy.yaml", lambda d: d.update(weekly_caps={"x": 20}))
+    _edit(playbooks_dir / "channels.yaml",
+          lambda d: next(c for c in d["channels"] if c["id"] == "mastodon")
+          .update(account="@other@mastodon.example"))
+    asyncio.run(reloader.run(loop, world.clock.now()))
+    assert built == [("publishers", ["mastodon"])]  # no source changed: no adapter built
+    assert loop.watcher.catalog is old and loop.dispatcher.catalog is old  # not yet
+    old_pub = loop.dispatcher.publishers["mastodon"]
+    asyncio.run(loop.watcher.poll_cycle(world.clock.now()))
+    assert loop.watcher.catalog.policy.weekly_caps == {"x": 20}
+    assert {s.key: s for s in loop.watcher.sources} == kept  # the same adapters, state kept
+    loop.dispatcher.tick(world.clock.now())
+    assert loop.dispatcher.catalog.policy.weekly_caps == {"x": 20}
+    assert loop.dispatcher.publishers["mastodon"] is not old_pub
+    events = world.store.audit_events(action_prefix="playbooks.")
+    assert [e.action for e in events] == ["playbooks.reloaded"]
+    assert events[0].details == {"files": ["channels.yaml", "policy.yaml"]}
+
+
+def test_several_watchers_refuse_each_distinct_content_once(tmp_path: Path,
+                                                            playbooks_dir: Path):
+    world = _world(tmp_path, playbooks_dir)
+    loops = [_loop(world, "w1"), _loop(world, "w2")]
+    reloaders = [_reloader(world, playbooks_dir, loop, worker)
+                 for loop, worker in zip(loops, ("w1", "w2"), strict=True)]
+
+    def cycles(n: int) -> None:
+        for _ in range(n):
+            for loop, reloader in zip(loops, reloaders, strict=True):
+                asyncio.run(reloader.run(loop, world.clock.now()))
+
+    def refusals() -> list[Any]:
+        return [e for e in world.store.audit_events(action_prefix="playbooks.")
+                if e.action == "playbooks.reload_refused"]
+
+    target = playbooks_dir / "flooding.yaml"
+    target.write_text(target.read_text().replace("hourly_ceiling: 20", "hourly_ceiling 20"))
+    cycles(3)
+    assert sorted(e.actor for e in refusals()) == ["w1", "w2"]
+    assert refusals()[0].details["file"] == str(target)
+    assert set(refusals()[0].details) == {"file", "line", "key", "error"}
+    target.write_text(target.read_text().replace("hourly_ceiling 20", "hourly_ceiling: twenty"))
+    cycles(3)
+    assert len(refusals()) == 4  # a different mistake: refused again, once per watcher
+    assert refusals()[-1].details["key"] == "hourly_ceiling"
+    assert all(loop.watcher.catalog is world.catalog for loop in loops)  # the last good one

@@ -137,3 +137,16 @@ def test_a_broken_sources_file_does_not_block_queue_hold(cli, playbooks_dir):
     # A command that needs the sources says which line of which file is wrong.
     r = cli("activate", "severe-weather", "--reason", "storm")
     assert r.code == 2 and f"sources.yaml:{line}:" in r.err, r.err
+
+
+def test_playbooks_list_and_show_name_a_broken_playbook_and_go_on(cli, playbooks_dir):
+    line = _break_severe_weather(playbooks_dir)
+    r = cli("playbooks", "list")
+    assert r.code == 0 and "flooding" in r.out and "severe-weather" not in r.out
+    assert f"severe-weather.yaml:{line}:" in r.err
+    assert cli("playbooks", "show", "flooding").code == 0
+    r = cli("playbooks", "show", "severe-weather")
+    assert r.code == 2 and f"severe-weather.yaml:{line}:" in r.err
+    # validate stays strict: the broken file is an error (exit 2)
+    r = cli("playbooks", "validate")
+    assert r.code == 2 and f"severe-weather.yaml:{line}:" in r.err

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from crisiscomms.adapters.playbooks import load_catalog
+from crisiscomms.adapters.playbooks import broken_files, load_catalog
 from crisiscomms.cli.state import echo_json, settings
 from crisiscomms.domain.errors import RefusedError
 
@@ -44,8 +44,10 @@ def validate(
 
 @app.command("list")
 def list_(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List the incident playbooks."""
-    cat = load_catalog(settings().playbooks_dir)
+    """List the incident playbooks (a broken one is named, with its error, on stderr)."""
+    cat = load_catalog(settings().playbooks_dir, partial=True)
+    for problem in broken_files(cat):
+        typer.echo(f"warning: broken, cannot be used: {problem}", err=True)
     rows = [{"name": p.name, "description": p.description, "hashtags": p.hashtags,
              "default_lead": p.default_lead, "channels": [c.channel for c in p.channels],
              "sources": [s.source for s in p.sources]} for p in cat.playbooks.values()]
@@ -63,7 +65,7 @@ def show(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one playbook, with its sources and channel actions."""
-    cat = load_catalog(settings().playbooks_dir)
+    cat = load_catalog(settings().playbooks_dir, partial=True)
     pb = cat.playbook(name)
     if json_out:
         echo_json(pb.model_dump(mode="json"))
