@@ -502,6 +502,15 @@ def build_notice_chores(app: Any) -> list[Chore]:
                         interval_seconds=notify.check_seconds)]
 
 
+def send_test_page(notifier: Notifier, tz: Any, now: datetime, who: str,
+              message: str) -> list[tuple[str, bool, str]]:
+    """``crisiscomms notify test``: one page to every target, now (blocking)."""
+    title = "[INFO] crisiscomms: test page"
+    body = (f"urgency: info\n{message}\nsent by {who} at {shown(now, tz, seconds=True)} with "
+            "'crisiscomms notify test'")
+    return notifier.send(title, body, INFO)
+
+
 def status_lines(store: Store, catalog: Catalog, now: datetime) -> list[str]:
     """What ``crisiscomms status`` says about paging: the last page, any failure to page."""
     tz = catalog.policy.tz
