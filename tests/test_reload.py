@@ -288,3 +288,23 @@ def test_several_watchers_refuse_each_distinct_content_once(tmp_path: Path,
     assert len(refusals()) == 4  # a different mistake: refused again, once per watcher
     assert refusals()[-1].details["key"] == "hourly_ceiling"
     assert all(loop.watcher.catalog is world.catalog for loop in loops)  # the last good one
+
+
+def test_a_change_made_while_the_watcher_starts_is_not_missed(tmp_path: Path,
+                                                              playbooks_dir: Path):
+    """The running configuration's contents are read before it is loaded; a file written
+    between that read and the reloader's start is still reloaded on the first run."""
+    from crisiscomms.adapters.playbooks import PlaybookFiles
+    from crisiscomms.services.reload import PlaybooksReloader
+
+    world = _world(tmp_path, playbooks_dir)
+    loop = _loop(world)
+    running = PlaybookFiles(playbooks_dir).digests()
+    _edit(playbooks_dir / "policy.yaml", lambda d: d.update(weekly_caps={"x": 20}))
+    reloader = PlaybooksReloader(store=world.store, folder=PlaybookFiles(playbooks_dir),
+                                 catalog=world.catalog, actor="w1",
+                                 make_sources=lambda c: [], make_publishers=lambda c, o: {},
+                                 running=running)
+    asyncio.run(reloader.run(loop, world.clock.now()))
+    asyncio.run(loop.watcher.poll_cycle(world.clock.now()))
+    assert loop.watcher.catalog.policy.weekly_caps == {"x": 20}

@@ -298,6 +298,8 @@ class App:
             running = folder.digests()  # read before the load: a change meanwhile is seen
         self.strict_catalog()  # a watcher runs on a wholly valid catalogue
         sources, closer = self.build_sources()
+        closers = [closer]
+        loop: RunLoop | None = None
         try:
             publishers = self.build_publishers(dry_run=dry_run)
             identity = WatcherInfo(self.worker_id, socket.gethostname(), os.getpid(),
@@ -312,7 +314,8 @@ class App:
                                                      reload_seconds))
             yield loop
         finally:
-            current = loop.watcher.sources if loop is not None else sources
+            current = [*loop.watcher.sources, *loop.watcher.pending_sources()] \
+                if loop is not None else sources
             for src in current:
                 with contextlib.suppress(Exception):
                     await src.aclose()
@@ -339,8 +342,6 @@ class App:
                                  interval_seconds=reload_seconds, running=running)
 
 
-        closers = [closer]
-        loop: RunLoop | None = None
 def x_backfill(catalog: Catalog) -> timedelta:
     """The longest backfill window of the playbooks that amplify X sources: how far back an X
     poll reads when its cursor is too old for recent search (a quiet week between incidents)."""

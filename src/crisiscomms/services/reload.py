@@ -127,7 +127,9 @@ class PlaybooksReloader:
         self.make_publishers = make_publishers
         self.on_reload = on_reload
         self.interval_seconds = interval_seconds
-        self._stamp: Mapping[str, object] | None = folder.stamp()
+        # No stamp yet: the first run hashes the files once, so a change made while the
+        # watcher was starting (after ``running`` was read) is not missed.
+        self._stamp: Mapping[str, object] | None = None
         # The contents of the configuration running (read before it was loaded, if given).
         self._digests = running if running is not None else folder.digests()
         self._refused: dict[str, str] | None = None  # contents last refused

@@ -116,6 +116,10 @@ class Watcher:
             added = [*(a for a in earlier if a.key not in dropped), *added]
         self._pending = (catalog, list(added), set(dropped))
 
+    def pending_sources(self) -> list[Source]:
+        """Adapters a reload built that no cycle has started yet (closed with the others)."""
+        return list(self._pending[1]) if self._pending is not None else []
+
     async def _apply_pending(self) -> None:
         pending, self._pending = self._pending, None
         if pending is None:
