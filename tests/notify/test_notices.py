@@ -19,7 +19,7 @@ from crisiscomms.domain.models import (
     WatcherInfo,
 )
 from crisiscomms.services import incidents
-from crisiscomms.services.notices import NoticeChore, is_leader, status_lines
+from crisiscomms.services.notices import NoticeChore, is_leader, status_data, status_lines
 from crisiscomms.settings import NotifySettings
 from crisiscomms.testing import (
     FakeClock,
@@ -276,6 +276,9 @@ def test_a_failure_to_notify_is_recorded_retried_and_shown_in_status(env: Env):
     lines = status_lines(env.store, env.catalog, env.clock.now())
     assert any("notifications FAILING: 2026-11-27 18:00 GMT" in ln for ln in lines), lines
     assert any("target 1 (json): A Connection error" in ln for ln in lines), lines
+    data = status_data(env.store, env.clock.now())
+    assert data["failing"] is True and data["last_failure_at"] == "2026-11-27T18:00:00.000000Z"
+    assert data["last_failure_targets"][0]["target"] == "1 (json)"
     env.later(0.5)
     env.run()  # within retry_seconds: not tried again
     assert len(env.store.audit_events(action_prefix="notice.failed")) == 1
@@ -288,6 +291,8 @@ def test_a_failure_to_notify_is_recorded_retried_and_shown_in_status(env: Env):
                                "1 (json), 2 (mailto): [HIGH] crisiscomms: 1 item needs approval")
     assert not any("FAILING" in ln for ln in lines)
     assert any("last failure 2026-11-27 18:00 GMT" in ln for ln in lines)
+    data = status_data(env.store, env.clock.now())
+    assert data["failing"] is False and data["pages_last_24h"] == 1
 
 
 def test_status_without_any_page(env: Env):

@@ -511,32 +511,50 @@ def send_test_page(notifier: Notifier, tz: Any, now: datetime, who: str,
     return notifier.send(title, body, INFO)
 
 
+def status_data(store: Store, now: datetime) -> dict[str, Any]:
+    """Paging as ``status --json`` shows it (times ISO-8601 UTC): the last page, whether the
+    latest attempt failed and for which targets, pages in the last 24 hours."""
+    from crisiscomms.domain.clock import isoformat
+
+    events = [e for e in store.audit_events(since=now - STATUS_LOOKBACK,
+                                            action_prefix="notice.")
+              if e.action in ("notice.sent", "notice.failed")]
+    sent = [e for e in events if e.action == "notice.sent"]
+    failures = [e for e in events if e.details.get("targets_failed")]
+    latest = events[-1] if events else None
+    return {
+        "last_page_at": isoformat(sent[-1].at) if sent else None,
+        "last_page": sent[-1].reason if sent else None,
+        "last_page_targets": list(sent[-1].details.get("targets_ok") or []) if sent else [],
+        "pages_last_24h": sum(1 for e in sent if now - e.at <= timedelta(days=1)),
+        "failing": bool(latest and latest.details.get("targets_failed")),
+        "last_failure_at": isoformat(failures[-1].at) if failures else None,
+        "last_failure": failures[-1].reason if failures else None,
+        "last_failure_targets": list(failures[-1].details.get("targets_failed") or [])
+        if failures else [],
+    }
+
+
 def status_lines(store: Store, catalog: Catalog, now: datetime) -> list[str]:
     """What ``crisiscomms status`` says about paging: the last page, any failure to page."""
+    from crisiscomms.domain.clock import parse_instant
+
     tz = catalog.policy.tz
-    events = store.audit_events(since=now - STATUS_LOOKBACK, action_prefix="notice.")
-    events = [e for e in events if e.action in ("notice.sent", "notice.failed")]
-    if not events:
+    d = status_data(store, now)
+    if d["last_page_at"] is None and d["last_failure_at"] is None:
         return ["notifications: no page in the last 7 days (the watcher pages the on-call team "
                 "when CRISISCOMMS_NOTIFY_URLS is set)"]
     lines: list[str] = []
-    sent = [e for e in events if e.action == "notice.sent"]
-    day = [e for e in sent if now - e.at <= timedelta(days=1)]
-    if sent:
-        last = sent[-1]
-        lines.append(f"notifications: last page {shown(last.at, tz)} to target(s) "
-                     f"{', '.join(last.details.get('targets_ok') or [])}: {last.reason} "
-                     f"({len(day)} in the last 24 h)")
-    latest = events[-1]
-    failed = latest.details.get("targets_failed") or []
-    if failed:
-        lines.append(f"notifications FAILING: {shown(latest.at, tz)}: "
-                     + ("no target took the page" if latest.action == "notice.failed"
-                        else "some targets did not take the page") + f": {latest.reason}")
-        lines += [f"  target {f.get('target')}: {f.get('error')}" for f in failed]
-    else:
-        earlier = [e for e in events if e.details.get("targets_failed")]
-        if earlier:
-            lines.append(f"notifications: last failure {shown(earlier[-1].at, tz)} "
-                         "(pages have gone out since)")
+    if d["last_page_at"]:
+        lines.append(f"notifications: last page {shown(parse_instant(d['last_page_at']), tz)} "
+                     f"to target(s) {', '.join(d['last_page_targets'])}: {d['last_page']} "
+                     f"({d['pages_last_24h']} in the last 24 h)")
+    if d["last_failure_at"]:
+        when = shown(parse_instant(d["last_failure_at"]), tz)
+        if d["failing"]:
+            lines.append(f"notifications FAILING: {when}: {d['last_failure']}")
+            lines += [f"  target {f.get('target')}: {f.get('error')}"
+                      for f in d["last_failure_targets"]]
+        else:
+            lines.append(f"notifications: last failure {when} (pages have gone out since)")
     return lines
