@@ -6,6 +6,9 @@ from __future__ import annotations
 import configparser
 import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -228,3 +231,16 @@ def test_the_example_system_config_is_valid_and_holds_no_secrets(system_config: 
     assert s.playbooks_dir == Path("/etc/crisiscomms/playbooks")
     data = yaml.safe_load(text)
     assert not {"audit_key", "notify_urls", "x_bearer_token"} & set(data)
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_systemd_accepts_the_unit(tmp_path: Path):
+    """systemd's own check of the unit (with ExecStart= pointed at this venv's command)."""
+    unit = tmp_path / "crisiscomms.service"
+    text = (DEPLOY / "crisiscomms.service").read_text()
+    exe = Path(sys.executable).parent / "crisiscomms"
+    assert exe.exists()
+    unit.write_text(text.replace("/opt/crisiscomms/venv/bin/crisiscomms", str(exe)))
+    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
