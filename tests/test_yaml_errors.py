@@ -134,9 +134,14 @@ def test_a_broken_sources_file_does_not_block_queue_hold(cli, playbooks_dir):
     _replace(target, "agency: Met Office", "agency Met Office")
     r = cli("queue", "hold", str(item), "--reason", "check first")
     assert r.code == 0, r.err
-    # A command that needs the sources says which line of which file is wrong.
+    # A command that needs the sources says which line of which file is wrong: activate checks
+    # them, the report names each source's agency.
     r = cli("activate", "severe-weather", "--reason", "storm")
     assert r.code == 2 and f"sources.yaml:{line}:" in r.err, r.err
+    r = cli("report", "--last")
+    assert r.code == 2 and f"sources.yaml:{line}:" in r.err, r.err
+    r = cli("deactivate", "--reason", "water receding")
+    assert r.code == 0, r.err
 
 
 def test_playbooks_list_and_show_name_a_broken_playbook_and_go_on(cli, playbooks_dir):
@@ -150,3 +155,13 @@ def test_playbooks_list_and_show_name_a_broken_playbook_and_go_on(cli, playbooks
     # validate stays strict: the broken file is an error (exit 2)
     r = cli("playbooks", "validate")
     assert r.code == 2 and f"severe-weather.yaml:{line}:" in r.err
+
+
+def test_status_answers_through_a_broken_policy_and_names_the_folder(cli, playbooks_dir):
+    target = playbooks_dir / "policy.yaml"
+    line = _line_of(target, "week: calendar")
+    _replace(target, "week: calendar", "week calendar")
+    r = cli("status")
+    assert r.code == 0, r.err
+    assert f"playbooks: {playbooks_dir}" in r.out
+    assert f"policy.yaml:{line}:" in r.out
