@@ -176,8 +176,8 @@ def test_activation_and_stand_down_page_with_the_audit_head(env: Env):
     assert f"incident {inc.id} ACTIVATED (flooding) by alice" in page["title"]
     assert "River Chelmer over the banks" in page["body"]
     assert "2026-11-27 18:00 GMT" in page["body"]
-    assert f"hash {head.head_hash}" in page["body"]
-    assert "audit head: " in page["body"]
+    assert f"audit head {head.count}:{head.head_hash} ({head.count} events" in page["body"]
+    assert f"audit verify --expect-head {head.count}:{head.head_hash}" in page["body"]
     assert f'crisiscomms deactivate {inc.id} --reason "..."' in page["body"]
     env.later(1)
     incidents.deactivate(env.store, env.catalog, env.clock, incident_id=inc.id,
@@ -186,7 +186,7 @@ def test_activation_and_stand_down_page_with_the_audit_head(env: Env):
     env.run()
     page = next(p for p in env.notifier.sent if "STOOD DOWN" in p["title"])
     assert "by bob" in page["title"] and "water receding" in page["body"]
-    assert f"audit head: {head.count} events, hash {head.head_hash}" in page["body"]
+    assert f"audit head {head.count}:{head.head_hash}" in page["body"]
     assert f"crisiscomms report {inc.id}" in page["body"]
     n = len(env.notifier.sent)
     env.later(1)

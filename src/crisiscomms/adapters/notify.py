@@ -52,6 +52,11 @@ def guard_loggers() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _MaskSecrets) for f in logger.filters):
             logger.addFilter(_MaskSecrets())
+    apprise_logger = logging.getLogger("apprise")
+    if apprise_logger.level == logging.NOTSET and \
+            logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # "Notifying 1 service(s)." on every page: our own notify.sent says it (and more).
+        apprise_logger.setLevel(logging.WARNING)
 
 
 def url_secrets(url: str) -> list[str]:

@@ -188,9 +188,10 @@ def _incident_condition(store: Store, catalog: Catalog, ev: AuditEvent) -> Condi
     except Exception:
         inc = None
     head = store.verify_audit()
-    chain = (f"audit head: {head.count} events, hash {head.head_hash}" if head.ok else
-             f"AUDIT CHAIN BROKEN: {head.problem} (head {head.count} events, hash "
-             f"{head.head_hash})")
+    chain = (f"audit head {head.count}:{head.head_hash} ({head.count} events; keep a copy: "
+             f"crisiscomms audit verify --expect-head {head.count}:{head.head_hash})"
+             if head.ok else
+             f"AUDIT CHAIN BROKEN: {head.problem} (head {head.count}:{head.head_hash})")
     playbook = ev.details.get("playbook") or (inc.playbook if inc else "?")
     if ev.action == "incident.activated":
         line = (f"incident {incident_id} ACTIVATED ({playbook}) by {ev.actor} at "
