@@ -107,8 +107,9 @@ def test_an_unknown_key_or_a_bad_value_names_the_file_key_and_line(system_config
     with pytest.raises(ConfigError, match=r"line 2: key playbook_dir: unknown setting") as exc:
         Settings()
     assert "playbooks_dir" in str(exc.value)  # the known keys are listed
-    system_config.write_text("home: /srv/cc\npolling:\n  interval_seconds: 0\n")
-    with pytest.raises(ConfigError, match=r"line 2: key polling.interval_seconds: "):
+    system_config.write_text("home: /srv/cc\npolling:\n  jitter_seconds: 1\n"
+                             "  interval_seconds: 0\n")
+    with pytest.raises(ConfigError, match=r"line 4: key polling.interval_seconds: "):
         Settings()
     system_config.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="must be a mapping"):

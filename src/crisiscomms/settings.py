@@ -276,9 +276,27 @@ def load_config_file(path: Path, fields: dict[str, FieldInfo]) -> dict[str, Any]
         except ValidationError as exc:
             first = exc.errors()[0]
             sub = ".".join(str(p) for p in first["loc"])
-            raise ConfigError(f"{where}{'.' + sub if sub else ''}: {first['msg']}") from None
+            line = _line_of(root, [name, *(str(p) for p in first["loc"])])
+            raise ConfigError(f"{path}: line {line}: key {name}{'.' + sub if sub else ''}: "
+                              f"{first['msg']}") from None
         out[name] = value
     return out
+
+
+def _line_of(node: Any, keys: list[str]) -> int:
+    """The line of the deepest key of ``keys`` found in a composed YAML mapping."""
+    import yaml
+
+    line = int(node.start_mark.line) + 1
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        match = next(((k, v) for k, v in node.value
+                      if isinstance(k, yaml.ScalarNode) and str(k.value) == key), None)
+        if match is None:
+            break
+        line, node = int(match[0].start_mark.line) + 1, match[1]
+    return line
 
 
 def _is_secret(field: FieldInfo) -> bool:
