@@ -20,8 +20,10 @@ app = typer.Typer(help="Verify and read the tamper-evident audit trail.", no_arg
 
 
 def _seqs(seqs: tuple[int, ...]) -> str:
+    """``event 3`` or ``events 3, 4, 9`` (the first ten, then how many more)."""
     shown = ", ".join(str(s) for s in seqs[:10])
-    return shown + (f" and {len(seqs) - 10} more" if len(seqs) > 10 else "")
+    more = f" and {len(seqs) - 10} more" if len(seqs) > 10 else ""
+    return f"event{'s' if len(seqs) > 1 else ''} {shown}{more}"
 
 
 def report_lines(report: ChainReport, *, keyed: bool) -> tuple[list[str], list[str]]:
@@ -50,12 +52,13 @@ def report_lines(report: ChainReport, *, keyed: bool) -> tuple[list[str], list[s
     if report.legacy:
         out.append(f"note: {report.legacy} events predate wall-clock recording (schema 8)")
     if report.backwards:
-        warn.append(f"time went backwards: the recorded wall time of events "
+        warn.append(f"time went backwards: the recorded wall time of "
                     f"{_seqs(report.backwards)} is more than "
                     f"{int(BACKWARDS_TOLERANCE.total_seconds())} s before an earlier event's "
                     "(clock set back, or events inserted)")
     if report.drifted:
-        out.append(f"note: events {_seqs(report.drifted)} claim an 'at' more than "
+        out.append(f"note: {_seqs(report.drifted)} claim{'s' if len(report.drifted) == 1 else ''}"
+                   " an 'at' more than "
                    f"{int(DRIFT_TOLERANCE.total_seconds() // 60)} minutes from the real time "
                    "they were written (made with --at)")
     return out, warn
