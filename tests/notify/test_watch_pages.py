@@ -146,3 +146,35 @@ def test_no_page_off_the_real_clock_or_without_targets(tmp_path, playbooks_dir):
     assert build_notice_chores(app) == []
     app, _ = make_app(tmp_path, playbooks_dir, [" "])
     assert build_notice_chores(app) == []
+
+
+def test_two_watchers_on_one_database_page_once(tmp_path, playbooks_dir):
+    """Two real watchers share one SQLite database: the item needing approval is paged once,
+    by the watcher that started first."""
+    with json_receiver() as rx:
+        first, _ = make_app(tmp_path, playbooks_dir, [rx.url("/page")])
+        second, _ = make_app(tmp_path, playbooks_dir, [rx.url("/page")])
+        second.settings = second.settings.model_copy(update={"worker_id": "e2e-second"})
+        item = normal_item(first)
+
+        async def both() -> None:
+            async with first.run_loop(dry_run=True) as a:
+                await asyncio.sleep(0.2)  # a starts first
+                async with second.run_loop(dry_run=True) as b:
+                    stop = asyncio.Event()
+                    tasks = [asyncio.ensure_future(loop.run(stop, tick_seconds=0.5))
+                             for loop in (a, b)]
+                    deadline = time.monotonic() + 15
+                    while not rx.posts and time.monotonic() < deadline:
+                        await asyncio.sleep(0.1)
+                    await asyncio.sleep(3)  # several more checks of both watchers
+                    stop.set()
+                    await asyncio.wait_for(asyncio.gather(*tasks), 15)
+
+        asyncio.run(both())
+        assert len(rx.posts) == 1, [p["body"]["title"] for p in rx.posts]
+        assert f"crisiscomms queue approve {item}" in rx.posts[0]["body"]["message"]
+    [ev] = first.store.audit_events(action_prefix="notice.sent")
+    assert ev.actor == "watcher"
+    first.close()
+    second.close()

@@ -22,6 +22,7 @@ never a URL), which is where a new leader learns what was already paged and wher
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -323,13 +324,14 @@ class NoticeChore:
                 log.info("notify.standing_by", worker=loop.identity.worker_id)
             self.leader = False
             return
-        if not self.leader:
+        if not self.leader:  # (again) the one that pages: start from the audit trail
+            self.state = NoticeState()
             self.restore(store, now)
             self.leader = True
         notices = self.plan(store, catalog, now)
         for notice in notices:
-            outcomes = await in_daemon_thread(
-                lambda n=notice: self.notifier.send(n.title, n.body, n.urgency))  # type: ignore[misc]
+            outcomes = await in_daemon_thread(functools.partial(
+                self.notifier.send, notice.title, notice.body, notice.urgency))
             self.record(store, notice, outcomes, loop.clock.now())
 
     # -- state -------------------------------------------------------------------------------
