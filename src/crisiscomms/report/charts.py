@@ -57,7 +57,7 @@ def timeline_figure(report: dict[str, Any]) -> Figure | None:
     if not points:
         return None
     rows = sorted(points, key=lambda r: (not r.startswith("source"), r))
-    fig = plt.figure(figsize=(9.5, 0.32 * len(rows) + 1.6), layout="constrained")
+    fig = plt.figure(figsize=(7.4, 0.3 * len(rows) + 1.5), layout="constrained")
     ax = fig.add_subplot()
     for y, row in enumerate(rows):
         ours = row.startswith("ours")
