@@ -75,6 +75,14 @@ def test_url_secrets_cover_password_path_and_query_tokens():
     assert {"p4ssw0rd", "tok_ABCDEFGH", "K3YK3YK3Y"} <= set(parts)
     assert "host:8" not in parts and "hooks" not in parts  # short words stay readable
     assert "T1JJ3T3L2" in url_secrets("slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ")
+    assert {"uQiRzpo4DXghDmr9QzzfQu27cmVRsG", "azGDORePK8gMaC0QOYAMyEEuzJnyUi"} <= set(
+        url_secrets("pover://uQiRzpo4DXghDmr9QzzfQu27cmVRsG@azGDORePK8gMaC0QOYAMyEEuzJnyUi"))
+    # Ordinary values stay readable: masking them would mask them in every log line.
+    mail = url_secrets("mailto://mailer:Pw-123456@127.0.0.1:2525?smtp=127.0.0.1&mode=insecure"
+                       "&from=crisiscomms@example.test&to=oncall@example.test")
+    assert "Pw-123456" in mail
+    assert not {"127.0.0.1", "insecure", "crisiscomms@example.test", "oncall@example.test",
+                "mailer"} & set(mail)
 
 
 @pytest.mark.parametrize("reachable", [True, False])

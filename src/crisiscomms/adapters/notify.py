@@ -12,6 +12,7 @@ Apprise's HTTP plugins use) mask those values before any handler sees a record.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import warnings
@@ -60,28 +61,54 @@ def guard_loggers() -> None:
 
 
 def url_secrets(url: str) -> list[str]:
-    """Every part of an Apprise URL that may be a credential: the whole URL, user, password,
-    each path segment and query value of 8 characters or more (host names, ports and short
-    words are left readable), raw and percent-decoded."""
+    """Every part of an Apprise URL that may be a credential: the whole URL, the password,
+    and each user name, path segment and query value of 8 characters or more, raw and
+    percent-decoded. Left readable (they are not secrets, and masking them would mask them in
+    every log line): host names, ports, IP addresses, e-mail addresses, numbers, and the values
+    of Apprise's ordinary options (``smtp``, ``mode``, ``from``, ``to``, ``format`` ...)."""
     out = [url]
     try:
         parts = urlsplit(url)
         user, password = parts.username, parts.password
     except ValueError:
         return out
-    out += [v for v in (user, password) if v]
-    pieces = [p for p in parts.path.split("/") if p]
-    pieces += [v for _, v in parse_qsl(parts.query, keep_blank_values=False)]
-    if parts.netloc and "@" not in parts.netloc and parts.scheme not in _HOST_SCHEMES:
-        pieces.append(parts.netloc)  # e.g. slack://T000/B000/XXXX: the "host" is a token
-    out += [p for p in pieces if len(p) >= 8]
+    if password:
+        out.append(password)
+    pieces = [user or ""] + [p for p in parts.path.split("/") if p]
+    pieces += [v for k, v in parse_qsl(parts.query) if k.lower() not in _PLAIN_OPTIONS]
+    if parts.netloc and parts.scheme.lower() not in _HOST_SCHEMES:
+        # e.g. slack://T000/B000/XXXX or pover://USER@TOKEN: the "host" is a token (its
+        # case kept: urlsplit's hostname is lowercased)
+        pieces.append(parts.netloc.rsplit("@", 1)[-1].split(":", 1)[0])
+    out += [p for p in pieces if len(p) >= 8 and not _plain(p)]
     return out + [unquote(v) for v in out if unquote(v) != v]
 
 
+# Apprise options whose values are never credentials.
+_PLAIN_OPTIONS = frozenset({
+    "smtp", "mode", "from", "to", "cc", "bcc", "name", "format", "overflow", "cto", "rto",
+    "verify", "method", "priority", "image", "footer", "timestamp", "blocks", "retry", "wait",
+    "optional", "reply", "tags", "lang", "emojis", "tz", "port", "host", "avatar", "mention",
+    "color", "discovery", "pgp", "storage", "store"})
 # Schemes whose netloc is a host name (everything else may carry a token there).
 _HOST_SCHEMES = frozenset({"json", "jsons", "xml", "xmls", "form", "forms", "mailto",
                            "mailtos", "ntfy", "ntfys", "gotify", "gotifys", "matrix",
                            "matrixs", "mmost", "mmosts", "rocket", "rockets"})
+_NUMBERLIKE = frozenset("0123456789.:")
+
+
+def _plain(value: str) -> bool:
+    """An IP address, a number, an e-mail address or a host name with a port: not a secret."""
+    text = unquote(value)
+    if set(text) <= _NUMBERLIKE:
+        return True
+    if "@" in text and "." in text.rsplit("@", 1)[-1]:
+        return True
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def with_timeouts(url: str, timeout: float) -> str:
