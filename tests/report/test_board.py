@@ -17,6 +17,7 @@ import pytest
 from crisiscomms.report import build_incident_report, build_period_report, render
 from crisiscomms.services import incidents
 from crisiscomms.services import queue as operations
+from crisiscomms.testing import MemoryStore
 from tests.core.helpers import FRI_EVENING, make_world, update
 
 MET = "met-office-ee"
@@ -29,7 +30,7 @@ def _tick_minutes(w, start, minutes: int) -> None:
         w.dispatcher().tick(w.clock.now())
 
 
-def build_two_incidents(tmp_path: Path, playbooks_dir: Path):
+def build_two_incidents(tmp_path: Path, playbooks_dir: Path, store: str = "sqlite"):
     """Friday 27 Nov 2026 (GMT).
 
     16:30 baseline poll. 16:45 a Met Office flood warning becomes two normal-mode items that
@@ -41,6 +42,9 @@ def build_two_incidents(tmp_path: Path, playbooks_dir: Path):
     19:00 bob stands incident 1 down.
     """
     w = make_world(tmp_path, playbooks_dir, at=FRI_EVENING - timedelta(minutes=90))
+    if store == "memory":
+        w.store.close()
+        w.store = MemoryStore()  # type: ignore[assignment]
     w.poll()
     w.clock.set(FRI_EVENING - timedelta(minutes=75))
     met = update(MET, "m1", at=w.clock.now(), title="Flood warning for the River Chelmer")
@@ -90,9 +94,9 @@ def build_two_incidents(tmp_path: Path, playbooks_dir: Path):
     return w, inc1, inc2, normal
 
 
-@pytest.fixture
-def two(tmp_path: Path, playbooks_dir: Path):
-    w, inc1, inc2, normal = build_two_incidents(tmp_path, playbooks_dir)
+@pytest.fixture(params=["sqlite", "memory"])
+def two(request, tmp_path: Path, playbooks_dir: Path):
+    w, inc1, inc2, normal = build_two_incidents(tmp_path, playbooks_dir, request.param)
     r1 = build_incident_report(w.store, w.catalog, w.store.get_incident(inc1.id), w.clock.now())
     r2 = build_incident_report(w.store, w.catalog, w.store.get_incident(inc2.id), w.clock.now())
     return w, r1, r2, normal
@@ -254,3 +258,11 @@ def test_chart_legends_do_not_cover_the_data(two):
                     assert not leg.get_window_extent().overlaps(ax.get_window_extent()), build
         finally:
             plt.close(fig)
+
+
+def test_to_without_from_is_an_error_naming_it(cli, home: Path):
+    cli("activate", "flooding", "--reason", "r")
+    r = cli("report", "--last", "--to", "2026-07-01T00:00", "--format", "json")
+    assert r.code == 2 and "--to" in r.err and "--from" in r.err
+    r = cli("report", "--from", "2026-07-01T25:00")
+    assert r.code == 2 and "--from" in r.err and "2026-07-01T25:00" in r.err

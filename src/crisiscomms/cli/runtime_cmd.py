@@ -52,8 +52,8 @@ def _local_instant(option: str, text: str | None, tz: tzinfo) -> datetime | None
     try:
         return parse_local_instant(text, tz)
     except ValueError:
-        raise ConfigError(f"--{option.lstrip('-')}: {text!r} is not an ISO-8601 time") \
-            from None
+        raise ConfigError(f"{option}: {text!r} is not an ISO-8601 time (e.g. 2026-07-01T09:00, "
+                          "taken in the policy's time zone, or with Z or an offset)") from None
 
 
 def report(
@@ -77,6 +77,9 @@ def report(
     fmt = fmt or (output.suffix.lstrip(".").replace("markdown", "md") if output else "md")
     if fmt not in FORMATS:
         raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    if to is not None and from_ is None:
+        raise ConfigError("--to: needs --from (a period report); an incident report covers "
+                          "the incident's own period")
     app = get_app()
     now = app.clock.now()
     if from_ is not None:
