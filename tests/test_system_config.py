@@ -245,3 +245,12 @@ def test_systemd_accepts_the_unit(tmp_path: Path):
     r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+
+
+def test_notify_urls_from_dotenv_split_on_commas_spaces_and_newlines(system_config: Path):
+    Path(".env").write_text('CRISISCOMMS_NOTIFY_URLS="json://a.example/x, mailto://b.example\n'
+                            'ntfys://c.example/topic"\n')
+    s = Settings()
+    assert [u.get_secret_value() for u in s.notify_url_list()] == [
+        "json://a.example/x", "mailto://b.example", "ntfys://c.example/topic"]
+    assert "a.example" not in repr(s)
