@@ -266,3 +266,11 @@ def test_to_without_from_is_an_error_naming_it(cli, home: Path):
     assert r.code == 2 and "--to" in r.err and "--from" in r.err
     r = cli("report", "--from", "2026-07-01T25:00")
     assert r.code == 2 and "--from" in r.err and "2026-07-01T25:00" in r.err
+
+
+def test_a_decision_keeps_its_words_when_there_is_no_reason_after_the_name():
+    from crisiscomms.services.reports import _why
+
+    assert _why("approved by alice: warning for Chelmsford") == "warning for Chelmsford"
+    assert _why("approved by bob acting for alice: ok: go") == "ok: go"
+    assert _why("retry by alice (forced resend)") == "retry by alice (forced resend)"

@@ -71,7 +71,7 @@ def _integrity(store: Store, now: datetime) -> dict[str, Any]:
 def _why(reason: str) -> str:
     """The operator's own words, without the "approved by alice: " the service puts first."""
     m = _DECISION_REASON.match(reason)
-    return m.group(2) if m else reason
+    return m.group(2) if m and m.group(2) else reason
 
 
 def _history(events: Iterable[ItemEvent]) -> list[dict[str, Any]]:
