@@ -178,3 +178,32 @@ def test_two_watchers_on_one_database_page_once(tmp_path, playbooks_dir):
     assert ev.actor == "watcher"
     first.close()
     second.close()
+
+
+def test_an_invalid_playbook_change_pages_with_its_file_and_line(tmp_path, playbooks_dir):
+    """The running watcher refuses a broken sources.yaml (keeping the last good one) and the
+    on-call team is paged with the file and the line."""
+    with json_receiver() as rx:
+        app, _ = make_app(tmp_path, playbooks_dir, [rx.url("/page")])
+        sources = playbooks_dir / "sources.yaml"
+
+        async def go() -> None:
+            async with app.run_loop(dry_run=True, reload_seconds=1) as loop:
+                stop = asyncio.Event()
+                task = asyncio.ensure_future(loop.run(stop, tick_seconds=0.5))
+                await asyncio.sleep(1.5)
+                sources.write_text(sources.read_text() + "  - id: [broken\n")
+                deadline = time.monotonic() + 20
+                while not rx.posts and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                stop.set()
+                await asyncio.wait_for(task, 15)
+
+        asyncio.run(go())
+        assert rx.posts, "no page for the refused change"
+        page = rx.posts[0]["body"]
+    assert "playbook change refused" in page["title"]
+    assert "sources.yaml" in page["message"] and "line " in page["message"]
+    assert "last good configuration" in page["message"]
+    assert "crisiscomms playbooks validate" in page["message"]
+    app.close()
