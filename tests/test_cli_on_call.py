@@ -143,3 +143,54 @@ def test_activate_warns_loudly_when_no_watcher_uses_this_database(cli, home):
         uow.commit()
     r = cli("activate", "flooding", "--reason", "again")
     assert r.code == 0 and "no watcher has been seen" not in r.err
+
+
+def test_status_shows_times_in_the_policy_zone_and_what_needs_the_officer(cli, home):
+    from crisiscomms.adapters.store import open_store
+    from crisiscomms.domain.clock import SystemClock
+    from crisiscomms.domain.models import ActionKind, NewOutboxItem, WatcherInfo
+    from crisiscomms.testing import enqueue
+
+    assert cli("activate", "flooding", "--reason", "r").code == 0
+    store = open_store(f"sqlite:///{home / 'crisiscomms.db'}")
+    now = SystemClock().now()
+    with store.unit_of_work() as uow:
+        uow.watchers.heartbeat(WatcherInfo("relay:1", "relay", 1, now, now))
+        uow.commit()
+    enqueue(store, [NewOutboxItem(dedupe_key="t:1", channel_id="x", action=ActionKind.POST,
+                                  text="needs a look", approval="manual")], now=now)
+    store.close()
+    import sqlite3  # the dispatcher's decision, written directly: this test is about the display
+
+    with sqlite3.connect(home / "crisiscomms.db") as db:
+        db.execute("UPDATE outbox SET state = 'needs_approval'")
+    r = cli("status")
+    assert r.code == 0, r.err
+    zone = now.astimezone(__import__("zoneinfo").ZoneInfo("Europe/London")).strftime("%Z")
+    for line in r.out.splitlines():
+        if "since" in line or "heartbeat" in line or line.startswith("crisis flag"):
+            assert line.rstrip(")").endswith(zone) or f" {zone}" in line, line
+    assert "need approval: crisiscomms queue list --state needs_approval" in r.out
+
+
+def test_notify_is_a_command(cli):
+    r = cli("notify", "--help")
+    assert r.code == 0 and "test" in r.out
+
+
+def test_watch_with_at_is_refused_while_a_watcher_runs_on_the_database(cli, home):
+    """--at would date the live watcher's sources and items at an invented time."""
+    from crisiscomms.adapters.store import open_store
+    from crisiscomms.domain.clock import SystemClock
+    from crisiscomms.domain.models import WatcherInfo
+
+    assert cli("status").code == 0  # creates the database
+    store = open_store(f"sqlite:///{home / 'crisiscomms.db'}")
+    now = SystemClock().now()
+    with store.unit_of_work() as uow:
+        uow.watchers.heartbeat(WatcherInfo("relay:1", "relay", 1, now, now))
+        uow.commit()
+    store.close()
+    r = cli("--at", "2026-11-30T09:00:00Z", "watch", "--once", "--dry-run")
+    assert r.code == 3, (r.code, r.out, r.err)
+    assert "--at" in r.err and "relay:1" in r.err

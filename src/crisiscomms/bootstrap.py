@@ -126,7 +126,12 @@ class App:
             from crisiscomms.logs import register_secrets
 
             register_secrets([SecretStr(password)])
-        store = open_store(url, pool_size=self.settings.database_pool_size)
+        key = self.settings.audit_key
+        if key is not None:
+            from crisiscomms.logs import register_secrets
+
+            register_secrets([key])
+        store = open_store(url, pool_size=self.settings.database_pool_size, audit_key=key)
         self._closers.append(store.close)
         return store
 
@@ -410,9 +415,15 @@ async def run_watch(app: App, *, once: bool, dry_run: bool, tick_seconds: float 
     async with app.run_loop(dry_run=dry_run,
                             reload_seconds=min(tick_seconds, RELOAD_SECONDS)) as loop:
         with stop_on_signals() as stop:
+            chain = app.store.verify_audit()
+            # The head in the logs (journald, a log shipper) is a copy outside the database
+            # that witnesses truncation: `audit verify --expect-head COUNT:HASH`.
             log.info("watch.started", sources=len(loop.watcher.sources),
                      channels=len(loop.dispatcher.publishers), dry_run=dry_run,
-                     worker=app.worker_id, database=app.store.describe())
+                     worker=app.worker_id, database=app.store.describe(),
+                     audit_head=chain.head, audit_fully_checked=chain.fully_checked)
+            if not chain.ok:
+                log.error("audit.chain_broken", problem=chain.problem, bad_seq=chain.bad_seq)
             try:
                 result: tuple[CycleStats, DispatchStats] = await loop.run(
                     stop, once=once, tick_seconds=tick_seconds, max_ticks=max_ticks)

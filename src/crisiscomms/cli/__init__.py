@@ -20,6 +20,7 @@ from crisiscomms.cli import (
     audit_cmd,
     drill_cmd,
     incident_cmd,
+    notify_cmd,
     playbooks_cmd,
     queue_cmd,
     runtime_cmd,
@@ -43,6 +44,7 @@ status_cmd.register(app)
 drill_cmd.register(app)
 app.add_typer(playbooks_cmd.app, name="playbooks")
 app.add_typer(audit_cmd.app, name="audit")
+app.add_typer(notify_cmd.app, name="notify")
 app.add_typer(queue_cmd.app, name="queue")
 app.add_typer(queue_cmd.window_app, name="window")
 app.add_typer(queue_cmd.policy_app, name="policy")

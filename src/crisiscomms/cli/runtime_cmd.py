@@ -11,8 +11,8 @@ import typer
 
 from crisiscomms.bootstrap import run_watch
 from crisiscomms.cli.state import echo_json, get_app
-from crisiscomms.domain.clock import parse_local_instant
-from crisiscomms.domain.errors import ConfigError, NotFoundError
+from crisiscomms.domain.clock import AtClock, parse_local_instant
+from crisiscomms.domain.errors import ConfigError, NotFoundError, RefusedError
 from crisiscomms.report.files import write_atomically
 
 
@@ -26,6 +26,19 @@ def watch(
 ) -> None:
     """Poll the official sources and dispatch to our channels until stopped (SIGTERM)."""
     app = get_app()
+    clock = app.clock
+    if isinstance(clock, AtClock) and not clock.live_ok:
+        from crisiscomms.cli.status_cmd import LIVE_SECONDS
+        from crisiscomms.domain.clock import SystemClock
+
+        wall = SystemClock().now()  # a watcher's heartbeat is real time, whatever --at says
+        running = [w for w in app.store.watchers()
+                   if (wall - w.last_seen_at).total_seconds() <= LIVE_SECONDS]
+        if running:
+            # Its sources' state and items would be dated at an invented time.
+            raise RefusedError(f"--at {clock.text}: refused to watch a database a watcher uses "
+                               f"(watcher {running[0].worker_id} is registered on it); drop "
+                               "--at, work on a copy, or add --at-on-live-database")
     cycle, dispatched = asyncio.run(run_watch(app, once=once, dry_run=dry_run,
                                               tick_seconds=tick))
     if once:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, tzinfo
+from datetime import tzinfo
 from pathlib import Path
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 import typer
 
 from crisiscomms.cli.state import echo_json, get_app
 from crisiscomms.domain.clock import isoformat, shown
 from crisiscomms.domain.errors import ConfigError
+from crisiscomms.services.notices import status_data, status_lines
 from crisiscomms.services.reload import reload_states
 
 LIVE_SECONDS = 120  # a watcher heartbeats every 10 s; two minutes of silence means gone
@@ -48,7 +50,7 @@ def status(
     reloads = [{"worker": r.worker, "loaded_at": isoformat(r.loaded_at),
                 "refused": r.refused, "refused_at": isoformat(r.refused_at)
                 if r.refused_at else None} for r in states]
-    tz: tzinfo = UTC
+    tz: tzinfo = ZoneInfo("Europe/London")  # the policy's default zone
     catalog_error = None
     try:
         tz = app.catalog.policy.tz
@@ -59,11 +61,12 @@ def status(
             "playbooks": {"directory": str(app.settings.playbooks_dir),
                           "error": catalog_error, "reload": reloads},
             "incidents": [incident_json(i) for i in active], "queue": counts,
-            "sources": sources, "channels": channels, "watchers": watchers}
+            "sources": sources, "channels": channels, "watchers": watchers,
+            "notifications": status_data(app.store, now)}
     if json_out:
         echo_json(data)
         return
-    typer.echo(f"crisis flag: {'ON' if active else 'off'}")
+    typer.echo(f"crisis flag: {'ON' if active else 'off'}  (now {shown(now, tz)})")
     typer.echo(f"database: {data['database']}")
     typer.echo(f"playbooks: {app.settings.playbooks_dir}")
     if catalog_error:
@@ -84,10 +87,11 @@ def status(
     typer.echo(f"watchers: {len(live)} live" + ("" if live else
                                                 " (none seen in the last 2 minutes)"))
     for w in live:
-        typer.echo(f"  {w['host']} pid {w['pid']}  last heartbeat {w['last_seen_at']}")
+        seen = next(x.last_seen_at for x in live_watchers if x.worker_id == w["worker"])
+        typer.echo(f"  {w['host']} pid {w['pid']}  last heartbeat {shown(seen, tz, seconds=True)}")
     for i in active:
         typer.echo(f"  incident {i.id}: {i.playbook}  lead {i.lead}  {' '.join(i.hashtags)}")
-        typer.echo(f"    since {isoformat(i.activated_at)} by {i.activated_by}: {i.reason}")
+        typer.echo(f"    since {shown(i.activated_at, tz)} by {i.activated_by}: {i.reason}")
     typer.echo("queue: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
                             or "empty"))
     failing = [s for s in sources if s["failures"]]
@@ -98,11 +102,19 @@ def status(
         if s["moved_to"]:
             typer.echo(f"  source {s['source']} moved permanently to {s['moved_to']} "
                        "(still read through the redirect; update its url in sources.yaml)")
-    for cid, c in channels.items():
-        if c["problem"]:
-            typer.echo(f"  channel {cid} broken: {c['problem']}")
-        if c["paused_until"]:
-            typer.echo(f"  channel {cid} rate limited until {c['paused_until']}")
+    for cid, ch in app.store.channel_states().items():
+        if ch.problem:
+            typer.echo(f"  channel {cid} broken: {ch.problem}")
+        if ch.paused_until and ch.paused_until > now:
+            typer.echo(f"  channel {cid} rate limited until {shown(ch.paused_until, tz)}")
+    for state, what in (("needs_approval", "approval"), ("needs_review", "review")):
+        if counts.get(state):
+            typer.echo(f"  {counts[state]} item(s) need {what}: crisiscomms queue list --state "
+                       f"{state}, then crisiscomms queue approve ID --reason \"...\" (or "
+                       "queue reject ID --reason \"...\")")
+    if not catalog_error:
+        for line in status_lines(app.store, app.catalog, now):
+            typer.echo(line)
 
 
 def register(app: typer.Typer) -> None:

@@ -120,7 +120,10 @@ class RunLoop:
                   max_ticks: int | None = None) -> tuple[CycleStats, DispatchStats]:
         """Poll and dispatch until stopped, each in its own loop; ``once``: one tick."""
         if once:
-            return await self.tick()
+            try:
+                return await self.tick()
+            finally:
+                self._sign_off()
         last: dict[str, Any] = {"poll": CycleStats(), "dispatch": DispatchStats()}
 
         async def poll() -> None:
@@ -143,10 +146,14 @@ class RunLoop:
                                max_ticks, abandon=True) for chore in self.chores))
         finally:
             await self.watcher.cancel_running()
-            with contextlib.suppress(StoreError), self.store.unit_of_work() as uow:
-                uow.watchers.remove(self.identity.worker_id)
-                uow.commit()
+            self._sign_off()
         return last["poll"], last["dispatch"]
+
+    def _sign_off(self) -> None:
+        """Leave the heartbeat table (``status`` stops listing this watcher)."""
+        with contextlib.suppress(StoreError), self.store.unit_of_work() as uow:
+            uow.watchers.remove(self.identity.worker_id)
+            uow.commit()
 
     async def _repeat(self, what: str, step: Callable[[], Awaitable[None]], stop: asyncio.Event,
                       tick_seconds: float, max_ticks: int | None, *, abandon: bool) -> None:
