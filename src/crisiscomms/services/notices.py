@@ -189,13 +189,15 @@ def _incident_condition(store: Store, catalog: Catalog, ev: AuditEvent) -> Condi
     except Exception:
         inc = None
     head = store.verify_audit()
-    chain = (f"audit head {head.count}:{head.head_hash} ({head.count} events; keep a copy: "
-             f"crisiscomms audit verify --expect-head {head.count}:{head.head_hash})"
-             if head.ok else
-             f"AUDIT CHAIN BROKEN: {head.problem} (head {head.count}:{head.head_hash})")
+    chain = (f"audit head {head.head} ({head.count} events; keep a copy: "
+             f"crisiscomms audit verify --expect-head {head.head})")
+    if not head.ok:
+        chain = f"AUDIT CHAIN BROKEN: {head.problem} (head {head.head})"
+    elif not head.fully_checked:
+        chain += " - NOT fully checked here (the watcher lacks CRISISCOMMS_AUDIT_KEY)"
     playbook = ev.details.get("playbook") or (inc.playbook if inc else "?")
     if ev.action == "incident.activated":
-        line = (f"incident {incident_id} ACTIVATED ({playbook}) by {ev.actor} at "
+        line = (f"incident {incident_id} ACTIVATED ({playbook}) by {ev.who} at "
                 f"{shown(ev.at, tz)}: {ev.reason}")
         detail = "\n".join([
             f"lead: {ev.details.get('lead') or (inc.lead if inc else '?')}",
@@ -207,13 +209,13 @@ def _incident_condition(store: Store, catalog: Catalog, ev: AuditEvent) -> Condi
                     f'crisiscomms deactivate {incident_id} --reason "..."   (to stand down)')
         return Condition(f"incident:{incident_id}:activated", "incident", URGENT, line,
                          commands, detail, level=False,
-                         title=f"incident {incident_id} ACTIVATED ({playbook}) by {ev.actor}")
-    line = (f"incident {incident_id} STOOD DOWN ({playbook}) by {ev.actor} at "
+                         title=f"incident {incident_id} ACTIVATED ({playbook}) by {ev.who}")
+    line = (f"incident {incident_id} STOOD DOWN ({playbook}) by {ev.who} at "
             f"{shown(ev.at, tz)}: {ev.reason}")
     return Condition(f"incident:{incident_id}:deactivated", "incident", HIGH, line,
                      (f"crisiscomms report {incident_id} --output incident-{incident_id}.html",
                       "crisiscomms status"), chain, level=False,
-                     title=f"incident {incident_id} STOOD DOWN ({playbook}) by {ev.actor}")
+                     title=f"incident {incident_id} STOOD DOWN ({playbook}) by {ev.who}")
 
 
 def _incident(item: OutboxItem) -> str:

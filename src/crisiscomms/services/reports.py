@@ -59,8 +59,9 @@ def _integrity(store: Store, now: datetime) -> dict[str, Any]:
     """The audit head (count and hash) as the store verified it just now: an outside copy of
     it lets anyone see later whether the trail was truncated or rewritten."""
     chain = store.verify_audit()
-    return {"audit_chain_ok": chain.ok, "audit_events": chain.count,
-            "audit_head_hash": chain.head_hash, "audit_head": f"{chain.count}:{chain.head_hash}",
+    # "ok" to a reader means checked end to end: a keyed trail verified without its key is not.
+    return {"audit_chain_ok": chain.fully_checked, "audit_events": chain.count,
+            "audit_head_hash": chain.head_hash, "audit_head": chain.head,
             "audit_keyed_events": getattr(chain, "keyed", None),
             "audit_unchecked_events": getattr(chain, "unchecked", None),
             "problem": chain.problem or None,
@@ -72,6 +73,12 @@ def _why(reason: str) -> str:
     """The operator's own words, without the "approved by alice: " the service puts first."""
     m = _DECISION_REASON.match(reason)
     return m.group(2) if m and m.group(2) else reason
+
+
+def _who(actor: str, details: dict[str, Any]) -> str:
+    """``bob`` or ``bob acting for alice`` (a delegate's change records whom it was for)."""
+    acting_for = details.get("acting_for")
+    return f"{actor} acting for {acting_for}" if acting_for else actor
 
 
 def _history(events: Iterable[ItemEvent]) -> list[dict[str, Any]]:
@@ -92,7 +99,7 @@ def _history(events: Iterable[ItemEvent]) -> list[dict[str, Any]]:
 
 def _decisions(events: Iterable[ItemEvent]) -> list[dict[str, Any]]:
     """Every operator decision on the item: what, who, when and why."""
-    return [{"action": e.details["action"], "by": e.actor, "at": isoformat(e.at),
+    return [{"action": e.details["action"], "by": _who(e.actor, e.details), "at": isoformat(e.at),
              "reason": _why(e.reason), "to": e.state}
             for e in events if e.details.get("action")]
 
@@ -146,7 +153,7 @@ def _about(store: Store, e: AuditEvent, cache: dict[int, dict[str, Any] | None],
 
 def _audit_json(store: Store, e: AuditEvent, cache: dict[int, dict[str, Any] | None],
                 ) -> dict[str, Any]:
-    return {"seq": e.seq, "at": isoformat(e.at), "actor": e.actor, "action": e.action,
+    return {"seq": e.seq, "at": isoformat(e.at), "actor": e.who, "action": e.action,
             "subject": e.subject, "reason": e.reason, "about": _about(store, e, cache)}
 
 
@@ -282,7 +289,7 @@ def build_incident_report(store: Store, catalog: Catalog, incident: Incident,
             "hashtags": list(incident.hashtags), "lead": incident.lead,
             "lead_agency": catalog.sources[incident.lead].agency
             if incident.lead in catalog.sources else incident.lead,
-            "lead_changes": [{"at": isoformat(e.at), "by": e.actor, "from": e.details.get("from"),
+            "lead_changes": [{"at": isoformat(e.at), "by": e.who, "from": e.details.get("from"),
                               "to": e.details.get("to"), "reason": e.reason}
                              for e in window if e.action == "incident.lead_changed"
                              and e.subject == f"incident:{incident.id}"],
