@@ -221,7 +221,8 @@ def test_the_unit_runs_watch_as_a_dedicated_user_with_credentials():
     assert named <= set(creds), named - set(creds)
     assert svc["ProtectSystem"] == "strict" and svc["NoNewPrivileges"] == "yes"
     assert "/var/lib/crisiscomms" in " ".join(_values(svc, "ReadWritePaths"))
-    assert svc["StateDirectory"] == "crisiscomms"
+    # A team's data dir (2770, made by the admin): StateDirectory= would reset its mode.
+    assert "StateDirectory" not in svc and svc["UMask"] == "0007"
 
 
 def test_the_example_system_config_is_valid_and_holds_no_secrets(system_config: Path):

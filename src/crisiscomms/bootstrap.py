@@ -73,13 +73,44 @@ def make_clock(at: str | None, tz: tzinfo | Callable[[], tzinfo] | None = None, 
 
 
 def ensure_home(home: Path) -> Path:
-    """Create the data dir 0700 (and tighten it if it exists)."""
+    """Create the data dir 0700 (and tighten it if it exists). A team's data dir, setgid and
+    group-rwx (the service unit's ``StateDirectoryMode=2770``), is kept so, less any "other"
+    bits: the service and the on-call officers in its group share one database."""
+    import grp
+    import pwd
+    import stat
+
     try:
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(home, 0o700)
+        st = home.stat()
     except OSError as exc:
         raise StoreError(f"{home}: cannot create data dir: {exc.strerror}") from None
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid == os.getuid():
+        wanted = mode & 0o2770 if shared_dir_mode(mode) else 0o700
+        if wanted != mode:
+            try:
+                os.chmod(home, wanted)
+            except OSError as exc:
+                raise StoreError(f"{home}: cannot set the data dir's mode: {exc.strerror}") \
+                    from None
+    elif not os.access(home, os.R_OK | os.W_OK | os.X_OK):
+        def name(lookup: Callable[[int], Any], ident: int) -> str:
+            try:
+                return str(lookup(ident)[0])
+            except KeyError:
+                return str(ident)
+
+        owner, group = name(pwd.getpwuid, st.st_uid), name(grp.getgrgid, st.st_gid)
+        raise StoreError(f"{home}: permission denied (owned by {owner}, group {group}, mode "
+                         f"{mode:04o}): on-call officers must be members of group {group} "
+                         f"(and log in again), or use the database through PostgreSQL")
     return home
+
+
+def shared_dir_mode(mode: int) -> bool:
+    """A team's data dir: setgid (new files take its group) and group read-write-search."""
+    return mode & 0o2070 == 0o2070
 
 
 class EnvCredentials:

@@ -159,3 +159,46 @@ def test_cli_audit_verify_exits_1_naming_the_event(
     out = capsys.readouterr().out
     assert broken.value.code == 1
     assert f'"bad_seq": {TAMPERING[name][1]}' in out and '"ok": false' in out
+
+
+def test_a_team_data_dir_setgid_and_group_rwx_is_kept_and_shared_with_the_group(
+        tmp_path: Path) -> None:
+    """The service and the on-call officers share one database: a data dir made setgid and
+    group-rwx (systemd StateDirectoryMode=2770) stays so (only "other" bits are removed), and
+    the database files in it are group read-write (0660), whatever the umask."""
+    team = tmp_path / "team"
+    team.mkdir()
+    os.chmod(team, 0o2777)
+    assert mode(ensure_home(team)) == 0o2770
+    old = os.umask(0o077)
+    try:
+        store = open_store(f"sqlite:///{team / 'c.db'}")
+        try:
+            append_audit(store, actor="t", action="test.write", subject="s", reason="r", now=NOW)
+            files = sorted(team.glob("c.db*"))
+            assert len(files) >= 2, files
+            for f in files:
+                assert mode(f) == 0o660, (f.name, oct(mode(f)))
+        finally:
+            store.close()
+    finally:
+        os.umask(old)
+
+
+def test_a_data_dir_this_user_cannot_use_is_a_clear_error_naming_owner_and_group(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from crisiscomms.domain.errors import StoreError
+
+    team = tmp_path / "team"
+    team.mkdir()
+    os.chmod(team, 0o2770)
+    if os.getuid() == 0:
+        os.chown(team, 65534, -1)  # someone else's (nobody)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m, **k: False if Path(p) == team
+                        else real_access(p, m, **k))
+    monkeypatch.setattr(os, "getuid", lambda: 12345)
+    with pytest.raises(StoreError) as exc:
+        ensure_home(team)
+    msg = str(exc.value)
+    assert str(team) in msg and "group" in msg and "permission" in msg.lower()

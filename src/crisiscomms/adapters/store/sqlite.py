@@ -135,10 +135,14 @@ class SQLiteStore(StoreQueries):
             p = Path(path)
             try:
                 p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                shared = _shared_dir(p.parent)
                 if not p.exists():
-                    # Create the file 0600 before SQLite does, so it is never world-readable.
-                    fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+                    # Create the file before SQLite does, so it is never world-readable: 0600,
+                    # or 0660 in a team's data dir (setgid, group rwx: service and officers).
+                    fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_EXCL,
+                                 0o660 if shared else 0o600)
                     os.close(fd)
+                    os.chmod(p, 0o660 if shared else 0o600)  # whatever the umask
                 elif p.stat().st_size == 0 and not self._fresh(p):
                     # An empty file where a database was (a truncated copy, a bad restore):
                     # starting a new empty database there would hide every incident.
@@ -147,7 +151,10 @@ class SQLiteStore(StoreQueries):
                         "or remove it to start a new, empty database")
             except OSError as exc:
                 raise StoreError(f"{path}: cannot create database: {exc.strerror}") from None
-        old_umask = os.umask(0o077)  # the -wal and -shm files too
+        # The -wal and -shm files too (SQLite gives them the database file's mode, less the
+        # umask).
+        old_umask = os.umask(0o007 if path != ":memory:" and _shared_dir(Path(path).parent)
+                             else 0o077)
         try:
             conn = sqlite3.connect(
                 path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
@@ -257,3 +264,11 @@ class SQLiteStore(StoreQueries):
                     with contextlib.suppress(sqlite3.Error):
                         self._conn.execute("ROLLBACK")
                     raise
+
+
+def _shared_dir(folder: Path) -> bool:
+    """A team's data dir (setgid, group rwx), as ``bootstrap.ensure_home`` keeps it."""
+    try:
+        return folder.stat().st_mode & 0o2070 == 0o2070
+    except OSError:
+        return False
