@@ -10,6 +10,7 @@ from crisiscomms.cli.state import current_operator, echo_json, get_app, when
 from crisiscomms.cli.status_cmd import LIVE_SECONDS
 from crisiscomms.domain.audit import ChainReport
 from crisiscomms.domain.clock import isoformat
+from crisiscomms.domain.errors import ConfigError
 from crisiscomms.domain.models import Incident
 from crisiscomms.services import incidents as uc
 
@@ -95,6 +96,11 @@ def deactivate(
                         operator=current_operator(operator))
     remaining = app.store.active_incidents()
     head = app.store.verify_audit()
+    try:
+        app.catalog.playbooks.get(inc.playbook)
+    except ConfigError as exc:
+        typer.echo(f"WARNING: stand-down message not queued: {exc} (fix the file, then post the "
+                   "stand-down by hand)", err=True)
     if json_out:
         echo_json({**incident_json(inc), "crisis_flag": bool(remaining),
                    "audit_head": head.head})

@@ -107,7 +107,13 @@ def deactivate(store: Store, catalog: Catalog, clock: Clock, *, incident_id: int
     incident = resolve_incident(store, incident_id)
     who = check_operator(store, catalog, clock, operator, "incident.deactivate",
                          f"incident:{incident.id}")
-    pb = catalog.playbooks.get(incident.playbook)
+    try:
+        pb = catalog.playbooks.get(incident.playbook)
+        unreadable = None
+    except ConfigError as exc:
+        # Standing down never waits for a file to be fixed: the flag goes off; the message that
+        # the broken playbook holds cannot be queued, and the audit (and the CLI) say so.
+        pb, unreadable = None, str(exc)
     now = clock.now()
     with store.unit_of_work() as uow:
         if not uow.incidents.stand_down(incident.id, at=now, operator=who.label,
@@ -116,7 +122,9 @@ def deactivate(store: Store, catalog: Catalog, clock: Clock, *, incident_id: int
         closed = uow.incidents.get(incident.id)
         uow.audit.append(NewAuditEvent(who.user, "incident.deactivated",
                                        f"incident:{incident.id}", reason.strip(), now,
-                                       {"playbook": incident.playbook, **who.details()}))
+                                       {"playbook": incident.playbook, **who.details(),
+                                        **({"stand_down_message": f"not queued: {unreadable}"}
+                                           if unreadable else {})}))
         if pb is not None and pb.stand_down_message:
             uow.outbox.add(message_items(closed, pb, catalog, STAND_DOWN,
                                          pb.stand_down_message), at=now, actor=who.user)

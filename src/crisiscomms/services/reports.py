@@ -23,8 +23,8 @@ from typing import Any
 
 from crisiscomms import __version__
 from crisiscomms.domain.clock import isoformat
-from crisiscomms.domain.config import Catalog
-from crisiscomms.domain.errors import NotFoundError
+from crisiscomms.domain.config import Catalog, SourceConfig
+from crisiscomms.domain.errors import ConfigError, NotFoundError
 from crisiscomms.domain.matching import lead_agency_sources
 from crisiscomms.domain.models import AuditEvent, Incident, ItemEvent, OutboxItem, Update
 from crisiscomms.domain.workcal import in_regular_hours, week_bounds
@@ -189,13 +189,27 @@ def _update_json(u: Update, disposition: str, baseline: bool, lead: bool) -> dic
 
 def build_incident_report(store: Store, catalog: Catalog, incident: Incident,
                           now: datetime) -> dict[str, Any]:
-    """Everything the board, auditors and an FOI request ask about one incident."""
-    pb = catalog.playbooks.get(incident.playbook)
+    """Everything the board, auditors and an FOI request ask about one incident. It is built
+    from the database: a playbook file broken since is named in ``caveats``, not an error."""
+    caveats: list[str] = []
+    try:
+        pb = catalog.playbooks.get(incident.playbook)
+    except ConfigError as exc:
+        pb = None
+        caveats.append(f"the playbook could not be read ({exc}): its sources and channels are "
+                       "taken from the incident's items")
+    try:
+        sources: dict[str, SourceConfig] = {k: catalog.sources[k] for k in catalog.sources}
+    except ConfigError as exc:
+        sources = {}
+        caveats.append(f"sources.yaml could not be read ({exc}): agencies are taken from the "
+                       "stored updates")
     backfill = timedelta(minutes=pb.backfill_minutes if pb else 120)
     start = incident.activated_at - backfill
     end = incident.deactivated_at or now
-    source_ids = [s.source for s in pb.sources] if pb else []
     items = store.items(incident_id=incident.id)
+    source_ids = [s.source for s in pb.sources] if pb else sorted(
+        {it.source_id for it in items if it.source_id})
     by_update: dict[int, list[OutboxItem]] = defaultdict(list)
     messages: list[OutboxItem] = []
     for it in items:
@@ -218,7 +232,12 @@ def build_incident_report(store: Store, catalog: Catalog, incident: Incident,
     for it in store.items():
         if it.incident_id is None and it.update_id in seen_ids and it.update_id is not None:
             normal[it.update_id].append(it)
-    leads = lead_agency_sources(catalog, incident)
+    if sources:
+        leads = lead_agency_sources(catalog, incident)
+    else:  # the lead's agency as its stored updates name it
+        agency = {u.agency for u, _, _ in seen if u.source_id == incident.lead}
+        leads = frozenset({incident.lead} | {u.source_id for u, _, _ in seen
+                                              if agency and u.agency in agency})
     channels = sorted({c.channel for c in pb.channels}) if pb else sorted(
         {i.channel_id for i in items})
 
@@ -287,8 +306,10 @@ def build_incident_report(store: Store, catalog: Catalog, incident: Incident,
             "incident": incident.id, "playbook": incident.playbook,
             "description": pb.description if pb else "",
             "hashtags": list(incident.hashtags), "lead": incident.lead,
-            "lead_agency": catalog.sources[incident.lead].agency
-            if incident.lead in catalog.sources else incident.lead,
+            "lead_agency": sources[incident.lead].agency
+            if incident.lead in sources else next(
+                (u.agency for u, _, _ in seen if u.source_id == incident.lead), incident.lead),
+            "caveats": caveats,
             "lead_changes": [{"at": isoformat(e.at), "by": e.who, "from": e.details.get("from"),
                               "to": e.details.get("to"), "reason": e.reason}
                              for e in window if e.action == "incident.lead_changed"
