@@ -1,5 +1,15 @@
 """Run a drill: the real watcher and dispatcher against the loopback simulator, on a
-simulated clock, then the expectations and the post-incident report."""
+simulated clock, then the expectations and the post-incident report.
+
+The clock moves in steps of ``step_seconds`` from ``start``. A step at which nothing can
+happen is jumped over rather than ticked (``Drill(jump=True)``, the default): no scenario
+event is due, no watched source is due for a poll, no item is in flight, and every pending
+item would get the decision it already has (same state, same reason) from the same policy
+function the dispatcher calls. Such a tick would write nothing but a heartbeat, so a jumping
+drill and a stepping one (``jump=False``) poll, decide and publish at the same simulated
+instants and end with the same store, simulator and report (``tests/drill`` compares them).
+The clock still only ever stands on the steps' grid.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +29,21 @@ from crisiscomms.bootstrap import App, MappingCredentials
 from crisiscomms.domain.clock import FixedClock
 from crisiscomms.domain.config import Catalog, cross_check
 from crisiscomms.domain.errors import ConfigError, CrisisCommsError
-from crisiscomms.domain.models import ActionKind, NewOutboxItem, SourceKind
+from crisiscomms.domain.models import (
+    ActionKind,
+    DecisionAction,
+    ItemState,
+    NewOutboxItem,
+    SourceKind,
+)
+from crisiscomms.domain.outbox import IN_FLIGHT, PENDING
+from crisiscomms.domain.policy import decide
 from crisiscomms.drill.expectations import Outcome, check_all
 from crisiscomms.drill.scenario import Event, Scenario, load_scenario
 from crisiscomms.services import incidents
 from crisiscomms.services import queue as operations
+from crisiscomms.services.dispatch import channel_counters
+from crisiscomms.services.runloop import RunLoop
 from crisiscomms.settings import DispatchSettings, PollingSettings, Settings
 from crisiscomms.simulator import Faults, World, serve
 
@@ -55,6 +75,7 @@ class DrillResult:
     home: Path
     published: list[tuple[str, str, str]] = field(default_factory=list)
     incidents: list[int] = field(default_factory=list)
+    ticks: int = 0  # steps ticked (the others were jumped over: nothing could happen)
 
     @property
     def ok(self) -> bool:
@@ -123,10 +144,14 @@ class Drill:
 
     def __init__(self, scenario: Scenario, path: Path, *, home: Path | None = None,
                  speed: float = 0.0, on_progress: Callable[[Progress], None] | None = None,
-                 playbooks_dir: Path | None = None) -> None:
+                 playbooks_dir: Path | None = None, jump: bool = True) -> None:
         self.scenario = scenario
         self.path = path
         self.speed = speed
+        # Jump over the steps at which nothing can happen (only at full speed: a drill shown
+        # at --speed N keeps its pace); ``ticks`` counts the steps actually ticked.
+        self.jump = jump and speed <= 0
+        self.ticks = 0
         self.on_progress = on_progress
         self.home = home or Path(tempfile.mkdtemp(prefix=f"crisiscomms-drill-{scenario.name}-"))
         self.playbooks_dir = playbooks_dir or (path.parent / scenario.playbooks_dir).resolve()
@@ -169,7 +194,7 @@ class Drill:
                 published = sorted((i.channel_id, str(i.action), i.dedupe_key)
                                    for i in app.store.items(states=["published"]))
                 return DrillResult(self.scenario, outcomes, report, self.home, published,
-                                   [i.id for i in app.store.incidents()])
+                                   [i.id for i in app.store.incidents()], self.ticks)
             finally:
                 app.close()
 
@@ -202,6 +227,7 @@ class Drill:
                     progress.events_done += 1
                     progress.last_event = e.note or e.kind
                 cycle, stats = await loop.tick(now)
+                self.ticks += 1
                 progress.now = now
                 progress.seen += cycle.new_updates
                 progress.queued += cycle.queued
@@ -212,7 +238,70 @@ class Drill:
                     self.on_progress(progress)
                 if self.speed > 0:
                     await asyncio.sleep(step.total_seconds() / self.speed)
-                self.clock.set(now + step)
+                later = now + step
+                if self.jump and not loop.chores:  # a chore keeps a schedule of its own
+                    while later <= self.scenario.end and self._quiet(app, loop, later, pending):
+                        later += step
+                self.clock.set(later)
+
+    def _quiet(self, app: App, loop: RunLoop, at: datetime, pending: list[Event]) -> bool:
+        """Whether a tick at ``at`` would change nothing (see the module doc). Errs towards
+        ``False``: a tick that was not needed is harmless, a skipped one that was is not."""
+        if pending and pending[0].at <= at:
+            return False
+        store = app.store
+        active = store.active_incidents()
+        if self._source_due(app, loop, at, active):
+            return False
+        with store.reader() as r:
+            incidents = r.incidents.list()
+            windows = r.windows.list()
+            waiting = r.outbox.list(states=[str(s) for s in PENDING | IN_FLIGHT])
+        catalog = app.catalog
+        counters: dict[str, Any] = {}
+        for item in waiting:
+            if item.state in IN_FLIGHT:
+                return False
+            channel = catalog.channels.get(item.channel_id)
+            if channel is None:
+                return False
+            if item.channel_id not in counters:
+                counters[item.channel_id] = channel_counters(store, catalog, item.channel_id,
+                                                             at)
+            decision = decide(item, channel, at, counters[item.channel_id], catalog.policy,
+                              incidents, catalog.playbooks, windows)
+            state = {DecisionAction.HOLD: ItemState.HELD,
+                     DecisionAction.NEEDS_APPROVAL: ItemState.NEEDS_APPROVAL}.get(
+                         decision.action)
+            if state is None or item.state is not state or item.reason != decision.reason:
+                return False
+        return True
+
+    @staticmethod
+    def _source_due(app: App, loop: RunLoop, at: datetime, active: list[Any]) -> bool:
+        """Whether the watcher could poll any source at ``at``: one never polled, one whose
+        next poll is due, or an incident's source whose shortest interval has passed since
+        its last poll (the watcher's fast path for a source newly in an incident)."""
+        watcher = loop.watcher
+        watched = watcher.watched_ids(active)
+        in_incident = watcher.incident_source_ids(active)
+        states = {st.source_id: st for st in app.store.source_states()}
+        polling = app.settings.polling
+        for src in watcher.sources:
+            if not any(sid in watched for sid in src.source_ids):
+                continue
+            st = states.get(src.key)
+            if st is None or st.next_poll_at is None or st.next_poll_at <= at:
+                return True
+            if st.last_polled_at is not None and any(
+                    sid in in_incident for sid in src.source_ids):
+                shortest = min([polling.incident_interval_seconds, *(
+                    cfg.interval_seconds for sid in src.source_ids
+                    if (cfg := app.catalog.sources.get(sid)) is not None
+                    and cfg.interval_seconds)])
+                if (at - st.last_polled_at).total_seconds() >= shortest:
+                    return True
+        return False
 
     def _script_publish(self, catalog: Catalog, e: Event) -> None:
         assert e.publish is not None
@@ -296,8 +385,9 @@ class Drill:
 
 def run_drill(path: Path, *, speed: float = 0.0, report_path: Path | None = None,
               home: Path | None = None,
-              on_progress: Callable[[Progress], None] | None = None) -> DrillResult:
+              on_progress: Callable[[Progress], None] | None = None,
+              jump: bool = True) -> DrillResult:
     """Load a scenario and run it; see ``Drill``."""
     scenario = load_scenario(path)
-    return Drill(scenario, path, home=home, speed=speed, on_progress=on_progress).run(
-        report_path)
+    return Drill(scenario, path, home=home, speed=speed, on_progress=on_progress,
+                 jump=jump).run(report_path)
