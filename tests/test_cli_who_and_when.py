@@ -351,3 +351,34 @@ def test_approve_all_from_a_source(cli, home: Path, monkeypatch):
     r = cli("queue", "approve", "--all-from", "nowhere")
     assert r.code == 2 and "unknown source 'nowhere'" in r.err
     assert cli("queue", "approve").code == 2
+
+
+def test_approving_an_item_already_approved_is_refused_naming_who_approved_it(
+        cli, home: Path, monkeypatch):
+    """A second approval is not a decision: it would put a second approver (and reason) on the
+    record the board reads."""
+    (item,) = waiting(cli, home, "met-office-ee")
+    become(monkeypatch, "alice")
+    assert cli("queue", "approve", str(item), "--reason", "checked").code == 0
+    become(monkeypatch, "bob")
+    r = cli("queue", "approve", str(item), "--reason", "again")
+    assert r.code == 3
+    assert "already approved by alice" in r.err
+    approvals = [e for e in audit_log(cli) if e["action"] == "queue.approve"]
+    assert len(approvals) == 1
+
+
+def test_editing_an_approved_item_needs_a_new_approval(cli, home: Path, monkeypatch):
+    """Approval is of a text: an approved item edited afterwards must not go out under the
+    approval of words the approver never saw."""
+    (item,) = waiting(cli, home, "met-office-ee")
+    become(monkeypatch, "alice")
+    assert cli("queue", "approve", str(item), "--reason", "checked").code == 0
+    become(monkeypatch, "bob")
+    assert cli("queue", "edit", str(item), "--text", "Different words").code == 0
+    shown = json.loads(cli("queue", "show", str(item), "--json").out)
+    assert shown["approved_by"] is None and shown["state"] == "needs_approval", shown
+    become(monkeypatch, "alice")
+    r = cli("queue", "approve", str(item), "--reason", "checked the new words", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["approved_by"] == "alice"

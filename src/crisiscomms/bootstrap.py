@@ -345,6 +345,10 @@ class App:
             loop = RunLoop(store=self.store, clock=self.clock, watcher=self.watcher(sources),
                            dispatcher=self.dispatcher(publishers), identity=identity,
                            rng=self.rng, chores=[*build_notice_chores(self)])
+            if self.settings.audit_key is not None:
+                from crisiscomms.services.audit_seal import AuditSealer
+
+                loop.chores.append(AuditSealer(self.store, owner=self.worker_id))
             if folder is not None:
                 loop.chores.insert(0, self._reloader(folder, running, dry_run, closers,
                                                      reload_seconds))

@@ -114,7 +114,8 @@ def deactivate(
 def audit_head_line(head: ChainReport) -> str:
     """The audit head to copy somewhere outside (``audit verify --expect-head``)."""
     state = "ok" if head.ok else f"BROKEN: {head.problem}"
-    return f"audit head {head.head} (chain {state}; keep a copy: audit verify --expect-head)"
+    return (f"audit head {head.head} (chain {state}; keep a copy to check later: crisiscomms "
+            f"audit verify --expect-head {head.head})")
 
 
 def lead(

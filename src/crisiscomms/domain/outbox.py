@@ -145,6 +145,10 @@ def take_over(item: OutboxItem, *, owner: str, now: datetime, until: datetime) -
 # -- operators' transitions -------------------------------------------------------------------
 def approve(item: OutboxItem, *, by: str, at: datetime, reason: str) -> OutboxItem:
     check(item, "approve")
+    if item.approved_by:  # a second approval is no decision: one approver per text
+        raise TransitionRefusedError(
+            f"item {item.id} is already approved by {item.approved_by}"
+            f"{' at ' + item.approved_at.isoformat() if item.approved_at else ''}")
     return replace(item, state=S.QUEUED, reason=reason, approved_by=by, approved_at=at)
 
 
@@ -175,5 +179,10 @@ def retry(item: OutboxItem, *, reason: str, now: datetime, check_platform: bool,
 
 
 def edit(item: OutboxItem, *, text: str, reason: str) -> OutboxItem:
+    """New text; an approval was of the old words, so an approved item needing approval goes
+    back to waiting for one."""
     check(item, "edit")
+    if item.approved_by and item.approval == "manual":
+        return replace(item, edited_text=text, reason=reason, approved_by=None,
+                       approved_at=None, state=S.NEEDS_APPROVAL)
     return replace(item, edited_text=text, reason=reason)
