@@ -77,3 +77,26 @@ def test_status_shows_a_broken_channel_and_activate_warns(cli, home, monkeypatch
     assert "channel x broken: credentials missing for channel x" in r.out
     data = json.loads(cli("status", "--json").out)
     assert data["channels"]["x"]["problem"] == "credentials missing for channel x"
+
+
+def test_activate_trusts_the_watchers_report_of_a_healthy_channel(cli, home, monkeypatch):
+    """The officer's shell holds no channel credentials (the service does): once the watcher
+    has reported a channel healthy, activate must not cry wolf about this shell's environment."""
+    for var in ("CRISISCOMMS_X_CONSUMER_KEY", "CRISISCOMMS_X_ACCESS_TOKEN",
+                "CRISISCOMMS_FACEBOOK_PAGE_TOKEN", "CRISISCOMMS_MASTODON_TOKEN",
+                "CRISISCOMMS_BLUESKY_APP_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    assert cli("status").code == 0
+    from crisiscomms.adapters.store import open_store
+
+    store = open_store(f"sqlite:///{home / 'crisiscomms.db'}")
+    with store.unit_of_work() as uow:
+        for channel in ("x", "facebook", "mastodon"):
+            uow.channels.set_problem(channel, None)  # the watcher's first tick: healthy
+        uow.channels.set_problem("bluesky", "credentials missing for channel bluesky")
+        uow.commit()
+    store.close()
+    r = cli("activate", "flooding", "--reason", "River Chelmer")
+    assert r.code == 0, r.err
+    assert "credentials missing here" not in r.err
+    assert "channel bluesky cannot post: credentials missing for channel bluesky" in r.err

@@ -69,9 +69,10 @@ def channel_warnings(app: Any, playbook: str) -> list[str]:
     out = []
     for channel_id in sorted({c.channel for c in pb.channels}):
         state = reported.get(channel_id)
-        if state is not None and state.problem:
-            out.append(f"channel {channel_id} cannot post: {state.problem} (reported by the "
-                       "watcher)")
+        if state is not None:  # the watcher has said (its first tick names every channel)
+            if state.problem:
+                out.append(f"channel {channel_id} cannot post: {state.problem} (reported by "
+                           "the watcher)")
             continue
         missing = app.missing_credentials(channel_id)
         if missing:
