@@ -34,6 +34,7 @@ class Answer:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    hang: bool = False  # send the head, then nothing more on this connection
 
 
 @dataclass
@@ -60,10 +61,13 @@ class CountingServer:
                           500: "Internal Server Error"}[answer.status]
                 out = [f"HTTP/1.1 {answer.status} {reason}"]
                 out += [f"{k}: {v}" for k, v in answer.headers.items()]
-                if answer.status != 304:
+                if answer.status != 304 and "Content-Length" not in answer.headers:
                     out.append(f"Content-Length: {len(answer.body)}")
                 writer.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + answer.body)
                 await writer.drain()
+                if answer.hang:
+                    await reader.read()  # until the client gives up on this connection
+                    return
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -87,6 +91,9 @@ def feed_route(path: str, headers: dict[str, str]) -> Answer:
     ``/gone``: a 404 with a page; ``/broken``: a 500 with a page."""
     if path == "/old":
         return Answer(302, {"Location": "/feed"}, b"<p>moved</p>")
+    if path == "/old-huge":  # declares a large body and never sends it
+        return Answer(302, {"Location": "/feed", "Content-Length": "50000000"}, b"",
+                      hang=True)
     if path == "/gone":
         return Answer(404, {"Content-Type": "text/html"}, b"<h1>Not Found</h1>" * 20)
     if path == "/broken":
@@ -176,3 +183,15 @@ async def test_error_answers_reuse_connections(
         assert info.value.error_class == error_class
     assert server.connections <= PER_HOST, (
         f"{server.connections} connections for {server.requests} requests")
+
+
+async def test_a_redirect_with_a_large_body_is_followed_without_reading_it(
+    server: CountingServer, fetcher: HttpFetcher, pool: FeedParserPool
+) -> None:
+    """Only a body known to be short is drained: a redirect declaring 50 MB (and sending
+    nothing) costs its connection, not a wait for a body nobody needs."""
+    src = rss(server, fetcher, pool, "/old-huge")
+    started = asyncio.get_running_loop().time()
+    result = await src.poll(state_for(src.key, etag=ETAG), NOW)
+    assert result.not_modified
+    assert asyncio.get_running_loop().time() - started < 2.0  # the client's timeout is 5 s

@@ -491,8 +491,15 @@ class HttpFetcher:
 
     @staticmethod
     async def _drain(resp: httpx.Response, limit: int = 64 * 1024) -> None:
-        """Read up to ``limit`` bytes of a body we do not need; give up (and let the
-        connection close) on anything larger or broken."""
+        """Read a body we do not need, so the connection can be used again: only when it
+        is known to be short (none by protocol, as a 304's, or a declared length up to
+        ``limit``). Anything else, or a read that breaks, is left to close the connection:
+        an unknown or large body is not worth waiting for (a hostile server would trickle
+        it)."""
+        declared = resp.headers.get("content-length", "").strip()
+        no_body = resp.status_code in (204, 304) or resp.status_code < 200
+        if not no_body and not (declared.isdigit() and int(declared) <= limit):
+            return
         read = 0
         try:
             async for chunk in resp.aiter_raw():
