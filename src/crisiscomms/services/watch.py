@@ -104,6 +104,7 @@ class Watcher:
         self.lease = timedelta(seconds=max(60.0, settings.deadline_seconds + 30.0))
         self._running: dict[str, asyncio.Future[None]] = {}
         self._pending: tuple[Catalog, list[Source], set[str]] | None = None
+        self._superseded: list[Source] = []  # built by a reload, replaced before they started
 
     # -- following the playbooks ------------------------------------------------------
     def reconfigure(self, catalog: Catalog, added: Sequence[Source], dropped: set[str]) -> None:
@@ -112,16 +113,22 @@ class Watcher:
         ``added`` start; the others keep polling with their state, as after a restart."""
         if self._pending is not None:  # two reloads before a cycle: the later one wins
             _, earlier, gone = self._pending
-            dropped = dropped | gone
+            # The later reload was planned on the running adapters: only what IT rebuilt
+            # replaces an adapter the earlier one built (which then never starts).
+            self._superseded += [a for a in earlier if a.key in dropped]
             added = [*(a for a in earlier if a.key not in dropped), *added]
+            dropped = dropped | gone
         self._pending = (catalog, list(added), set(dropped))
 
     def pending_sources(self) -> list[Source]:
         """Adapters a reload built that no cycle has started yet (closed with the others)."""
-        return list(self._pending[1]) if self._pending is not None else []
+        return [*(self._pending[1] if self._pending is not None else []), *self._superseded]
 
     async def _apply_pending(self) -> None:
         pending, self._pending = self._pending, None
+        superseded, self._superseded = self._superseded, []
+        for src in superseded:
+            await _close(src)
         if pending is None:
             return
         catalog, added, dropped = pending
