@@ -194,3 +194,18 @@ def test_watch_with_at_is_refused_while_a_watcher_runs_on_the_database(cli, home
     r = cli("--at", "2026-11-30T09:00:00Z", "watch", "--once", "--dry-run")
     assert r.code == 3, (r.code, r.out, r.err)
     assert "--at" in r.err and "relay:1" in r.err
+
+
+def test_watch_with_at_is_refused_on_a_database_a_stopped_service_uses(cli, home):
+    """The service stopped for maintenance: its database is still the live one."""
+    from crisiscomms.adapters.store import open_store
+    from crisiscomms.domain.clock import SystemClock
+    from crisiscomms.domain.models import SourceState
+    from crisiscomms.testing import save_source_state
+
+    assert cli("status").code == 0
+    store = open_store(f"sqlite:///{home / 'crisiscomms.db'}")
+    save_source_state(store, SourceState("met-office-ee", last_polled_at=SystemClock().now()))
+    store.close()
+    r = cli("--at", "2026-11-30T09:00:00Z", "watch", "--once", "--dry-run")
+    assert r.code == 3 and "--at-on-live-database" in r.err, (r.code, r.err)

@@ -125,7 +125,10 @@ def test_watch_once_dry_run_against_the_simulator(cli, playbooks_dir: Path, monk
         world.add_item("met-office-ee", "rss", parse_instant(MON_MORNING), {
             "guid": "w1", "title": "Yellow warning of wind affecting East of England",
             "link": "https://www.metoffice.gov.uk/w1", "description": "Gusts of 60 mph."})
-        r = cli("--at", "2026-11-30T09:10:00Z", "watch", "--once", "--dry-run", "--json")
+        # The first run made this database live (its sources were polled): a second what-if
+        # run on it says so explicitly.
+        r = cli("--at", "2026-11-30T09:10:00Z", "--at-on-live-database", "watch", "--once",
+                "--dry-run", "--json")
         out = json.loads(r.out)
         assert out["new_updates"] == 1 and out["queued"] == 2
     assert {i["state"] for i in _items(cli)} == {"needs_approval"}

@@ -28,7 +28,7 @@ def _progress_table(p: object) -> Table:
                 "events"):
         t.add_column(col)
     local = p.now.astimezone(LONDON)
-    t.add_row(local.strftime("%a %d %b %H:%M"), str(p.seen), str(p.queued), str(p.published),
+    t.add_row(local.strftime("%a %d %b %H:%M %Z"), str(p.seen), str(p.queued), str(p.published),
               str(p.held), str(p.failed), f"{p.events_done}/{p.events_total} {p.last_event}")
     return t
 
@@ -68,7 +68,7 @@ def drill(
         hour = int(p.now.timestamp() // 21600)  # a line every 6 simulated hours
         if hour != last_hour[0]:
             last_hour[0] = hour
-            when = p.now.astimezone(LONDON).strftime("%a %d %b %H:%M")
+            when = p.now.astimezone(LONDON).strftime("%a %d %b %H:%M %Z")
             console.print(f"[drill] {when} seen {p.seen} queued {p.queued} "
                           f"published {p.published} held {p.held} failed {p.failed}",
                           highlight=False)

@@ -28,17 +28,13 @@ def watch(
     app = get_app()
     clock = app.clock
     if isinstance(clock, AtClock) and not clock.live_ok:
-        from crisiscomms.cli.status_cmd import LIVE_SECONDS
-        from crisiscomms.domain.clock import SystemClock
+        from crisiscomms.services.operators import live_database
 
-        wall = SystemClock().now()  # a watcher's heartbeat is real time, whatever --at says
-        running = [w for w in app.store.watchers()
-                   if (wall - w.last_seen_at).total_seconds() <= LIVE_SECONDS]
-        if running:
+        why = live_database(app.store)  # the same rule as every other change
+        if why is not None:
             # Its sources' state and items would be dated at an invented time.
-            raise RefusedError(f"--at {clock.text}: refused to watch a database a watcher uses "
-                               f"(watcher {running[0].worker_id} is registered on it); drop "
-                               "--at, work on a copy, or add --at-on-live-database")
+            raise RefusedError(f"--at {clock.text}: refused to watch a live database ({why}); "
+                               "drop --at, work on a copy, or add --at-on-live-database")
     cycle, dispatched = asyncio.run(run_watch(app, once=once, dry_run=dry_run,
                                               tick_seconds=tick))
     if once:

@@ -107,11 +107,14 @@ def status(
             typer.echo(f"  channel {cid} broken: {ch.problem}")
         if ch.paused_until and ch.paused_until > now:
             typer.echo(f"  channel {cid} rate limited until {shown(ch.paused_until, tz)}")
-    for state, what in (("needs_approval", "approval"), ("needs_review", "review")):
-        if counts.get(state):
-            typer.echo(f"  {counts[state]} item(s) need {what}: crisiscomms queue list --state "
-                       f"{state}, then crisiscomms queue approve ID --reason \"...\" (or "
-                       "queue reject ID --reason \"...\")")
+    if counts.get("needs_approval"):
+        typer.echo(f"  {counts['needs_approval']} item(s) need approval: crisiscomms queue list "
+                   "--state needs_approval, then crisiscomms queue approve ID --reason \"...\" "
+                   "(or queue reject ID --reason \"...\")")
+    if counts.get("needs_review"):
+        typer.echo(f"  {counts['needs_review']} item(s) need review (did they go out?): "
+                   "crisiscomms queue list --state needs_review, then crisiscomms queue retry ID "
+                   "(asks the platform before any resend) or queue reject ID --reason \"...\"")
     if not catalog_error:
         for line in status_lines(app.store, app.catalog, now):
             typer.echo(line)
