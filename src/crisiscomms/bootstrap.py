@@ -338,13 +338,14 @@ class App:
         loop: RunLoop | None = None
         try:
             publishers = self.build_publishers(dry_run=dry_run)
-            identity = WatcherInfo(self.worker_id, socket.gethostname(), os.getpid(),
-                                   self.clock.now(), self.clock.now())
             from crisiscomms.services.notices import build_notice_chores
 
+            pager = build_notice_chores(self)  # none without notify URLs or the real clock
+            identity = WatcherInfo(self.worker_id, socket.gethostname(), os.getpid(),
+                                   self.clock.now(), self.clock.now(), pages=bool(pager))
             loop = RunLoop(store=self.store, clock=self.clock, watcher=self.watcher(sources),
                            dispatcher=self.dispatcher(publishers), identity=identity,
-                           rng=self.rng, chores=[*build_notice_chores(self)])
+                           rng=self.rng, chores=[*pager])
             if self.settings.audit_key is not None:
                 from crisiscomms.services.audit_seal import AuditSealer
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -65,8 +65,7 @@ class Env:
     def run(self, chore: NoticeChore | None = None, me: WatcherInfo | None = None) -> None:
         me = me or self.me
         with self.store.unit_of_work() as uow:
-            uow.watchers.heartbeat(WatcherInfo(me.worker_id, me.host, me.pid, me.started_at,
-                                               self.clock.now()))
+            uow.watchers.heartbeat(replace(me, last_seen_at=self.clock.now()))
             uow.commit()
         asyncio.run((chore or self.chore).run(self.loop(me), self.clock.now()))
 
@@ -83,7 +82,7 @@ def make_chore(notifier: Recorder, **overrides: Any) -> NoticeChore:
 def env(playbooks_dir) -> Env:
     store = MemoryStore()
     notifier = Recorder()
-    me = WatcherInfo("w1", "host-a", 101, T0 - timedelta(hours=1), T0)
+    me = WatcherInfo("w1", "host-a", 101, T0 - timedelta(hours=1), T0, pages=True)
     return Env(store, load_catalog(playbooks_dir), FakeClock(T0), notifier,
                make_chore(notifier), me)
 
@@ -229,7 +228,7 @@ def test_the_cap_sends_a_digest_of_the_rest(env: Env):
 
 
 def test_only_the_first_started_live_watcher_pages(env: Env):
-    other = WatcherInfo("w0", "host-b", 7, T0 - timedelta(hours=2), T0)
+    other = WatcherInfo("w0", "host-b", 7, T0 - timedelta(hours=2), T0, pages=True)
     second = make_chore(env.notifier)
     needs_approval(env)
     env.run(second, me=other)  # w0 started first: it pages
@@ -249,11 +248,28 @@ def test_only_the_first_started_live_watcher_pages(env: Env):
 
 def test_a_newcomer_does_not_take_over_from_a_live_leader():
     t = T0
-    old = WatcherInfo("zz-old", "a", 1, t - timedelta(hours=5), t)
-    new = WatcherInfo("aa-new", "b", 2, t - timedelta(minutes=1), t)
+    old = WatcherInfo("zz-old", "a", 1, t - timedelta(hours=5), t, pages=True)
+    new = WatcherInfo("aa-new", "b", 2, t - timedelta(minutes=1), t, pages=True)
     assert is_leader([old, new], old, t) and not is_leader([old, new], new, t)
-    stale = WatcherInfo("zz-old", "a", 1, t - timedelta(hours=5), t - timedelta(minutes=5))
+    stale = replace(old, last_seen_at=t - timedelta(minutes=5))
     assert is_leader([stale, new], new, t)
+
+
+def test_a_watcher_that_cannot_page_is_not_elected(env: Env):
+    """An officer runs 'crisiscomms watch' from their own shell (no notify URLs: only the
+    service has them) before the service restarts: the officer's watcher is the oldest, but
+    it cannot page, so the service pages."""
+    officer = WatcherInfo("officer:9", "host-a", 9, T0 - timedelta(hours=3), T0)
+    assert officer.pages is False  # the default, as for heartbeats of older versions
+    with env.store.unit_of_work() as uow:
+        uow.watchers.heartbeat(officer)
+        uow.commit()
+    needs_approval(env)
+    env.run()
+    assert len(env.notifier.sent) == 1
+    assert is_leader(env.store.watchers(), env.me, env.clock.now())
+    off_clock = replace(officer, worker_id="drill:3", started_at=T0 - timedelta(hours=4))
+    assert is_leader([officer, off_clock, env.me], env.me, env.clock.now())
 
 
 def test_a_restarted_watcher_does_not_page_again(env: Env):

@@ -180,6 +180,38 @@ def test_two_watchers_on_one_database_page_once(tmp_path, playbooks_dir):
     second.close()
 
 
+def test_an_officers_watcher_without_notify_urls_does_not_silence_the_service(
+        tmp_path, playbooks_dir):
+    """An officer runs 'crisiscomms watch' from their own shell (no CRISISCOMMS_NOTIFY_URLS:
+    only the service has them, through LoadCredential=), then the service restarts: the
+    officer's watcher is now the oldest, yet the service pages."""
+    with json_receiver() as rx:
+        officer, _ = make_app(tmp_path, playbooks_dir, [" "])
+        officer.settings = officer.settings.model_copy(update={"worker_id": "laptop:officer"})
+        service, _ = make_app(tmp_path, playbooks_dir, [rx.url("/page")])
+        item = normal_item(service)
+
+        async def both() -> None:
+            async with officer.run_loop(dry_run=True) as a:
+                await asyncio.sleep(0.2)  # the officer's watcher starts first
+                async with service.run_loop(dry_run=True) as b:
+                    assert (a.identity.pages, b.identity.pages) == (False, True)
+                    stop = asyncio.Event()
+                    tasks = [asyncio.ensure_future(loop.run(stop, tick_seconds=0.5))
+                             for loop in (a, b)]
+                    deadline = time.monotonic() + 15
+                    while not rx.posts and time.monotonic() < deadline:
+                        await asyncio.sleep(0.1)
+                    stop.set()
+                    await asyncio.wait_for(asyncio.gather(*tasks), 15)
+
+        asyncio.run(both())
+        assert rx.posts, "nobody was paged: the officer's watcher was elected"
+        assert f"crisiscomms queue approve {item}" in rx.posts[0]["body"]["message"]
+    officer.close()
+    service.close()
+
+
 def test_an_invalid_playbook_change_pages_with_its_file_and_line(tmp_path, playbooks_dir):
     """The running watcher refuses a broken sources.yaml (keeping the last good one) and the
     on-call team is paged with the file and the line."""

@@ -440,6 +440,59 @@ def test_watchers_heartbeat_list_and_remove(store: Store):
     assert [w.host for w in store.watchers()] == ["host-b"]
 
 
+def test_watchers_record_whether_they_page(store: Store):
+    """The heartbeat says whether the watcher pages (notify URLs, real clock): the pager is
+    elected among those that do."""
+    service = WatcherInfo("relay:1", "relay", 1, NOW, NOW, pages=True)
+    officer = WatcherInfo("laptop:2", "laptop", 2, NOW - timedelta(hours=1), NOW)
+    with store.unit_of_work() as uow:
+        uow.watchers.heartbeat(service)
+        uow.watchers.heartbeat(officer)
+        uow.commit()
+    assert {w.worker_id: w.pages for w in store.watchers()} == {"relay:1": True,
+                                                                 "laptop:2": False}
+    with store.unit_of_work() as uow:  # a restart with other settings: the flag follows
+        uow.watchers.heartbeat(replace(service, pages=False, last_seen_at=NOW + LEASE))
+        uow.watchers.heartbeat(replace(officer, pages=True, last_seen_at=NOW + LEASE))
+        uow.commit()
+    assert {w.worker_id: w.pages for w in store.watchers()} == {"relay:1": False,
+                                                                 "laptop:2": True}
+
+
+def test_a_heartbeat_written_before_migration_9_reads_as_not_paging(
+        backend: Backend, monkeypatch: pytest.MonkeyPatch):
+    """A watchers row of an older version (no 'pages' column yet) upgrades to 'does not
+    page': it is never elected to page until it heartbeats again with the new version."""
+    if backend.memory is not None:
+        pytest.skip("the memory store has no older rows")
+    from crisiscomms.adapters.store import migrations, postgres
+
+    monkeypatch.setattr(migrations, "SQLITE_MIGRATIONS",
+                        [m for m in SQLITE_MIGRATIONS if m[0] < 9])
+    monkeypatch.setattr(postgres, "POSTGRES_MIGRATIONS",
+                        [m for m in POSTGRES_MIGRATIONS if m[0] < 9])
+    old = backend.open()
+    assert old.schema_version == 8
+    insert = ("INSERT INTO watchers (worker_id, host, pid, started_at, last_seen_at) VALUES "
+              "('old:1', 'old', 1, '2026-11-27T17:00:00.000000Z', '2026-11-27T18:00:00.000000Z')")
+    if backend.name == "sqlite":
+        import sqlite3
+
+        db = sqlite3.connect(backend.url.removeprefix("sqlite:///"), isolation_level=None)
+        db.execute(insert)
+        db.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(backend.url, autocommit=True) as conn:
+            conn.execute(insert)
+    monkeypatch.undo()
+    new = backend.open()
+    assert new.schema_version == LATEST >= 9
+    [w] = new.watchers()
+    assert (w.worker_id, w.pages, w.last_seen_at) == ("old:1", False, NOW)
+
+
 def test_a_reader_cannot_commit(store: Store):
     with pytest.raises(Exception, match="read-only"), store.reader() as r:
         r.commit()

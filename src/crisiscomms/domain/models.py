@@ -436,13 +436,16 @@ def as_operator(value: str | Operator) -> Operator:
 
 @dataclass(frozen=True, slots=True)
 class WatcherInfo:
-    """A watcher process as its heartbeat last described it."""
+    """A watcher process as its heartbeat last described it. ``pages``: it can page the
+    on-call team (it has ``CRISISCOMMS_NOTIFY_URLS`` and runs on the real clock); only such
+    watchers are elected to page. Heartbeats of versions before it read as ``False``."""
 
     worker_id: str
     host: str
     pid: int
     started_at: datetime
     last_seen_at: datetime
+    pages: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,11 @@ The watcher's ``NoticeChore`` looks at the store every ``notify.check_seconds`` 
 Each condition is paged once while it lasts, reminded at most every ``remind_minutes``
 (a condition that clears and comes back within that time is not paged anew: a flapping
 source pages once), and at most ``max_per_window`` pages go out per ``window_minutes``, the
-last of them a digest of the rest. Of several watchers on one database only one pages: the
-live watcher (heartbeat) that started first. Every page is recorded in the audit trail
-(``notice.sent`` / ``notice.failed``: what was said, to which targets by number and kind,
-never a URL), which is where a new leader learns what was already paged and where
-``status_lines`` reads the last page and any failure.
+last of them a digest of the rest. Of several watchers on one database only one pages: of
+the live watchers that can page (their heartbeat says so), the one that started first. Every
+page is recorded in the audit trail (``notice.sent`` / ``notice.failed``: what was said, to
+which targets by number and kind, never a URL), which is where a new leader learns what was
+already paged and where ``status_lines`` reads the last page and any failure.
 """
 
 from __future__ import annotations
@@ -282,11 +282,13 @@ def digest(notices: Sequence[Notice], window_minutes: float) -> Notice:
 # -- who pages ------------------------------------------------------------------------------
 
 def is_leader(watchers: Sequence[WatcherInfo], me: WatcherInfo, now: datetime) -> bool:
-    """Of the live watchers on this database (and this one), the one that started first
-    (then the smallest worker id) pages; the others stay quiet. Deterministic: every
-    watcher reading the same heartbeats reaches the same answer, and a newcomer never takes
-    over from a live leader."""
-    live = [w for w in watchers if w.worker_id != me.worker_id and
+    """Of the live watchers on this database that can page (their heartbeat says so: notify
+    URLs, the real clock) and this one (the caller pages), the one that started first (then
+    the smallest worker id) pages; the others stay quiet. Deterministic: every watcher
+    reading the same heartbeats reaches the same answer, and a newcomer never takes over
+    from a live leader. A watcher that cannot page (an officer's shell without the notify
+    URLs, a drill) is never elected, however early it started."""
+    live = [w for w in watchers if w.worker_id != me.worker_id and w.pages and
             (now - w.last_seen_at).total_seconds() <= LEADER_LIVE_SECONDS]
     first = min([*live, me], key=lambda w: (w.started_at, w.worker_id))
     return first.worker_id == me.worker_id

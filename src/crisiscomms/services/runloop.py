@@ -17,7 +17,7 @@ import contextlib
 import random
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -91,9 +91,7 @@ class RunLoop:
                 (now - self._last_beat).total_seconds() < HEARTBEAT_SECONDS:
             return
         with self.store.unit_of_work() as uow:
-            uow.watchers.heartbeat(WatcherInfo(self.identity.worker_id, self.identity.host,
-                                               self.identity.pid, self.identity.started_at,
-                                               now))
+            uow.watchers.heartbeat(replace(self.identity, last_seen_at=now))
             uow.commit()
         self._last_beat = now
 

@@ -218,6 +218,15 @@ ALTER TABLE audit_events ADD COLUMN recorded_at TEXT;
 ALTER TABLE audit_events ADD COLUMN scheme TEXT NOT NULL DEFAULT 'sha256';
 """,
     ),
+    (
+        9,
+        "watchers_pages",
+        """
+-- Whether a watcher can page the on-call team (notify URLs, the real clock): the pager is
+-- elected among those that can. Heartbeats of older versions: they cannot.
+ALTER TABLE watchers ADD COLUMN pages INTEGER NOT NULL DEFAULT 0;
+""",
+    ),
 ]
 
 # PostgreSQL: the same schema in its own types (instants are timestamptz, ids identities).
@@ -413,5 +422,10 @@ INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '""" + "0" * 64 + """');
 ALTER TABLE audit_events ADD COLUMN recorded_at TIMESTAMPTZ;
 ALTER TABLE audit_events ADD COLUMN scheme TEXT NOT NULL DEFAULT 'sha256';
 """,
+    ),
+    (
+        9,
+        "watchers_pages",
+        "ALTER TABLE watchers ADD COLUMN pages INTEGER NOT NULL DEFAULT 0;",
     ),
 ]

@@ -525,16 +525,17 @@ class SqlWatchers:
         self.tx, self.ts = tx, tx.dialect.ts
 
     def heartbeat(self, info: WatcherInfo) -> None:
-        self.tx.run("INSERT INTO watchers (worker_id, host, pid, started_at, last_seen_at) "
-                    "VALUES (?,?,?,?,?) ON CONFLICT (worker_id) DO UPDATE SET host = "
+        self.tx.run("INSERT INTO watchers (worker_id, host, pid, started_at, last_seen_at, "
+                    "pages) VALUES (?,?,?,?,?,?) ON CONFLICT (worker_id) DO UPDATE SET host = "
                     "excluded.host, pid = excluded.pid, started_at = excluded.started_at, "
-                    "last_seen_at = excluded.last_seen_at",
+                    "last_seen_at = excluded.last_seen_at, pages = excluded.pages",
                     (info.worker_id, info.host, info.pid, self.ts(info.started_at),
-                     self.ts(info.last_seen_at)))
+                     self.ts(info.last_seen_at), int(info.pages)))
 
     def list(self) -> builtins.list[WatcherInfo]:
         return [WatcherInfo(r["worker_id"], r["host"], int(r["pid"]),
-                            dt(r["started_at"]), dt(r["last_seen_at"]))  # type: ignore[arg-type]
+                            dt(r["started_at"]), dt(r["last_seen_at"]),  # type: ignore[arg-type]
+                            bool(r["pages"]))
                 for r in self.tx.rows("SELECT * FROM watchers ORDER BY last_seen_at DESC, "
                                       "worker_id")]
 
