@@ -195,3 +195,35 @@ async def test_a_redirect_with_a_large_body_is_followed_without_reading_it(
     result = await src.poll(state_for(src.key, etag=ETAG), NOW)
     assert result.not_modified
     assert asyncio.get_running_loop().time() - started < 2.0  # the client's timeout is 5 s
+
+
+class _LaterClock:
+    """httpcore's view of ``time`` with ``monotonic`` moved on by ``offset`` seconds."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._real = time.monotonic
+        self.offset = 0.0
+
+    def monotonic(self) -> float:
+        return self._real() + self.offset
+
+
+async def test_connections_outlive_the_idle_time_between_two_cycles(
+    server: CountingServer, fetcher: HttpFetcher, pool: FeedParserPool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A source polled every 30 s (60 s outside a crisis) finds its connection still open:
+    httpx's default keep-alive expiry (5 s) would close it between two cycles."""
+    import httpcore._async.http11 as http11
+
+    later = _LaterClock()
+    monkeypatch.setattr(http11, "time", later)
+    src = rss(server, fetcher, pool)
+    state = state_for(src.key, etag=ETAG)
+    for _ in range(5):
+        assert (await src.poll(state, NOW)).not_modified
+        later.offset += 61.0  # the idle time between two normal-mode cycles
+    assert server.requests == 5
+    assert server.connections == 1

@@ -83,6 +83,7 @@ def make_async_client(
     connect_timeout: float = 5.0,
     max_connections: int = 40,
     max_keepalive_connections: int = 20,
+    keepalive_expiry: float = 120.0,
     user_agent: str = USER_AGENT,
     verify: bool | ssl.SSLContext = True,
     trust_env: bool = False,
@@ -92,13 +93,16 @@ def make_async_client(
 
     Redirects are off because ``HttpFetcher`` follows them itself with its checks.
     ``trust_env`` is off by default: a proxy from the environment would bypass the
-    private-address check.
+    private-address check. An idle connection is kept ``keepalive_expiry`` seconds (httpx's
+    default is 5 s), longer than the polling interval, so the next cycle's poll of the same
+    host reuses it; a server that closed it meanwhile is noticed and connected again.
     """
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=connect_timeout),
         limits=httpx.Limits(
             max_connections=max_connections,
             max_keepalive_connections=max_keepalive_connections,
+            keepalive_expiry=keepalive_expiry,
         ),
         headers={"User-Agent": user_agent, "Accept-Encoding": "gzip, deflate"},
         follow_redirects=False,
