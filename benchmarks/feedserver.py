@@ -6,7 +6,9 @@ one port, so the watcher's per-host politeness limit sees several hosts as it wo
 production; feed ``i`` is served on host ``i % hosts``. Feeds carry strong ETags and
 ``If-None-Match`` gets a 304. The benchmark moves the world on with
 ``POST /_control/cycle {"cycle": c, "interval": s}``; ``POST /_control/stats`` returns the
-request counters. First line on stdout: ``{"port": ..., "hosts": [...]}``.
+request counters, with ``connections`` (TCP connections accepted) and ``control`` (control
+requests, one connection each): the watcher's connections are the difference. First line on
+stdout: ``{"port": ..., "hosts": [...]}``.
 
 Fake Mastodon (what Mastodon.py 2.x calls for feed2toot's ``status_post``): ``GET
 /api/v1/instance``, ``GET /api/v2/instance``, ``GET /api/v1/accounts/verify_credentials``,
@@ -46,6 +48,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         return
+
+    def setup(self) -> None:
+        super().setup()  # one handler per accepted connection (keep-alive loops inside)
+        with self.state.lock:
+            self.state.counts["connections"] += 1
 
     def _send(self, status: int, body: bytes = b"", ctype: str = "application/json",
               headers: dict[str, str] | None = None) -> None:
@@ -109,6 +116,9 @@ class Handler(BaseHTTPRequestHandler):
         st = self.state
         path = self.path.split("?", 1)[0]
         raw = self._body()
+        if path.startswith("/_control/"):
+            with st.lock:
+                st.counts["control"] += 1
         if path == "/_control/cycle":
             data = json.loads(raw or b"{}")
             with st.lock:

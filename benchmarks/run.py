@@ -90,6 +90,10 @@ def watch_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         ("steady wall/cycle, mean (max)",
          f"{_f(r['steady_wall_s_mean'])} s ({_f(r['steady_wall_s_max'])})", "", ""),
         ("steady answers that were 304", f"{100 * r['steady_share_304']:.1f} %", "", ""),
+        ("new connections over the steady polls",
+         f"{r['steady_new_connections']} for {r['steady_polls']} polls",
+         f"<= {r.get('server_hosts', 10) * 2} (2 per host: reused)",
+         _verdict(0 <= r["steady_new_connections"] <= r.get("server_hosts", 10) * 2)),
         ("peak RSS (watcher + parsers)",
          f"{_f(rss, 0)} MB ({_f(r['peak_rss_self_mb'], 0)} + "
          f"{_f(r['peak_rss_workers_mb'], 0)})", "<= 250 MB", _verdict(rss <= 250)),

@@ -109,6 +109,9 @@ class WatchRun:
     peak_rss_workers_mb: float
     workers_cpu_rusage: float
     errors: dict[str, str]
+    # TCP connections the watcher opened to the feed server during the steady cycles: with
+    # keep-alive working it stays near the per-host limit x hosts, whatever the poll count.
+    steady_connections: int = -1
 
 
 async def watch_cycles(server: FeedServer, feeds: int, cycles: int, *,
@@ -166,7 +169,10 @@ async def watch_cycles(server: FeedServer, feeds: int, cycles: int, *,
             watcher = Watcher(store=store, catalog=catalog, sources=sources,
                               settings=polling, rng=random.Random(1))
             clock = FixedClock(START)
+            conn_start: dict[str, int] = {}
             for c in range(cycles + 1):
+                if c == 1:
+                    conn_start = server.control("stats")
                 now: datetime = clock.now()
                 assert now == cycle_time(c, interval)
                 expected: dict[str, datetime] = {}
@@ -202,6 +208,12 @@ async def watch_cycles(server: FeedServer, feeds: int, cycles: int, *,
                 if on_cycle:
                     on_cycle(rec)
                 clock.advance(timedelta(seconds=interval))
+            steady_connections = -1
+            if conn_start:
+                end = server.control("stats")
+                steady_connections = (
+                    end.get("connections", 0) - conn_start.get("connections", 0)
+                    - (end.get("control", 0) - conn_start.get("control", 0)))
             for src in sources:
                 await src.aclose()
         finally:
@@ -210,7 +222,7 @@ async def watch_cycles(server: FeedServer, feeds: int, cycles: int, *,
             store.close()
         workers_cpu_rusage = children_cpu_seconds() - rusage_before
     return WatchRun(feeds, interval, records[0], records[1:], self_peak_rss_mb(),
-                    sum(worker_rss.values()), workers_cpu_rusage, errors)
+                    sum(worker_rss.values()), workers_cpu_rusage, errors, steady_connections)
 
 
 def summarise(run: WatchRun) -> dict[str, Any]:
@@ -235,6 +247,8 @@ def summarise(run: WatchRun) -> dict[str, Any]:
         "steady_wall_s_max": max((r.wall for r in steady), default=float("nan")),
         "steady_share_304": (sum(r.not_modified for r in steady)
                              / max(1, sum(r.polled for r in steady))),
+        "steady_polls": sum(r.polled for r in steady),
+        "steady_new_connections": run.steady_connections,
         "peak_rss_self_mb": run.peak_rss_self_mb,
         "peak_rss_workers_mb": run.peak_rss_workers_mb,
         "peak_rss_total_mb": run.peak_rss_self_mb + run.peak_rss_workers_mb,
