@@ -1,13 +1,16 @@
 """The one run loop: poll what is due, dispatch what may go, say we are alive, repeat.
 
-``RunLoop.tick(now)`` does one poll and one dispatch, one after the other: the drill drives it
-on its simulated clock. ``run()`` repeats the same two steps on the real clock as two loops
+``RunLoop.tick(now)`` does one heartbeat, one poll and one dispatch, one after the other: the
+drill and ``watch --once`` drive it. ``run()`` repeats the same steps on the real clock as loops
 that never wait on each other (a feed that trickles a byte a second cannot keep a post queued;
-a slow platform cannot delay a poll). Dispatch runs in a thread of its own; on stop it finishes
-the send in flight (a few seconds' grace) or abandons it safely: the item stays ``sending``
-under its lease and whoever dispatches next asks the platform before any resend. A database
-that goes away does not end the watcher: the step fails as a whole (no send goes out whose
-claim was not recorded), the loop backs off and tries again until the database answers.
+a slow platform cannot delay a poll, nor the heartbeat: it has a loop of its own, every
+``HEARTBEAT_SECONDS``, its store write in a thread, so a dispatch step held up by slow sends
+never makes the watcher look dead to ``status`` or to the pager election). Dispatch runs in
+a thread of its own; on stop it finishes the send in flight (a few seconds' grace) or abandons
+it safely: the item stays ``sending`` under its lease and whoever dispatches next asks the
+platform before any resend. A database that goes away does not end the watcher: the step
+fails as a whole (no send goes out whose claim was not recorded), the loop backs off and
+tries again until the database answers.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ STOP_GRACE_SECONDS = 5.0  # how long a stop waits for the send in flight
 T = TypeVar("T")
 
 
-def in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
+def in_daemon_thread(fn: Callable[[], T], *, name: str = "dispatch") -> asyncio.Future[T]:
     """Run ``fn`` in a daemon thread (an abandoned send never holds up the process's exit, as
     an executor's thread would)."""
     loop = asyncio.get_running_loop()
@@ -57,7 +60,7 @@ def in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(settle, fut.set_result, result)
 
-    threading.Thread(target=run, name="dispatch", daemon=True).start()
+    threading.Thread(target=run, name=name, daemon=True).start()
     return fut
 
 
@@ -85,9 +88,10 @@ class RunLoop:
     chores: list[Chore] = field(default_factory=list)
     _last_beat: datetime | None = None
 
-    def heartbeat(self, now: datetime) -> None:
-        """Tell ``status`` (and the other watchers) that this one is alive."""
-        if self._last_beat is not None and \
+    def heartbeat(self, now: datetime, *, force: bool = False) -> None:
+        """Tell ``status`` (and the other watchers) that this one is alive (at most once per
+        ``HEARTBEAT_SECONDS`` of ``now`` unless ``force``: the heartbeat loop paces itself)."""
+        if not force and self._last_beat is not None and \
                 (now - self._last_beat).total_seconds() < HEARTBEAT_SECONDS:
             return
         with self.store.unit_of_work() as uow:
@@ -128,13 +132,14 @@ class RunLoop:
             last["poll"] = await self.watcher.poll_cycle(self.clock.now(), wait=False)
 
         async def dispatch() -> None:
-            self.heartbeat(self.clock.now())
             last["dispatch"] = await in_daemon_thread(
                 lambda: self.dispatcher.tick(self.clock.now()))
 
         def chore_step(chore: Chore) -> Callable[[], Awaitable[None]]:
             return lambda: self._run_chore(chore)
 
+        ended = asyncio.Event()  # the other loops are done: the heartbeat stops
+        beats = asyncio.ensure_future(self._beat(ended, retry_seconds=tick_seconds))
         try:
             await asyncio.gather(
                 self._repeat("poll", poll, stop, tick_seconds, max_ticks, abandon=True),
@@ -143,9 +148,39 @@ class RunLoop:
                 *(self._repeat(chore.name, chore_step(chore), stop, chore.interval_seconds,
                                max_ticks, abandon=True) for chore in self.chores))
         finally:
+            ended.set()
+            # A beat in flight finishes first: none is written after the sign-off.
+            done, _ = await asyncio.wait({beats}, timeout=STOP_GRACE_SECONDS)
+            if not done:
+                beats.cancel()
+                log.warning("watch.heartbeat_abandoned",
+                            note="the store did not answer; the watcher's row may stay "
+                                 "until it is a minute old")
             await self.watcher.cancel_running()
             self._sign_off()
         return last["poll"], last["dispatch"]
+
+    async def _beat(self, ended: asyncio.Event, *, retry_seconds: float) -> None:
+        """The heartbeat's own loop: one beat now and every ``HEARTBEAT_SECONDS`` until
+        ``ended``, the store write in a thread (a slow database never holds up the event
+        loop); a store failure is retried sooner (backing off, never beyond the interval)."""
+        failures = 0
+        while not ended.is_set():
+            wait = HEARTBEAT_SECONDS
+            try:
+                await in_daemon_thread(lambda: self.heartbeat(self.clock.now(), force=True),
+                                       name="heartbeat")
+                failures = 0
+            except StoreError as exc:
+                failures += 1
+                wait = backoff_delay(failures, base=min(retry_seconds, HEARTBEAT_SECONDS),
+                                     cap=HEARTBEAT_SECONDS, rng=self.rng)
+                log.error("watch.store_unavailable", what="heartbeat", error=str(exc),
+                          failures=failures, retry_in_s=round(wait, 1))
+            except Exception as exc:
+                log.exception("watch.heartbeat_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), timeout=wait)
 
     def _sign_off(self) -> None:
         """Leave the heartbeat table (``status`` stops listing this watcher)."""
