@@ -193,6 +193,34 @@ def test_activation_and_stand_down_page_with_the_audit_head(env: Env):
     assert len(env.notifier.sent) == n  # each event paged once
 
 
+@pytest.mark.parametrize(("report", "says", "never"), [
+    (dict(unchecked=4), ["4 keyed events could not be checked",
+                         "this watcher lacks CRISISCOMMS_AUDIT_KEY"], ["sealed", "backwards"]),
+    (dict(keyed=9, unprotected=2), ["the last 2 events are not yet covered by the audit key",
+                                    "seals them within 10 s"], ["lacks", "backwards"]),
+    (dict(keyed=9, backwards=(7,)), ["time went backwards at event 7"],
+     ["lacks", "not yet covered"]),
+])
+def test_an_activation_page_says_why_the_chain_is_not_fully_checked(
+        env: Env, monkeypatch: pytest.MonkeyPatch, report: dict[str, Any], says: list[str],
+        never: list[str]):
+    """A page that blames the watcher's key when the key is there (the officers' events are
+    only waiting for their seal) sends the on-call officer after the wrong problem."""
+    from crisiscomms.domain.audit import ChainReport
+
+    incidents.activate(env.store, env.catalog, env.clock, playbook="flooding",
+                       reason="River Chelmer over the banks", operator="alice")
+    monkeypatch.setattr(env.store, "verify_audit",
+                        lambda **_: ChainReport(True, 12, "ab" * 32, **report))
+    env.run()
+    page = next(p for p in env.notifier.sent if "ACTIVATED" in p["title"])
+    assert "audit head 12:" + "ab" * 32 in page["body"]
+    for text in says:
+        assert text in page["body"], page["body"]
+    for text in never:
+        assert text not in page["body"], page["body"]
+
+
 def test_a_refused_playbook_change_pages_with_file_line_and_key(env: Env):
     append_audit(env.store, actor="watcher", action="playbooks.reload_refused",
                  subject="playbooks", reason="invalid change", now=T0,

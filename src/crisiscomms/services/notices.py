@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from crisiscomms.domain.audit import ChainReport
 from crisiscomms.domain.clock import shown
 from crisiscomms.domain.config import Catalog
 from crisiscomms.domain.models import (
@@ -193,8 +194,11 @@ def _incident_condition(store: Store, catalog: Catalog, ev: AuditEvent) -> Condi
              f"crisiscomms audit verify --expect-head {head.head})")
     if not head.ok:
         chain = f"AUDIT CHAIN BROKEN: {head.problem} (head {head.head})"
-    elif not head.fully_checked:
-        chain += " - NOT fully checked here (the watcher lacks CRISISCOMMS_AUDIT_KEY)"
+    else:
+        caveats = chain_caveats(head)
+        if not caveats and not head.fully_checked:
+            caveats = ["NOT fully checked here (crisiscomms audit verify says why)"]
+        chain += "".join(f" - {c}" for c in caveats)
     playbook = ev.details.get("playbook") or (inc.playbook if inc else "?")
     if ev.action == "incident.activated":
         line = (f"incident {incident_id} ACTIVATED ({playbook}) by {ev.who} at "
@@ -216,6 +220,40 @@ def _incident_condition(store: Store, catalog: Catalog, ev: AuditEvent) -> Condi
                      (f"crisiscomms report {incident_id} --output incident-{incident_id}.html",
                       "crisiscomms status"), chain, level=False,
                      title=f"incident {incident_id} STOOD DOWN ({playbook}) by {ev.who}")
+
+
+def chain_caveats(head: ChainReport) -> list[str]:
+    """Why an intact chain is not fully trusted here, by cause, for a page: no key here, the
+    newest events not yet sealed by the key, time going backwards, an older version writing."""
+    from crisiscomms.services.audit_seal import SEAL_SECONDS
+
+    out: list[str] = []
+    if head.unchecked:
+        out.append(f"NOT fully checked here: {_n(head.unchecked, 'keyed event')} could not be "
+                   "checked (this watcher lacks CRISISCOMMS_AUDIT_KEY)")
+    if head.unprotected:
+        out.append(f"{_last(head.unprotected)} not yet covered by the audit key (the watcher "
+                   f"holding CRISISCOMMS_AUDIT_KEY seals them within {SEAL_SECONDS:g} s: check "
+                   "again then with crisiscomms audit verify)")
+    if head.backwards:
+        seqs = ", ".join(str(s) for s in head.backwards[:5])
+        more = f" and {len(head.backwards) - 5} more" if len(head.backwards) > 5 else ""
+        out.append(f"time went backwards at event{'s' if len(head.backwards) > 1 else ''} "
+                   f"{seqs}{more} (a clock stepped back, or events were rewritten: "
+                   "crisiscomms audit verify lists them)")
+    old_tail = int(getattr(head, "old_tail", 0) or 0)
+    if old_tail:
+        out.append(f"{_last(old_tail)} in the old format (a process of an older version is "
+                   "still writing)")
+    return out
+
+
+def _last(n: int) -> str:
+    return "the last event is" if n == 1 else f"the last {n} events are"
+
+
+def _n(n: int, what: str) -> str:
+    return f"{n} {what}{'s' if n != 1 else ''}"
 
 
 def _incident(item: OutboxItem) -> str:
