@@ -115,7 +115,10 @@ def run_practice(scenario_path: Path, home: Path, *, every_seconds: float = 20.0
             x_bearer_token=SecretStr("practice-bearer-token"),
             source_base_urls={"x": sim.url_for("x"), "mastodon": sim.url_for("mastodon"),
                               "bluesky": sim.url_for("bluesky")},
-            worker_id="practice")
+            worker_id="practice",
+            # A rehearsal never pages the real on-call team nor signs with the real audit key,
+            # whatever the environment or .env holds (init arguments win over both).
+            notify_urls=None, audit_key=None)
         app = App(settings=settings, clock=clock, given_catalog=catalog,
                   credential_source=drill_credentials(catalog, world.accounts.x_me.id),
                   rng=random.Random(scenario.seed))
