@@ -225,6 +225,14 @@ def test_the_unit_runs_watch_as_a_dedicated_user_with_credentials():
     assert "StateDirectory" not in svc and svc["UMask"] == "0007"
 
 
+def test_the_unit_starts_after_the_clock_is_synchronised():
+    """Audit events record the wall time: a watcher starting on an unsynchronised clock that
+    then steps back writes a trail going backwards."""
+    u = _unit()["Unit"]
+    assert "time-sync.target" in u["After"].split()
+    assert "time-sync.target" in u["Wants"].split()
+
+
 def test_the_example_system_config_is_valid_and_holds_no_secrets(system_config: Path):
     text = (DEPLOY / "config.yaml").read_text()
     system_config.write_text(text)

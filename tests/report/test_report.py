@@ -176,6 +176,61 @@ def test_tampered_chain_is_flagged_at_the_top(known):
     assert html.index("integrity-warning") < html.index("<h1>")
 
 
+def test_an_intact_chain_not_fully_checked_is_verified_not_did_not_verify(known):
+    """The shipped setup: only the service holds CRISISCOMMS_AUDIT_KEY, so an officer's report
+    reads keyed events it cannot check. That is "verified; not fully checked", not a failure."""
+    from pydantic import SecretStr
+
+    from crisiscomms.adapters.store import open_store
+    from crisiscomms.testing import append_audit
+
+    w, _ = known
+    service = open_store(f"sqlite:///{w.store.path}", audit_key=SecretStr("k" * 32))
+    try:
+        append_audit(service, actor="watcher", action="audit.sealed", subject="audit",
+                     reason="sealed", now=w.clock.now())
+    finally:
+        service.close()
+    r = build_incident_report(w.store, w.catalog, w.store.get_incident(1), w.clock.now())
+    i = r["integrity"]
+    assert i["audit_chain_ok"] is True and i["audit_fully_checked"] is False
+    assert i["audit_unchecked_events"] == 1 and i["problem"] is None
+    assert i["audit_not_fully_checked"] == [
+        "1 keyed events not checked (CRISISCOMMS_AUDIT_KEY is not set here)"]
+    for fmt in ("md", "html"):
+        text = render(r, fmt)
+        assert "DID NOT VERIFY" not in text and "None" not in text, fmt
+        assert "integrity-warning" not in text and "WARNING" not in text, fmt
+        assert "verified; not fully checked: 1 keyed events not checked" in text, fmt
+    rows = list(csv.DictReader(io.StringIO(render(r, "csv"))))
+    assert {row["audit_chain_ok"] for row in rows} == {"true"}
+    assert {row["audit_fully_checked"] for row in rows} == {"false"}
+
+
+def test_time_going_backwards_is_a_warning_in_the_report(known):
+    from crisiscomms.adapters.store import open_store
+    from crisiscomms.domain.clock import FixedClock
+    from crisiscomms.testing import append_audit
+
+    w, _ = known
+    last = w.store.audit_events()[-1].recorded_at
+    assert last is not None
+    stepped = open_store(f"sqlite:///{w.store.path}",
+                         wall_clock=FixedClock(last - timedelta(hours=1)))
+    try:
+        append_audit(stepped, actor="a", action="test.event", subject="s", reason="r",
+                     now=w.clock.now())
+    finally:
+        stepped.close()
+    r = build_incident_report(w.store, w.catalog, w.store.get_incident(1), w.clock.now())
+    i = r["integrity"]
+    assert i["audit_chain_ok"] is True and i["audit_fully_checked"] is True
+    assert i["audit_time_backwards_at"] == [i["audit_events"]]
+    md = render(r, "md")
+    assert "DID NOT VERIFY" not in md and "not fully checked" not in md
+    assert f"time went backwards at event {i['audit_events']}" in md
+
+
 def test_csv_has_one_row_per_update_and_channel(known):
     _, r = known
     rows = list(csv.DictReader(io.StringIO(render(r, "csv"))))

@@ -49,13 +49,23 @@ def report_lines(report: ChainReport, *, keyed: bool) -> tuple[list[str], list[s
         out.append("note: the trail is not keyed (CRISISCOMMS_AUDIT_KEY unset): edits and "
                    "deletions are detected, but someone who can write to the database could "
                    "rewrite the whole trail and recompute every hash undetected")
-    if report.legacy:
-        out.append(f"note: {report.legacy} events predate wall-clock recording (schema 8)")
+    early = report.legacy - len(report.old_after_new)
+    if early:
+        out.append(f"note: {early} events predate wall-clock recording (schema 8)")
+    if report.old_after_new:
+        line = (f"{_seqs(report.old_after_new)} {'are' if len(report.old_after_new) > 1 else 'is'}"
+                " in the old format (no wall time) after newer ones: written by a process of "
+                "the version before schema 8 still running (restart every watcher and shell "
+                "on the new version); their links and hashes verify")
+        if report.old_tail:
+            line += f"; the last {report.old_tail} are not followed by a newer event yet"
+        warn.append(line)
     if report.backwards:
-        warn.append(f"time went backwards: the recorded wall time of "
+        warn.append(f"warning: time went backwards: the recorded wall time of "
                     f"{_seqs(report.backwards)} is more than "
                     f"{int(BACKWARDS_TOLERANCE.total_seconds())} s before an earlier event's "
-                    "(clock set back, or events inserted)")
+                    "(the clock was set back, or events were inserted; this alone does not "
+                    "fail verify: check the host's time sync)")
     if report.drifted:
         out.append(f"note: {_seqs(report.drifted)} claim{'s' if len(report.drifted) == 1 else ''}"
                    " an 'at' more than "
@@ -73,8 +83,9 @@ def verify(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Walk the hash chain; name the first broken or missing link. Exit 1 if it is broken, if
-    keyed events could not be checked (no key here), if the tail is not protected by the key,
-    if wall-clock time went backwards, or if the expected head is not in the chain."""
+    keyed events could not be checked (no key here), if the tail is not protected by the key
+    or was written by an older version, or if the expected head is not in the chain. Time
+    going backwards is named as a warning (exit 0 on its own)."""
     expected = None
     if expect_head is not None:
         try:
@@ -91,6 +102,9 @@ def verify(
                    "keyed_events": report.keyed, "unchecked_events": report.unchecked,
                    "unprotected_events": report.unprotected, "legacy_events": report.legacy,
                    "time_backwards_at": list(report.backwards),
+                   "old_format_after_new": list(report.old_after_new),
+                   "old_format_tail": report.old_tail,
+                   "not_fully_checked": report.not_fully_checked(),
                    "at_far_from_wall_time": list(report.drifted), "key_given": keyed})
     else:
         out, warn = report_lines(report, keyed=keyed)

@@ -114,7 +114,12 @@ def deactivate(
 
 def audit_head_line(head: ChainReport) -> str:
     """The audit head to copy somewhere outside (``audit verify --expect-head``)."""
-    state = "ok" if head.ok else f"BROKEN: {head.problem}"
+    if not head.ok:
+        state = f"BROKEN: {head.problem}"
+    elif head.fully_checked:
+        state = "ok"
+    else:
+        state = f"verified; not fully checked: {'; '.join(head.not_fully_checked())}"
     return (f"audit head {head.head} (chain {state}; keep a copy to check later: crisiscomms "
             f"audit verify --expect-head {head.head})")
 

@@ -99,10 +99,16 @@ class ChainReport:
     last keyed one is protected by it (each keyed hash covers the link before it); the events
     after it are ``unprotected`` (written without the key, from before the key was set, or a
     rewrite by someone without it). ``legacy`` counts events written before wall times were
-    recorded. ``backwards`` names events whose recorded wall time is
-    before the previous event's (beyond ``BACKWARDS_TOLERANCE``); ``drifted`` names events whose
-    claimed ``at`` is far from their wall time (``--at``). ``fully_checked`` is what an operator
-    can rely on."""
+    recorded; ``old_after_new`` names those written after newer-format ones (a process of the
+    version before schema 8 still running after the migration, or a rolling upgrade of
+    PostgreSQL watchers: its INSERT leaves ``scheme`` at its default); their links and hashes
+    are checked under the old scheme, and ``old_tail`` counts those not yet followed by a
+    newer-format event (an old version is still writing). ``backwards`` names events whose
+    recorded wall time is before the previous event's (beyond ``BACKWARDS_TOLERANCE``) and
+    ``drifted`` events whose claimed ``at`` is far from their wall time (``--at``): both are
+    warnings to read, not failures (a clock stepped back once must not fail verify for ever).
+    ``fully_checked`` is what an operator can rely on: intact, every event's content checked,
+    every event protected by the key where one is used, no old version still writing."""
 
     ok: bool
     count: int
@@ -115,6 +121,8 @@ class ChainReport:
     backwards: tuple[int, ...] = ()
     drifted: tuple[int, ...] = ()
     unprotected: int = 0
+    old_after_new: tuple[int, ...] = ()
+    old_tail: int = 0
 
     @property
     def head(self) -> str:
@@ -123,7 +131,20 @@ class ChainReport:
 
     @property
     def fully_checked(self) -> bool:
-        return self.ok and not self.unchecked and not self.unprotected and not self.backwards
+        return self.ok and not self.unchecked and not self.unprotected and not self.old_tail
+
+    def not_fully_checked(self) -> list[str]:
+        """Why an intact chain is not fully checked, one phrase each (empty when it is)."""
+        out = []
+        if self.unchecked:
+            out.append(f"{self.unchecked} keyed events not checked (CRISISCOMMS_AUDIT_KEY is "
+                       "not set here)")
+        if self.unprotected:
+            out.append(f"the last {self.unprotected} events are not yet protected by the key")
+        if self.old_tail:
+            out.append(f"the last {self.old_tail} events are in the old format (a process of "
+                       "an older version is still writing)")
+        return out
 
 
 def parse_expected_head(text: str) -> tuple[int | None, str]:
@@ -163,12 +184,15 @@ def verify_chain(links: Iterable[StoredLink], head: tuple[int, str] | None, *,
     backwards: list[int] = []
     drifted: list[int] = []
     seen_new = False
+    old_after_new: list[int] = []
+    old_tail = 0
     last_wall: datetime | None = None
     witnessed = expect_head is None
 
     def broken(problem: str, bad: int | None) -> ChainReport:
         return ChainReport(False, count, prev, problem, bad, unchecked, legacy, keyed,
-                           tuple(backwards), tuple(drifted), since_keyed if key else 0)
+                           tuple(backwards), tuple(drifted), since_keyed if key else 0,
+                           tuple(old_after_new), old_tail)
 
     for r in links:
         if r.seq != expected_seq:
@@ -179,12 +203,15 @@ def verify_chain(links: Iterable[StoredLink], head: tuple[int, str] | None, *,
         if r.scheme not in SCHEMES:
             return broken(f"event {r.seq}: unknown hash scheme {r.scheme!r}", r.seq)
         if r.scheme == LEGACY:
+            # After newer ones: an old version still writing. Its link and hash are checked
+            # below like any other; under a key it is unprotected until a keyed event follows.
             if seen_new:
-                return broken(f"event {r.seq}: an old-format (unkeyed, no wall time) event "
-                              "after newer ones: inserted or rewritten", r.seq)
+                old_after_new.append(r.seq)
+                old_tail += 1
             legacy += 1
         else:
             seen_new = True
+            old_tail = 0
         if r.scheme == KEYED:
             keyed += 1
             since_keyed = 0
@@ -231,4 +258,5 @@ def verify_chain(links: Iterable[StoredLink], head: tuple[int, str] | None, *,
                       f"of {count} events: events were deleted or rewritten since it was "
                       "witnessed", (n if n is not None and n <= count else count + 1))
     return ChainReport(True, count, prev, "", None, unchecked, legacy, keyed, tuple(backwards),
-                       tuple(drifted), since_keyed if key else 0)
+                       tuple(drifted), since_keyed if key else 0, tuple(old_after_new),
+                       old_tail)

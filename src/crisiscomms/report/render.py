@@ -53,6 +53,42 @@ def _pivot(counts: list[dict[str, Any]], channels: list[str]) -> dict[str, Any]:
             "rows": [(s, [cells.get((s, ch), []) for ch in chans]) for s in sources]}
 
 
+def chain_state(i: dict[str, Any], short: bool = False) -> str:
+    """The audit chain as a reader should take it: "verified", "verified; not fully checked:
+    <reasons>" (intact, but not every event could be checked here) or "DID NOT VERIFY:
+    <problem>" (only when it is broken). ``short``: without the reasons."""
+    if not i.get("audit_chain_ok"):
+        return "DID NOT VERIFY" if short else f"DID NOT VERIFY: {i.get('problem') or 'broken'}"
+    if i.get("audit_fully_checked", True):
+        return "verified"
+    if short:
+        return "verified; not fully checked"
+    reasons = "; ".join(i.get("audit_not_fully_checked") or []) or "see crisiscomms audit verify"
+    return f"verified; not fully checked: {reasons}"
+
+
+def _seqs(seqs: list[int]) -> str:
+    shown_ = ", ".join(str(s) for s in seqs[:10])
+    more = f" and {len(seqs) - 10} more" if len(seqs) > 10 else ""
+    return f"event{'s' if len(seqs) > 1 else ''} {shown_}{more}"
+
+
+def chain_notes(i: dict[str, Any]) -> list[str]:
+    """Warnings about an intact chain that do not make it fail: time going backwards, events
+    an older version wrote after newer ones."""
+    out = []
+    if i.get("audit_time_backwards_at"):
+        out.append(f"time went backwards at {_seqs(i['audit_time_backwards_at'])} (the "
+                   "recorded wall time is before an earlier event's: the clock was set back, "
+                   "or events were inserted)")
+    if i.get("audit_old_format_after_new"):
+        out.append(f"{_seqs(i['audit_old_format_after_new'])} written in the old format (no "
+                   "wall time) after newer ones, by a process of an older version")
+    return out
+
+
+_env.globals["chain_state"] = chain_state
+_env.globals["chain_notes"] = chain_notes
 _env.filters["secs"] = _secs
 _env.filters["pivot"] = _pivot
 _env.filters["cell"] = _md_cell
@@ -88,7 +124,7 @@ CSV_FIELDS = ["incident", "update", "source", "agency", "lead", "source_publishe
               "seen_at", "title", "url", "disposition", "item", "mode", "channel", "action",
               "state", "reason", "decisions", "post_id", "post_url", "our_published_at",
               "time_to_amplify_s", "attempts", "out_of_hours", "over_cap", "audit_chain_ok",
-              "audit_events", "audit_head_hash"]
+              "audit_fully_checked", "audit_events", "audit_head_hash"]
 
 
 def _decisions_text(decisions: list[dict[str, Any]]) -> str:
@@ -113,6 +149,7 @@ def to_csv(report: dict[str, Any]) -> str:
     w.writeheader()
     i = report["integrity"]
     head = {"audit_chain_ok": "true" if i["audit_chain_ok"] else "false",
+            "audit_fully_checked": "true" if i.get("audit_fully_checked", True) else "false",
             "audit_events": i["audit_events"], "audit_head_hash": i["audit_head_hash"]}
     if report["kind"] == "period":
         for o in report["published"]:

@@ -59,11 +59,17 @@ def _integrity(store: Store, now: datetime) -> dict[str, Any]:
     """The audit head (count and hash) as the store verified it just now: an outside copy of
     it lets anyone see later whether the trail was truncated or rewritten."""
     chain = store.verify_audit()
-    # "ok" to a reader means checked end to end: a keyed trail verified without its key is not.
-    return {"audit_chain_ok": chain.fully_checked, "audit_events": chain.count,
+    # ``ok``: intact as far as it could be checked; ``fully_checked``: and nothing left out
+    # (an officer's report of a keyed trail, without the service's key, is ok, not fully).
+    return {"audit_chain_ok": chain.ok, "audit_fully_checked": chain.fully_checked,
+            "audit_events": chain.count,
             "audit_head_hash": chain.head_hash, "audit_head": chain.head,
-            "audit_keyed_events": getattr(chain, "keyed", None),
-            "audit_unchecked_events": getattr(chain, "unchecked", None),
+            "audit_keyed_events": chain.keyed,
+            "audit_unchecked_events": chain.unchecked,
+            "audit_unprotected_events": chain.unprotected,
+            "audit_old_format_after_new": list(chain.old_after_new),
+            "audit_time_backwards_at": list(chain.backwards),
+            "audit_not_fully_checked": chain.not_fully_checked() if chain.ok else [],
             "problem": chain.problem or None,
             "generated_at": isoformat(now), "crisiscomms_version": __version__,
             "schema": SCHEMA}
