@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from crisiscomms.adapters.notify import AppriseNotifier, url_secrets, with_timeouts
-from crisiscomms.logs import configure
+from crisiscomms.logs import configure, redact_text
 from tests.notify.receivers import closed_port, json_receiver, smtp_server
 
 
@@ -83,6 +83,19 @@ def test_url_secrets_cover_password_path_and_query_tokens():
     assert "Pw-123456" in mail
     assert not {"127.0.0.1", "insecure", "crisiscomms@example.test", "oncall@example.test",
                 "mailer"} & set(mail)
+
+
+def test_the_url_as_apprise_is_given_it_is_masked_short_and_padded_tokens_too():
+    """``with_timeouts`` re-encodes the query (``=`` becomes ``%3D``): a padded base64 token
+    in that form, and a short value of a secret parameter (``pass``), are masked as well."""
+    url = "json://127.0.0.1:9/hook?pass=Zq7x&k=QUJDREVGR0g=&format=text"
+    AppriseNotifier([SecretStr(url)], timeout=3)
+    seen = with_timeouts(url, 3)
+    assert "QUJDREVGR0g%3D" in seen  # the form Apprise is given
+    for piece in (seen, "QUJDREVGR0g%3D", "QUJDREVGR0g=", "Zq7x"):
+        assert piece not in redact_text(f"apprise: {piece} !"), piece
+    assert "Zq7x" in url_secrets(url) and "text" not in url_secrets(url)
+    assert "hook" not in url_secrets(url)  # short path words stay readable
 
 
 @pytest.mark.parametrize("reachable", [True, False])

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from pydantic import SecretStr
 
@@ -62,10 +63,12 @@ def guard_loggers() -> None:
 
 def url_secrets(url: str) -> list[str]:
     """Every part of an Apprise URL that may be a credential: the whole URL, the password,
-    and each user name, path segment and query value of 8 characters or more, raw and
-    percent-decoded. Left readable (they are not secrets, and masking them would mask them in
-    every log line): host names, ports, IP addresses, e-mail addresses, numbers, and the values
-    of Apprise's ordinary options (``smtp``, ``mode``, ``from``, ``to``, ``format`` ...)."""
+    and each user name, path segment and query value of 8 characters or more (any length from
+    4 for a parameter whose name says secret: ``pass``, ``token``, ``key``, ``auth`` ...), as
+    written, percent-decoded and query-decoded. Left readable (they are not secrets, and
+    masking them would mask them in every log line): host names, ports, IP addresses, e-mail
+    addresses, numbers, and the values of Apprise's ordinary options (``smtp``, ``mode``,
+    ``from``, ``to``, ``format`` ...)."""
     out = [url]
     try:
         parts = urlsplit(url)
@@ -75,13 +78,22 @@ def url_secrets(url: str) -> list[str]:
     if password:
         out.append(password)
     pieces = [user or ""] + [p for p in parts.path.split("/") if p]
-    pieces += [v for k, v in parse_qsl(parts.query) if k.lower() not in _PLAIN_OPTIONS]
+    secret_values: list[str] = []
+    for pair in parts.query.split("&"):
+        raw_key, _, raw_value = pair.partition("=")
+        key = unquote_plus(raw_key).lower()
+        if key in _PLAIN_OPTIONS or not raw_value:
+            continue
+        values = [raw_value, unquote_plus(raw_value)]
+        (secret_values if _SECRET_PARAM.search(key) else pieces).extend(values)
     if parts.netloc and parts.scheme.lower() not in _HOST_SCHEMES:
         # e.g. slack://T000/B000/XXXX or pover://USER@TOKEN: the "host" is a token (its
         # case kept: urlsplit's hostname is lowercased)
         pieces.append(parts.netloc.rsplit("@", 1)[-1].split(":", 1)[0])
     out += [p for p in pieces if len(p) >= 8 and not _plain(p)]
-    return out + [unquote(v) for v in out if unquote(v) != v]
+    out += [v for v in secret_values if len(v) >= 4]
+    out += [unquote(v) for v in out if unquote(v) != v]
+    return list(dict.fromkeys(out))
 
 
 # Apprise options whose values are never credentials.
@@ -95,6 +107,11 @@ _HOST_SCHEMES = frozenset({"json", "jsons", "xml", "xmls", "form", "forms", "mai
                            "mailtos", "ntfy", "ntfys", "gotify", "gotifys", "matrix",
                            "matrixs", "mmost", "mmosts", "rocket", "rockets"})
 _NUMBERLIKE = frozenset("0123456789.:")
+# Query parameters whose value is a credential however short (Apprise's pass=, token=, key=,
+# apikey=, secret=, auth=, webhook= ...): masked from 4 characters (the shortest the log
+# redaction masks at all).
+_SECRET_PARAM = re.compile(r"pass|pw|token|secret|key|auth|sig|jwt|cred|webhook|hook",
+                           re.IGNORECASE)
 
 
 def _plain(value: str) -> bool:
@@ -123,6 +140,13 @@ def with_timeouts(url: str, timeout: float) -> str:
     return urlunsplit(parts._replace(query=urlencode(query, safe="@:/,")))
 
 
+def secrets_of(url: str, timeout: float) -> list[str]:
+    """What to mask for one target: the parts of its URL as configured and as Apprise is given
+    it (``with_timeouts`` re-encodes the query: ``=`` in a padded base64 token becomes
+    ``%3D``)."""
+    return list(dict.fromkeys([*url_secrets(url), *url_secrets(with_timeouts(url, timeout))]))
+
+
 @dataclass(frozen=True)
 class _Target:
     label: str
@@ -148,7 +172,7 @@ class AppriseNotifier:
         guard_loggers()
         raw = [u.get_secret_value() for u in urls]
         for url in raw:
-            register_secrets(url_secrets(url))
+            register_secrets(secrets_of(url, timeout))
         # No persistent cache on disk (the service's file system is read-only but for its
         # data dir).
         asset = AppriseAsset(storage_mode=PersistentStoreMode.MEMORY)
