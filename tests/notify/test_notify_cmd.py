@@ -50,3 +50,17 @@ def test_notify_test_without_targets_is_a_usage_error(home, monkeypatch):
     monkeypatch.delenv("CRISISCOMMS_NOTIFY_URLS", raising=False)
     with pytest.raises(ConfigError, match="CRISISCOMMS_NOTIFY_URLS is not set"):
         run("notify", "test")
+
+
+def test_the_test_page_names_the_real_os_user_not_dollar_user(home, monkeypatch):
+    """``$USER``/``$LOGNAME`` are anyone's to set: the page names the real OS user."""
+    from crisiscomms.bootstrap import default_operator
+
+    with json_receiver() as rx:
+        monkeypatch.setenv("CRISISCOMMS_NOTIFY_URLS", rx.url("/ok"))
+        monkeypatch.setenv("USER", "mallory-not-me")
+        monkeypatch.setenv("LOGNAME", "mallory-not-me")
+        run("notify", "test")
+        message = rx.wait_for(1)[0]["body"]["message"]
+    assert "mallory-not-me" not in message
+    assert f"sent by {default_operator()}@" in message

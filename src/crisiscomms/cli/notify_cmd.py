@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import socket
 from datetime import tzinfo
 from typing import Annotated
@@ -38,7 +37,7 @@ def test_(
         raise ConfigError("CRISISCOMMS_NOTIFY_URLS is not set (environment, .env or a secret "
                           "file in CRISISCOMMS_SECRETS_DIR): there is no target to test")
     notifier = AppriseNotifier(urls, timeout=a.settings.notify.timeout_seconds)
-    who = f"{getpass.getuser()}@{socket.gethostname()}"
+    who = f"{_sender(a)}@{socket.gethostname()}"
     outcomes = send_test_page(notifier, _tz(a), a.clock.now(), who, message)
     if json_out:
         echo_json([{"target": label, "delivered": ok, "error": why or None}
@@ -49,6 +48,18 @@ def test_(
     failed = [label for label, ok, _ in outcomes if not ok]
     if failed:
         raise NotifyFailedError(f"the test page did not reach target(s) {', '.join(failed)}")
+
+
+def _sender(a: object) -> str:
+    """The real OS user (never ``$USER``, which anyone can set); ``SUDO_USER`` from root only
+    when the policy trusts it (and the playbooks can be read)."""
+    from crisiscomms.bootstrap import default_operator
+
+    try:
+        trust = bool(a.catalog.policy.trust_sudo_user)  # type: ignore[attr-defined]
+    except CrisisCommsError:
+        trust = False
+    return default_operator(trust_sudo_user=trust)
 
 
 def _tz(a: object) -> tzinfo:
