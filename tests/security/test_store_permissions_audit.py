@@ -202,3 +202,42 @@ def test_a_data_dir_this_user_cannot_use_is_a_clear_error_naming_owner_and_group
         ensure_home(team)
     msg = str(exc.value)
     assert str(team) in msg and "group" in msg and "permission" in msg.lower()
+
+
+def test_an_existing_database_is_widened_to_0660_once_its_folder_is_a_team_dir(
+        tmp_path: Path) -> None:
+    """An install from before the data dir was a team dir: its database (and -wal/-shm) are
+    0600, so the officers get SQLite's "unable to open". Once the folder is a team dir
+    (setgid, group rwx: ``ensure_home``), the owner's next open widens them to 0660."""
+    home = tmp_path / "data"
+    url = f"sqlite:///{home / 'crisiscomms.db'}"
+    first = open_store(url)  # kept open: its -wal and -shm stay on disk
+    try:
+        append_audit(first, actor="t", action="test.write", subject="s", reason="r", now=NOW)
+        files = sorted(home.glob("crisiscomms.db*"))
+        assert len(files) == 3 and {mode(f) for f in files} == {0o600}
+        os.chmod(home, 0o2770)  # what ensure_home does to a team's data dir
+        again = open_store(url)
+        try:
+            append_audit(again, actor="t", action="test.write", subject="s", reason="r",
+                         now=NOW)
+            for f in files:
+                assert mode(f) == 0o660, (f.name, oct(mode(f)))
+                assert f.stat().st_gid == home.stat().st_gid
+        finally:
+            again.close()
+    finally:
+        first.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the file another owner")
+def test_a_database_of_another_owner_is_left_as_it_is(tmp_path: Path) -> None:
+    home = tmp_path / "data"
+    url = f"sqlite:///{home / 'crisiscomms.db'}"
+    open_store(url).close()
+    db = home / "crisiscomms.db"
+    os.chown(db, 65534, 65534)
+    os.chmod(db, 0o600)
+    os.chmod(home, 0o2770)
+    open_store(url).close()  # root may open it; only its owner may change its mode
+    assert mode(db) == 0o600 and db.stat().st_uid == 65534

@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from crisiscomms.adapters.store import migrations as schema
 from crisiscomms.adapters.store.queries import StoreQueries
@@ -22,6 +25,8 @@ from crisiscomms.adapters.store.sql import Dialect, Row, SqlUnitOfWork
 from crisiscomms.domain.clock import SystemClock
 from crisiscomms.domain.errors import StoreCorruptError, StoreError, StoreLockedError
 from crisiscomms.ports import Clock
+
+log = structlog.get_logger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
 DIALECT = Dialect(name="sqlite", ts=ts, for_update="", skip_locked="")
@@ -149,6 +154,8 @@ class SQLiteStore(StoreQueries):
                     raise StoreCorruptError(
                         f"{path}: database file is empty (0 bytes): restore it from a backup, "
                         "or remove it to start a new, empty database")
+                elif shared:
+                    _widen_for_the_team(p)
             except OSError as exc:
                 raise StoreError(f"{path}: cannot create database: {exc.strerror}") from None
         # The -wal and -shm files too (SQLite gives them the database file's mode, less the
@@ -264,6 +271,27 @@ class SQLiteStore(StoreQueries):
                     with contextlib.suppress(sqlite3.Error):
                         self._conn.execute("ROLLBACK")
                     raise
+
+
+def _widen_for_the_team(db: Path) -> None:
+    """A database made before its folder became a team dir (an existing install) is 0600 and
+    of its creator's group: the officers would get SQLite's "unable to open". The owner widens
+    it, and its -wal/-shm, to 0660 in the folder's group (files of others are left alone: only
+    their owner may change them)."""
+    group = db.parent.stat().st_gid
+    for f in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        try:
+            st = f.lstat()
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            continue
+        if st.st_gid != group:
+            with contextlib.suppress(PermissionError):  # not a member of the folder's group
+                os.chown(f, -1, group)
+        if stat.S_IMODE(st.st_mode) != 0o660:
+            os.chmod(f, 0o660)
+            log.info("store.widened_for_team", file=str(f), mode="0660")
 
 
 def _shared_dir(folder: Path) -> bool:
