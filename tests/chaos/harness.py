@@ -196,6 +196,10 @@ def sim_env(home: Path, playbooks: Path, sim: RunningSimulator, **extra: str) ->
         "CRISISCOMMS_POLLING__DEADLINE_SECONDS": "20",
         "CRISISCOMMS_DISPATCH__LEASE_SECONDS": "5",
         "CRISISCOMMS_DISPATCH__RETRY_BASE_SECONDS": "2",
+        # A send to the loopback simulator takes milliseconds. A send cut off by a SIGKILL is
+        # believed absent only once it can no longer land: 30 s + this timeout + a margin
+        # after it was sent (20 s by default).
+        "CRISISCOMMS_DISPATCH__TIMEOUT_SECONDS": "5",
         "CRISISCOMMS_LOG_LEVEL": "warning",
         "CRISISCOMMS_LOG_FORMAT": "json",
         "PYTHONDONTWRITEBYTECODE": "1",
