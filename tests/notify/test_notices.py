@@ -200,6 +200,8 @@ def test_activation_and_stand_down_page_with_the_audit_head(env: Env):
                                     "seals them within 10 s"], ["lacks", "backwards"]),
     (dict(keyed=9, backwards=(7,)), ["time went backwards at event 7"],
      ["lacks", "not yet covered"]),
+    (dict(keyed=9, old_tail=3), ["the last 3 events are in the old format"],
+     ["lacks", "not yet covered", "backwards"]),
 ])
 def test_an_activation_page_says_why_the_chain_is_not_fully_checked(
         env: Env, monkeypatch: pytest.MonkeyPatch, report: dict[str, Any], says: list[str],

@@ -241,9 +241,8 @@ def chain_caveats(head: ChainReport) -> list[str]:
         out.append(f"time went backwards at event{'s' if len(head.backwards) > 1 else ''} "
                    f"{seqs}{more} (a clock stepped back, or events were rewritten: "
                    "crisiscomms audit verify lists them)")
-    old_tail = int(getattr(head, "old_tail", 0) or 0)
-    if old_tail:
-        out.append(f"{_last(old_tail)} in the old format (a process of an older version is "
+    if head.old_tail:
+        out.append(f"{_last(head.old_tail)} in the old format (a process of an older version is "
                    "still writing)")
     return out
 
