@@ -9,6 +9,7 @@ update relayed; an invalid edit keeps the old sources polling, is refused once a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -257,8 +258,15 @@ def test_the_swap_waits_for_the_next_step(tmp_path: Path, playbooks_dir: Path):
     assert loop.dispatcher.catalog.policy.weekly_caps == {"x": 20}
     assert loop.dispatcher.publishers["mastodon"] is not old_pub
     events = world.store.audit_events(action_prefix="playbooks.")
-    assert [e.action for e in events] == ["playbooks.reloaded"]
-    assert events[0].details == {"files": ["channels.yaml", "policy.yaml"]}
+    # The first run records the policy file the watcher runs; the reload, the new one.
+    assert [e.action for e in events] == ["playbooks.loaded", "playbooks.reloaded"]
+    assert events[0].details["policy_file"] == str(playbooks_dir / "policy.yaml")
+    assert events[1].details == {
+        "files": ["channels.yaml", "policy.yaml"],
+        "policy_file": str(playbooks_dir / "policy.yaml"),
+        "policy_sha256": hashlib.sha256((playbooks_dir / "policy.yaml").read_bytes())
+        .hexdigest()}
+    assert events[0].details["policy_sha256"] != events[1].details["policy_sha256"]
 
 
 def test_several_watchers_refuse_each_distinct_content_once(tmp_path: Path,

@@ -1,15 +1,21 @@
 """Who may act: the operator check every change goes through (refusals are audited).
 
 The check, in order: a clock frozen by ``--at`` may not change a database a watcher uses
-(unless ``--at-on-live-database``, which is audited); a delegate (``--operator``) must be
-allowed by policy ``delegates`` to act for that person; and the person whose authority is used
-must be listed in policy ``operators`` (when the list is given)."""
+(unless ``--at-on-live-database``, which is audited); the policy.yaml read here must be the
+one the watcher runs, as it recorded it on this database (``playbooks.loaded``/``reloaded``:
+a private copy must not grant delegates, operators or self-approval); a delegate
+(``--operator``) must be allowed by policy ``delegates`` to act for that person; and the
+person whose authority is used must be listed in policy ``operators`` (when the list is
+given)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+from pathlib import Path
 from typing import Any
 
-from crisiscomms.domain.clock import AtClock
+from crisiscomms.domain.clock import AtClock, shown
 from crisiscomms.domain.config import Catalog
 from crisiscomms.domain.errors import RefusedError
 from crisiscomms.domain.models import NewAuditEvent, Operator, as_operator
@@ -25,6 +31,7 @@ def check_operator(store: Store, catalog: Catalog, clock: Clock, operator: str |
     policy_file = catalog.files.get("policy", "policy.yaml")
     if isinstance(clock, AtClock):
         check_at_clock(store, clock, who, action, subject)
+    check_policy_file(store, catalog, clock, who, action, subject)
     if who.acting_for is not None and not catalog.policy.may_act_for(who.user, who.acting_for):
         audit_refusal(store, clock, who, f"{action}.refused", subject,
                       f"{who.user!r} may not act for {who.acting_for!r} (not in policy.yaml "
@@ -39,6 +46,43 @@ def check_operator(store: Store, catalog: Catalog, clock: Clock, operator: str |
         raise RefusedError(f"operator {who.on_behalf!r} may not {verb}: not listed "
                            f"in {policy_file} operators")
     return who
+
+
+# The audit events in which a watcher records the policy file it runs (services.reload).
+POLICY_RECORDS = ("playbooks.loaded", "playbooks.reloaded")
+
+
+def check_policy_file(store: Store, catalog: Catalog, clock: Clock, who: Operator,
+                      action: str, subject: str) -> None:
+    """Refuse (audited) a change made with a policy.yaml other than the one the watcher runs,
+    as its latest ``playbooks.loaded``/``playbooks.reloaded`` event records it. A database no
+    watcher ever recorded one on (a drill, a test copy) is not checked."""
+    path = catalog.files.get("policy")
+    if path is None:  # a catalogue built in memory (a drill): no file to compare
+        return
+    records = [e for e in store.audit_events(action_prefix="playbooks.")
+               if e.action in POLICY_RECORDS and e.details.get("policy_sha256")]
+    if not records:
+        return
+    latest = records[-1]
+    theirs = str(latest.details["policy_sha256"])
+    try:
+        mine = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        mine = ""
+    if hmac.compare_digest(mine, theirs):
+        return
+    their_file = latest.details.get("policy_file") or "policy.yaml"
+    at = shown(latest.recorded_at or latest.at, catalog.policy.tz)
+    audit_refusal(store, clock, who, f"{action}.refused", subject,
+                  f"policy file {path} differs from the one the watcher runs ({their_file})",
+                  {"policy_file": str(path), "policy_sha256": mine,
+                   "watcher_policy_file": their_file, "watcher_policy_sha256": theirs})
+    raise RefusedError(
+        f"your policy.yaml ({path}) differs from the one the watcher runs ({their_file}, "
+        f"recorded by {latest.actor} at {at}): use the shared playbooks (the system config's "
+        "playbooks_dir); if the shared file was just changed, the watcher records it within "
+        "seconds")
 
 
 def live_database(store: Store) -> str | None:

@@ -7,6 +7,9 @@ time and size: cheap); only when a stamp moved does it hash the contents, and on
 contents differ from the configuration running (or from a change already refused) does it load
 the catalogue, strictly. Then:
 
+* first run: ``playbooks.loaded`` records the folder and the SHA-256 of the policy.yaml the
+  watcher runs (so does every ``playbooks.reloaded``): the operator check refuses a change made
+  with a different policy file (``services.operators.check_policy_file``).
 * valid: the source adapters of added or changed sources are built (unchanged ones keep their
   adapters; a source's state, cursor and ETag, is kept as a restart would keep it), and so are
   the publishers of added or changed channels; ``playbooks.reloaded`` is audited (details:
@@ -44,7 +47,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+LOADED = "playbooks.loaded"
 RELOADED = "playbooks.reloaded"
+POLICY_FILE = "policy.yaml"
 REFUSED = "playbooks.reload_refused"
 RELOAD_SECONDS = 2.0  # how often the folder's stamps are looked at
 
@@ -134,12 +139,24 @@ class PlaybooksReloader:
         self._digests = running if running is not None else folder.digests()
         self._refused: dict[str, str] | None = None  # contents last refused
         self.refusal: dict[str, Any] | None = None
+        self._recorded = False  # playbooks.loaded written (the first run)
 
     def _changed(self, digests: Mapping[str, str]) -> list[str]:
         names = sorted(digests.keys() | self._digests.keys())
         return [n for n in names if digests.get(n) != self._digests.get(n)]
 
+    def policy_record(self, digests: Mapping[str, str]) -> dict[str, str]:
+        """The policy file a configuration runs: the operator check refuses a change made
+        with another one (``services.operators.check_policy_file``)."""
+        return {"policy_file": str(self.folder.directory / POLICY_FILE),
+                "policy_sha256": digests.get(POLICY_FILE, "")}
+
     async def run(self, loop: RunLoop, now: datetime) -> None:
+        if not self._recorded:
+            self._audit(LOADED, now, "the watcher runs the playbooks in "
+                        f"{self.folder.directory}", {"directory": str(self.folder.directory),
+                                                    **self.policy_record(self._digests)})
+            self._recorded = True
         stamp = self.folder.stamp()
         if stamp == self._stamp:
             return
@@ -148,7 +165,8 @@ class PlaybooksReloader:
             self._stamp = stamp
             if self._refused is not None:
                 self._audit(RELOADED, now, "the refused change was undone: the files are "
-                            "the configuration running again", {"files": []})
+                            "the configuration running again",
+                            {"files": [], **self.policy_record(digests)})
                 self._refused, self.refusal = None, None
             return
         if digests == self._refused:
@@ -166,7 +184,7 @@ class PlaybooksReloader:
         if await asyncio.to_thread(self.folder.digests) != digests:
             return  # written while we read it: looked at again next run
         try:
-            await self._apply(loop, catalog, changed, now)
+            await self._apply(loop, catalog, changed, now, digests)
         except ConfigError as exc:  # an adapter could not be built from the new files
             self._refuse(_problem(self.folder, exc, changed), digests, now)
         self._stamp = stamp
@@ -181,7 +199,7 @@ class PlaybooksReloader:
         self._refused, self.refusal = digests, problem
 
     async def _apply(self, loop: RunLoop, catalog: Catalog, changed: list[str],
-               now: datetime) -> None:
+                     now: datetime, digests: Mapping[str, str]) -> None:
         old = self.catalog
         plan = plan_sources(old, catalog, loop.watcher.sources)
         added: list[Source] = []
@@ -191,7 +209,7 @@ class PlaybooksReloader:
         try:
             publishers = self.make_publishers(catalog, channels) if channels else {}
             self._audit(RELOADED, now, "playbooks changed: the new configuration is used from "
-                        "the next cycle", {"files": changed})
+                        "the next cycle", {"files": changed, **self.policy_record(digests)})
         except BaseException:
             for src in added:
                 with contextlib.suppress(Exception):
