@@ -274,3 +274,50 @@ def test_a_decision_keeps_its_words_when_there_is_no_reason_after_the_name():
     assert _why("approved by alice: warning for Chelmsford") == "warning for Chelmsford"
     assert _why("approved by bob acting for alice: ok: go") == "ok: go"
     assert _why("retry by alice (forced resend)") == "retry by alice (forced resend)"
+
+
+def test_a_self_approval_shows_in_the_reports_decisions(tmp_path: Path, playbooks_dir: Path):
+    """The queue writes the self-approval marker to the audit event, not the item's history:
+    the report's decisions must still say so, not show an ordinary approval."""
+    import yaml
+
+    path = playbooks_dir / "policy.yaml"
+    policy = yaml.safe_load(path.read_text())
+    policy.update(roles={"oncall-lead": ["alice"]}, self_approval=["oncall-lead"])
+    path.write_text(yaml.safe_dump(policy))
+    w = make_world(tmp_path, playbooks_dir, at=FRI_EVENING - timedelta(minutes=90))
+    w.poll()
+    w.clock.set(FRI_EVENING - timedelta(minutes=75))
+    w.sources[MET].set_snapshot([update(MET, "m1", at=w.clock.now(), title="Flood warning")])
+    w.poll()
+    item, other = (it.id for it in w.store.items())
+    w.clock.set(FRI_EVENING - timedelta(minutes=60))
+    operations.edit(w.store, w.catalog, w.clock, item, "alice", "Our own words")
+    operations.approve(w.store, w.catalog, w.clock, item, "alice", "nobody else on call")
+    operations.approve(w.store, w.catalog, w.clock, other, "alice", "checked")
+    _tick_minutes(w, FRI_EVENING - timedelta(minutes=59), 3)
+    r = build_period_report(w.store, w.catalog, FRI_EVENING - timedelta(hours=3),
+                            FRI_EVENING + timedelta(hours=1), w.clock.now())
+    held = {h["item"]: h for h in r["held_outside_staffed_hours"]}
+    (mine,) = [d for d in held[item]["decisions"] if d["action"] == "approve"]
+    assert mine["self_approval"] == "oncall-lead" and mine["reason"] == "nobody else on call"
+    (plain,) = [d for d in held[other]["decisions"] if d["action"] == "approve"]
+    assert plain["self_approval"] is None
+    md, html = render(r, "md"), render(r, "html")
+    csv_text = render(r, "csv")
+    for text in (md, html, csv_text):
+        assert text.count("self-approval (role oncall-lead)") == 1, text
+
+
+def test_a_self_approval_is_found_on_the_audit_trail_when_the_history_lacks_it():
+    from datetime import UTC, datetime
+
+    from crisiscomms.domain.clock import isoformat
+    from crisiscomms.domain.models import ItemEvent
+    from crisiscomms.services.reports import _decisions
+
+    at = datetime(2026, 11, 27, 17, 0, tzinfo=UTC)
+    e = ItemEvent(at, "approved", "approved by alice: 2 a.m.", "alice", {"action": "approve"})
+    marks = {("item:7", isoformat(at)): "oncall-lead"}
+    assert _decisions(7, [e], marks)[0]["self_approval"] == "oncall-lead"
+    assert _decisions(8, [e], marks)[0]["self_approval"] is None

@@ -128,8 +128,17 @@ CSV_FIELDS = ["incident", "update", "source", "agency", "lead", "source_publishe
 
 
 def _decisions_text(decisions: list[dict[str, Any]]) -> str:
-    return "; ".join(f"{d['action']} by {d['by']} at {d['at']}: {d['reason']}"
+    return "; ".join(f"{d['action']}{_self(d)} by {d['by']} at {d['at']}: {d['reason']}"
                      for d in decisions)
+
+
+def _self(d: dict[str, Any]) -> str:
+    """``, self-approval (role oncall-lead),`` after a self-approval's action, else nothing."""
+    role = d.get("self_approval")
+    return f", self-approval (role {role})," if role else ""
+
+
+_env.filters["self_approval"] = _self
 
 
 def _outcome_row(o: dict[str, Any]) -> dict[str, Any]:

@@ -103,14 +103,41 @@ def _history(events: Iterable[ItemEvent]) -> list[dict[str, Any]]:
     return out
 
 
-def _decisions(events: Iterable[ItemEvent]) -> list[dict[str, Any]]:
-    """Every operator decision on the item: what, who, when and why."""
+# How the queue words a self-approval in the item's reason (the marker itself is on the audit
+# event): "approved by alice (self-approval, role oncall-lead): ...".
+_SELF_APPROVAL = re.compile(r"^approved by .+? \(self-approval, role ([^)]+)\)")
+SelfApprovals = dict[tuple[str, str], str]
+
+
+def _self_approvals(events: Iterable[AuditEvent]) -> SelfApprovals:
+    """(subject, time) -> role of every self-approval on the audit trail: the queue records the
+    marker on the audit event, not in the item's history."""
+    return {(e.subject, isoformat(e.at)): str(e.details["self_approval"]) for e in events
+            if e.action == "queue.approve" and e.details.get("self_approval")}
+
+
+def _self_approval(item_id: int, e: ItemEvent, marks: SelfApprovals) -> str | None:
+    """The on-call role a self-approval was made under, or None for an ordinary decision."""
+    if e.details.get("action") != "approve":
+        return None
+    role = e.details.get("self_approval") or marks.get((f"item:{item_id}", isoformat(e.at)))
+    if not role:
+        m = _SELF_APPROVAL.match(e.reason)
+        role = m.group(1) if m else None
+    return str(role) if role else None
+
+
+def _decisions(item_id: int, events: Iterable[ItemEvent],
+               marks: SelfApprovals) -> list[dict[str, Any]]:
+    """Every operator decision on the item: what, who, when and why (and a self-approval's
+    role, from the item's history or else the audit trail)."""
     return [{"action": e.details["action"], "by": _who(e.actor, e.details), "at": isoformat(e.at),
-             "reason": _why(e.reason), "to": e.state}
+             "reason": _why(e.reason), "to": e.state,
+             "self_approval": _self_approval(item_id, e, marks)}
             for e in events if e.details.get("action")]
 
 
-def _item_outcome(store: Store, item: OutboxItem) -> dict[str, Any]:
+def _item_outcome(store: Store, item: OutboxItem, marks: SelfApprovals) -> dict[str, Any]:
     """One outbox item: its final state, how it got there, and what went out where."""
     events = store.item_events(item.id)
     held = [e for e in events if e.state in ("held", "needs_approval")]
@@ -128,7 +155,7 @@ def _item_outcome(store: Store, item: OutboxItem) -> dict[str, Any]:
         "edited": item.edited_text is not None, "original_text": item.text
         if item.edited_text is not None else None,
         "held_reasons": sorted({e.reason for e in held}),
-        "decisions": _decisions(events), "history": _history(events),
+        "decisions": _decisions(item.id, events, marks), "history": _history(events),
     }
 
 
@@ -256,12 +283,14 @@ def build_incident_report(store: Store, catalog: Catalog, incident: Incident,
     missed: list[dict[str, Any]] = []
     not_queued: list[dict[str, Any]] = []
     report_items: set[int] = {m.id for m in messages}
+    since_start = store.audit_events(since=start)
+    marks = _self_approvals(since_start)
     for u, disposition, baseline in seen:
         mine = sorted(by_update.get(u.id or 0, []), key=lambda i: (i.channel_id, i.id))
         theirs = sorted(normal.get(u.id or 0, []), key=lambda i: (i.channel_id, i.id))
         outs: list[dict[str, Any]] = []
         for it in [*mine, *theirs]:
-            o = _item_outcome(store, it)
+            o = _item_outcome(store, it, marks)
             report_items.add(it.id)
             states[o["state"]] += 1
             outs.append(o)
@@ -297,12 +326,11 @@ def build_incident_report(store: Store, catalog: Catalog, incident: Incident,
                                 if o["mode"] == "incident" and o["state"] != "published")
                 missed.append({"update": u.id, "title": u.title, "reason": why or disposition})
 
-    message_json = [_item_outcome(store, m) for m in messages]
+    message_json = [_item_outcome(store, m, marks) for m in messages]
     for m in message_json:
         states[m["state"]] += 1
     cache: dict[int, dict[str, Any] | None] = {}
-    window = store.audit_events(since=start)
-    window = [e for e in window if e.at <= end + timedelta(seconds=1)]
+    window = [e for e in since_start if e.at <= end + timedelta(seconds=1)]
     rate_waits = [e for e in window if e.action == "channel.rate_limited"
                   and e.subject.split(":", 1)[1] in channels]
     published = [i for i in items if str(i.state) == "published"]
@@ -385,6 +413,8 @@ def build_period_report(store: Store, catalog: Catalog, start: datetime, end: da
         rows.append({"channel": c, "week_start": w, "posts": n,
                      "crisis_posts": crisis_weeks[(c, w)], "cap": cap,
                      "over_cap": cap is not None and n > cap})
+    audit = store.audit_events(since=start)
+    marks = _self_approvals(audit)
     held = []
     for it in items:
         if it.incident_id is not None:
@@ -401,7 +431,7 @@ def build_period_report(store: Store, catalog: Catalog, start: datetime, end: da
                      "first_at": isoformat(events[0].at), "last_at": isoformat(events[-1].at),
                      "times": len(events), "reason": events[0].reason,
                      "state_now": str(it.state), "reason_now": it.reason,
-                     "decisions": _decisions(all_events),
+                     "decisions": _decisions(it.id, all_events, marks),
                      "post_url": it.platform_url})
     cache: dict[int, dict[str, Any] | None] = {}
     return {
@@ -413,9 +443,9 @@ def build_period_report(store: Store, catalog: Catalog, start: datetime, end: da
                                            if i.activated_at < end and
                                            (i.deactivated_at or now) >= start]},
         "weeks": rows,
-        "published": [_item_outcome(store, i) for i in published],
+        "published": [_item_outcome(store, i, marks) for i in published],
         "held_outside_staffed_hours": held,
-        "operators": [_audit_json(store, e, cache) for e in store.audit_events(since=start)
+        "operators": [_audit_json(store, e, cache) for e in audit
                       if e.at < end and _is_operator(e)],
         "integrity": _integrity(store, now),
     }
