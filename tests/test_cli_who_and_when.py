@@ -164,6 +164,33 @@ def test_audit_verify_reports_time_going_backwards(cli, home: Path):
     assert json.loads(cli("audit", "verify", "--json").out)["time_backwards_at"] == [3]
 
 
+def test_audit_verify_names_old_format_events_after_newer_ones_without_failing(cli, home: Path):
+    """Migration 8 while a watcher of the old version still runs: its INSERT leaves the scheme
+    at 'sha256' (no wall time). A warning naming the events, not a broken chain."""
+    from crisiscomms.domain.audit import GENESIS, LEGACY, event_hash
+
+    cli("window", "add", "--from", "2026-12-01T10:00", "--to", "2026-12-01T11:00",
+        "--reason", "w")
+    conn = sqlite3.connect(home / "crisiscomms.db")
+    seq, prev = conn.execute("SELECT seq, hash FROM audit_head").fetchone()
+    at = "2026-11-27T18:00:00.000000Z"
+    h = event_hash(seq + 1, at, "old-watcher", "watch.tick", "s", "r", "{}", prev or GENESIS,
+                   scheme=LEGACY)
+    conn.execute("INSERT INTO audit_events (seq, at, actor, action, subject, reason, details, "
+                 "prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?)",
+                 (seq + 1, at, "old-watcher", "watch.tick", "s", "r", "{}", prev, h))
+    conn.execute("UPDATE audit_head SET seq = ?, hash = ?", (seq + 1, h))
+    conn.commit()
+    conn.close()
+    r = cli("audit", "verify")
+    assert "BROKEN" not in r.err and "NOT fully checked" in r.out, (r.out, r.err)
+    assert f"event {seq + 1} is in the old format" in r.err and r.code == 1
+    cli("window", "add", "--from", "2026-12-02T10:00", "--to", "2026-12-02T11:00",
+        "--reason", "w")  # the new version writes after it: the upgrade is over
+    r = cli("audit", "verify")
+    assert r.code == 0 and "audit chain ok" in r.out, r.err
+
+
 # -- 9: operator identity ------------------------------------------------------------------------
 def test_the_operator_is_the_real_os_user_not_an_environment_variable(cli, monkeypatch):
     become(monkeypatch, "bob")
