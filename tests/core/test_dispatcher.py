@@ -276,3 +276,49 @@ def test_hourly_ceiling_holds_crisis_items(world, playbooks_dir):
     assert len(world.publishers["x"].posts) == 15
     held = world.store.items(channel_id="x", states=["held"])
     assert len(held) == 6 and "hourly safety ceiling 15" in held[0].reason
+
+
+class _LookupCounter:
+    """Wraps a publisher: counts lookups, answers the first with a 429."""
+
+    def __init__(self, inner, reset):
+        self.inner, self.reset, self.lookups = inner, reset, 0
+        self.channel_id = inner.channel_id
+
+    def publish(self, item, update):
+        return self.inner.publish(item, update)
+
+    def find_existing(self, item, update):
+        self.lookups += 1
+        if self.lookups == 1:
+            raise RateLimitedError("429", reset_at=self.reset, channel_id=self.channel_id)
+        return self.inner.find_existing(item, update)
+
+    def close(self):
+        return None
+
+
+def test_a_429_to_a_recovery_lookup_stops_the_other_lookups_on_that_channel(world):
+    """Recovering several crashed sends on one channel: once the platform answers 429 to one
+    lookup, no other request (lookups included) reaches that channel before the reset."""
+    activate(world)
+    crisis_update(world, ext="100")
+    crisis_update(world, ext="101")
+    x = world.publishers["x"]
+
+    def die(item):
+        raise Crash
+
+    x.on_publish = die
+    for _ in range(3):  # activation message + two updates: each send dies mid-way
+        with pytest.raises(Crash):
+            world.dispatcher("dead").tick(world.clock.now())
+    x.on_publish = None
+    sending = [i for i in world.store.items(channel_id="x") if str(i.state) == "sending"]
+    assert len(sending) >= 2
+    world.clock.set(world.clock.now() + timedelta(minutes=5))  # past the lease and settling
+    reset = world.clock.now() + timedelta(minutes=15)
+    counter = _LookupCounter(x, reset)
+    world.publishers["x"] = counter
+    world.dispatcher("new").tick(world.clock.now())
+    assert counter.lookups == 1, "a lookup went to a channel the platform had paused"

@@ -55,10 +55,10 @@ from crisiscomms.settings import DispatchSettings
 
 log = structlog.get_logger(__name__)
 
-# How long one send may take, all retries included (``call_with_retry``'s deadline): a request
-# started less than this (plus its own time-out and a margin) ago may still land on the
-# platform, so its absence there is not yet proof that it failed.
-SEND_DEADLINE_S = 30.0
+# ``settings.send_deadline_seconds``: how long one send may take, all retries included
+# (``call_with_retry``'s deadline): a request started less than this (plus its own time-out and
+# a margin) ago may still land on the platform, so its absence there is not yet proof that it
+# failed.
 LOOKUP_ATTEMPTS = 3  # a lookup answered 5xx is asked again at once, this many times in all
 SETTLE_MARGIN_S = 5.0
 
@@ -156,6 +156,7 @@ class Dispatcher:
         # Set on shutdown: the tick finishes the send in flight and starts no other.
         self.stop_requested = threading.Event()
         self._problems: dict[str, str | None] = {}  # what the store says of each channel
+        self._paused: dict[str, datetime] = {}  # rate-limit pauses this dispatcher was told of
         self._lock = threading.Lock()
         self._pending: tuple[Catalog, dict[str, Publisher], set[str]] | None = None
 
@@ -386,7 +387,8 @@ class Dispatcher:
                 result = call_with_retry(
                     attempt,
                     what=f"publish:{item.channel_id}", retry_on=(TransientPublishError,),
-                    attempts=3, initial_s=1.0, deadline_s=SEND_DEADLINE_S, sleep=self.sleep)
+                    attempts=3, initial_s=1.0, deadline_s=self.settings.send_deadline_seconds,
+                    sleep=self.sleep)
         except RateLimitedError as exc:
             t = self._now(now)
             reset = max(exc.reset_at, t + timedelta(seconds=1))
@@ -457,6 +459,7 @@ class Dispatcher:
     def _pause(self, channel_id: str, until: datetime, now: datetime, reason: str) -> None:
         """Record a platform rate-limit pause; no request may go before ``until``."""
         wait = max(0.0, (until - now).total_seconds())
+        self._paused[channel_id] = until  # seen at once by the rest of this tick's requests
         with self.store.unit_of_work() as uow:
             uow.channels.pause(channel_id, until=until, reason=reason, wait_seconds=wait)
             uow.audit.append(NewAuditEvent("dispatcher", "channel.rate_limited",
@@ -506,6 +509,12 @@ class Dispatcher:
                 wait = backoff_delay(item.lookups + 1, base=self.settings.retry_base_seconds,
                                      cap=900.0, rng=self.rng)
                 until = now + timedelta(seconds=wait)
+                if isinstance(exc, RateLimitedError):
+                    # A 429 to a lookup pauses the channel like one to a post: no request,
+                    # lookups included, goes there before the reset.
+                    self._pause(item.channel_id, exc.reset_at, now,
+                                f"rate limited (lookup): {exc}"[:300])
+                    until = max(until, exc.reset_at)
                 reason = f"platform could not confirm yet; asking again at {isoformat(until)}"
                 try:
                     self._save(item, outbox.defer_lookup(item, until=until,
@@ -566,8 +575,8 @@ class Dispatcher:
         """When the item's last request can no longer land on the platform."""
         if item.sent_at is None:
             return None
-        return item.sent_at + timedelta(seconds=SEND_DEADLINE_S + self.settings.timeout_seconds
-                                        + SETTLE_MARGIN_S)
+        return item.sent_at + timedelta(seconds=self.settings.send_deadline_seconds
+                                        + self.settings.timeout_seconds + SETTLE_MARGIN_S)
 
     def recover(self, now: datetime, stats: DispatchStats | None = None) -> None:
         """Take up items whose worker's lease expired (it crashed or stalled): a leased one
@@ -578,7 +587,7 @@ class Dispatcher:
             paused = {cid for cid, st in r.channels.list().items()
                       if st.paused_until is not None and st.paused_until > now}
         for item in expired:
-            if item.channel_id in paused:
+            if item.channel_id in paused or self._paused.get(item.channel_id, now) > now:
                 continue  # the platform said wait: not even a lookup goes before its reset
             try:
                 mine = self._save(item, outbox.take_over(item, owner=self.worker_id, now=now,
