@@ -57,6 +57,9 @@ class PollingSettings(BaseModel):
     # A whole poll (every request of it: index, documents, pages) ends by this, however slowly
     # a server trickles its answer.
     deadline_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # A poll's lease is the deadline plus this: another watcher takes a source over only from a
+    # watcher that died or stalled (a SIGKILLed watcher holds its sources this long).
+    lease_margin_seconds: Annotated[float, Field(gt=0)] = 30.0
     max_bytes: Annotated[int, Field(ge=1024)] = 5_000_000
     concurrency: Annotated[int, Field(ge=1)] = 20
     per_host: Annotated[int, Field(ge=1)] = 2
@@ -73,6 +76,9 @@ class DispatchSettings(BaseModel):
     timeout_seconds: Annotated[float, Field(gt=0)] = 20.0
     retry_base_seconds: Annotated[float, Field(gt=0)] = 30.0
     max_lookups: Annotated[int, Field(ge=1)] = 5
+    # How long one send may go on retrying (its transient failures): with the request timeout
+    # and a margin, when a send cut off by a crash can no longer land on the platform.
+    send_deadline_seconds: Annotated[float, Field(gt=0)] = 30.0
 
 
 class NotifySettings(BaseModel):

@@ -189,17 +189,19 @@ def sim_env(home: Path, playbooks: Path, sim: RunningSimulator, **extra: str) ->
         "CRISISCOMMS_POLLING__INTERVAL_SECONDS": "1",
         "CRISISCOMMS_POLLING__INCIDENT_INTERVAL_SECONDS": "1",
         "CRISISCOMMS_POLLING__JITTER_SECONDS": "0",
-        # A loopback poll takes milliseconds. A poll's lease is max(60 s, deadline + 30 s): a
-        # watcher SIGKILLed mid-poll holds its sources that long, so the default 60 s deadline
-        # (a 90 s lease) left every kill test waiting half a minute more for its last updates.
-        "CRISISCOMMS_POLLING__TIMEOUT_SECONDS": "10",
-        "CRISISCOMMS_POLLING__DEADLINE_SECONDS": "20",
+        # A loopback poll takes milliseconds. A poll's lease is the deadline plus a margin: a
+        # watcher SIGKILLed mid-poll holds its sources that long, so the default (60 s + 30 s)
+        # left every kill test waiting over a minute for its last updates. Suite scale: 8 s.
+        "CRISISCOMMS_POLLING__TIMEOUT_SECONDS": "4",
+        "CRISISCOMMS_POLLING__DEADLINE_SECONDS": "5",
+        "CRISISCOMMS_POLLING__LEASE_MARGIN_SECONDS": "3",
         "CRISISCOMMS_DISPATCH__LEASE_SECONDS": "5",
         "CRISISCOMMS_DISPATCH__RETRY_BASE_SECONDS": "2",
         # A send to the loopback simulator takes milliseconds. A send cut off by a SIGKILL is
-        # believed absent only once it can no longer land: 30 s + this timeout + a margin
-        # after it was sent (20 s by default).
+        # believed absent only once it can no longer land: the send deadline + this timeout + a
+        # margin after it was sent (30 + 20 + 5 s by default; 8 + 5 + 5 s here).
         "CRISISCOMMS_DISPATCH__TIMEOUT_SECONDS": "5",
+        "CRISISCOMMS_DISPATCH__SEND_DEADLINE_SECONDS": "8",
         "CRISISCOMMS_LOG_LEVEL": "warning",
         "CRISISCOMMS_LOG_FORMAT": "json",
         "PYTHONDONTWRITEBYTECODE": "1",

@@ -13,7 +13,6 @@ from crisiscomms.bootstrap import run_watch
 from crisiscomms.cli.state import echo_json, get_app
 from crisiscomms.domain.clock import AtClock, parse_local_instant
 from crisiscomms.domain.errors import ConfigError, NotFoundError, RefusedError
-from crisiscomms.report.files import write_atomically
 
 
 def watch(
@@ -82,6 +81,7 @@ def report(
 ) -> None:
     """The post-incident audit report (or, with --from/--to, a normal-mode period report)."""
     from crisiscomms.report import FORMATS, build_incident_report, build_period_report, render
+    from crisiscomms.report.files import write_atomically
 
     fmt = fmt or (output.suffix.lstrip(".").replace("markdown", "md") if output else "md")
     if fmt not in FORMATS:

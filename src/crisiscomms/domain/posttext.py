@@ -30,9 +30,9 @@ import functools
 import string
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import regex
-from twitter_text import extract_urls_with_indices, parse_tweet  # type: ignore[import-untyped]
 
 from crisiscomms.domain.errors import ConfigError
 from crisiscomms.domain.models import Platform
@@ -127,6 +127,8 @@ def _x_word_weight(word: str) -> int:
     """One whitespace-free word as X counts it (twitter-text v3; see the module docstring)."""
     if len(word) > _X_MAX_WORD:
         return _by_url_spans(word, _x_weight)
+    from twitter_text import parse_tweet  # type: ignore[import-untyped]  # 0.2 s: lazily
+
     return int(parse_tweet(word).weightedLength)
 
 
@@ -164,7 +166,7 @@ def x_link_spans(text: str) -> list[tuple[int, int]]:
             found = [(s, e) for s, e in url_spans(word) if _shortened_by_platform(word[s:e])]
         else:
             found = [(int(u["indices"][0]), int(u["indices"][1]))
-                     for u in extract_urls_with_indices(word)]
+                     for u in _extract_urls(word)]
         spans += [(match.start() + s, match.start() + e) for s, e in found]
     return spans
 
@@ -425,3 +427,11 @@ def fit_body(text: str, platform: Platform) -> str:
         if fits(candidate, platform):
             return candidate
     return _hard_cut(render(0, kept), platform)
+
+
+def _extract_urls(text: str) -> list[dict[str, Any]]:
+    """twitter-text's URL extraction (imported on first use: it costs 0.2 s at start-up)."""
+    from twitter_text import extract_urls_with_indices
+
+    urls: list[dict[str, Any]] = extract_urls_with_indices(text)
+    return urls

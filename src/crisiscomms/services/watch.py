@@ -101,7 +101,8 @@ class Watcher:
         self.owner = owner
         # A poll's lease outlives its longest possible poll (the fetch deadline), so another
         # watcher takes a source over only from a watcher that died or stalled.
-        self.lease = timedelta(seconds=max(60.0, settings.deadline_seconds + 30.0))
+        self.lease = timedelta(seconds=settings.deadline_seconds
+                               + settings.lease_margin_seconds)
         self._running: dict[str, asyncio.Future[None]] = {}
         self._pending: tuple[Catalog, list[Source], set[str]] | None = None
         self._superseded: list[Source] = []  # built by a reload, replaced before they started
