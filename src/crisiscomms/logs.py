@@ -70,7 +70,7 @@ def redact_processor(
     return event_dict
 
 
-class _RedactingFilter(logging.Filter):
+class RedactingFilter(logging.Filter):
     """Applied to stdlib records (tweepy, httpx, ...): render, then mask."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -103,7 +103,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(stream)
-    handler.addFilter(_RedactingFilter())
+    handler.addFilter(RedactingFilter())
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processor=renderer, foreign_pre_chain=[*shared]))
     root = logging.getLogger()
@@ -118,8 +118,8 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
         # DEBUG and every request line at INFO; they are never allowed below WARNING,
         # whatever --log-level says (our own events say what was fetched).
         logging.getLogger(name).setLevel(max(lvl, logging.WARNING))
-        if not any(isinstance(f, _RedactingFilter) for f in logging.getLogger(name).filters):
-            logging.getLogger(name).addFilter(_RedactingFilter())
+        if not any(isinstance(f, RedactingFilter) for f in logging.getLogger(name).filters):
+            logging.getLogger(name).addFilter(RedactingFilter())
 
 
 def _isatty(stream: Any) -> bool:

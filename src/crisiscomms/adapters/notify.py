@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode, urlsplit, 
 
 from pydantic import SecretStr
 
-from crisiscomms.logs import redact_text, register_secrets
+from crisiscomms.logs import RedactingFilter, redact_text, register_secrets
 
 # Apprise's own logger, and the HTTP library loggers its plugins log request lines through.
 _LOGGERS = ("apprise", "urllib3", "urllib3.connectionpool", "requests")
@@ -32,17 +32,13 @@ _URGENCY_TYPES = {"urgent": "failure", "high": "warning", "info": "info"}
 _SEND_LOCK = threading.Lock()  # Apprise's log capture is process-wide: one send at a time
 
 
-class _MaskSecrets(logging.Filter):
-    """Render the record and mask registered secrets before any handler (caplog included)."""
+class _MaskSecrets(RedactingFilter):
+    """Render the record and mask registered secrets before any handler (caplog included);
+    drop any traceback (it could quote a URL): the message only."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:
-            message = str(record.msg)
-        record.msg = redact_text(message)
-        record.args = None
-        if record.exc_info:  # a traceback could quote a URL: keep the message only
+        super().filter(record)
+        if record.exc_info:
             record.exc_info = None
             record.exc_text = None
         return True

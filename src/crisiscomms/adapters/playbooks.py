@@ -358,6 +358,23 @@ def broken_files(catalog: Catalog) -> list[FileProblem]:
     return out
 
 
+def _load_part(model: type[Any], path: Path, key: str, *, partial: bool) -> Any:
+    """``sources.yaml`` or ``channels.yaml`` as ``{id: entry}`` (ids unique, errors located);
+    ``partial``: a broken file is recorded as broken instead of raising."""
+    try:
+        parsed, node = _parse_file(model, path, ConfigError)
+        entries = getattr(parsed, key)
+        try:
+            _unique(path, key, (e.id for e in entries))
+        except ConfigError as exc:
+            raise _located(exc, path, node) from None
+        return {e.id: e for e in entries}
+    except ConfigError as exc:
+        if not partial:
+            raise
+        return BrokenPart[Any](exc)
+
+
 def load_catalog(directory: Path, *, partial: bool = False) -> Catalog:
     """Load and cross-check every playbook file in ``directory``. ``partial``: a broken
     sources, channels or playbook file is recorded as broken (reading it raises its error)
@@ -372,30 +389,10 @@ def load_catalog(directory: Path, *, partial: bool = False) -> Catalog:
         "channels": directory / "channels.yaml",
     }
     policy, policy_node = _parse_file(PolicyConfig, files["policy"], ConfigError)
-    sources: dict[str, SourceConfig]
-    channels: dict[str, ChannelConfig]
-    try:
-        src_file, src_node = _parse_file(SourcesFile, files["sources"], ConfigError)
-        try:
-            _unique(files["sources"], "sources", (s.id for s in src_file.sources))
-        except ConfigError as exc:
-            raise _located(exc, files["sources"], src_node) from None
-        sources = {s.id: s for s in src_file.sources}
-    except ConfigError as exc:
-        if not partial:
-            raise
-        sources = BrokenPart[SourceConfig](exc)
-    try:
-        ch_file, ch_node = _parse_file(ChannelsFile, files["channels"], ConfigError)
-        try:
-            _unique(files["channels"], "channels", (c.id for c in ch_file.channels))
-        except ConfigError as exc:
-            raise _located(exc, files["channels"], ch_node) from None
-        channels = {c.id: c for c in ch_file.channels}
-    except ConfigError as exc:
-        if not partial:
-            raise
-        channels = BrokenPart[ChannelConfig](exc)
+    sources: dict[str, SourceConfig] = _load_part(
+        SourcesFile, files["sources"], "sources", partial=partial)
+    channels: dict[str, ChannelConfig] = _load_part(
+        ChannelsFile, files["channels"], "channels", partial=partial)
     sources_ok = not isinstance(sources, BrokenPart)
     channels_ok = not isinstance(channels, BrokenPart)
     if channels_ok:
