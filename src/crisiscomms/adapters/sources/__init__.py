@@ -129,6 +129,11 @@ def build_sources(
             sources.append(EaFloodsSource(config, fetcher))
         else:  # pragma: no cover - a new SourceKind without an adapter
             raise ConfigError(f"sources.yaml: no adapter for kind {kind!r} ({config.id})")
+    if pool is not None and any(c.kind in (SourceKind.RSS, SourceKind.CAP)
+                                for c in catalog_sources):
+        # Every parser worker boots now, in the pool's threads (not on the event loop): the
+        # first update after start-up is parsed as fast as the others.
+        pool.start()
     return sources
 
 
