@@ -39,8 +39,16 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests
 
 ## bench: every benchmark, one table (also bench-results.json)
-bench: $(STAMP)
+F2T_VENV  := .venv-bench/feed2toot
+F2T_STAMP := $(F2T_VENV)/.installed
+bench: $(STAMP) $(F2T_STAMP)
 	$(BIN)/python -m benchmarks.run
+
+# feed2toot for the bench comparison only, in its own venv, pinned by the project's own file
+$(F2T_STAMP): benchmarks/requirements-feed2toot.txt
+	@test -x $(F2T_VENV)/bin/python || $(PYTHON) -m venv $(F2T_VENV)
+	@$(F2T_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements-feed2toot.txt \
+		&& touch $@ || echo "feed2toot could not be installed: its benchmark rows will say why"
 
 ## chaos: the fault tests at full scale
 chaos: $(STAMP)

@@ -199,3 +199,45 @@ def write_result(path: str | None, result: dict[str, Any]) -> None:
         Path(path).write_text(text + "\n", encoding="utf-8")
     else:
         print(text)
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """min / median / max (and n) of repeated measurements; NaN where there are none."""
+    data = sorted(v for v in values if not (isinstance(v, float) and v != v))
+    if not data:
+        nan = float("nan")
+        return {"min": nan, "median": nan, "max": nan, "n": 0}
+    return {"min": data[0], "median": percentile(data, 50), "max": data[-1], "n": len(data)}
+
+
+def proc_tree(root: int) -> list[int]:
+    """``root`` and every live descendant (from /proc)."""
+    parent: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                parent[int(entry.name)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    tree = [root]
+    k = 0
+    while k < len(tree):
+        tree += [p for p, pp in parent.items() if pp == tree[k]]
+        k += 1
+    return tree
+
+
+def proc_tree_cpu_seconds(root: int) -> float:
+    """utime + stime of ``root`` and its live descendants, plus cutime + cstime of each (what
+    their reaped children used): the CPU of the whole process tree so far."""
+    total = 0.0
+    for pid in proc_tree(root):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15]) / _CLK_TCK
+    return total
