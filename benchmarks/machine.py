@@ -51,7 +51,18 @@ def _commit() -> str:
                              capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
+    if out.returncode != 0:
+        return ""
+    commit = out.stdout.strip()
+    try:  # what ran is the working tree: say when it differs from the commit
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],  # noqa: S607
+                               cwd=REPO, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return commit
+    if dirty.returncode == 0 and dirty.stdout.strip():
+        n = len(dirty.stdout.strip().splitlines())
+        return f"{commit} + {n} uncommitted file(s)"
+    return commit
 
 
 def _postgres() -> str:
