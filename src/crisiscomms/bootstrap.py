@@ -4,39 +4,42 @@ drill comes through here too, passing its own clock, credentials, catalog, rng a
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import pwd
 import random
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import cached_property
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
-import structlog
 from pydantic import SecretStr
 
-from crisiscomms.adapters.playbooks import broken_files, load_catalog
-from crisiscomms.adapters.store import open_store
 from crisiscomms.domain.clock import AtClock, SystemClock, is_naive, parse_local_instant
-from crisiscomms.domain.config import Catalog
 from crisiscomms.domain.errors import ConfigError, StoreError
 from crisiscomms.domain.models import SourceKind, WatcherInfo
+from crisiscomms.logs import get_logger
 from crisiscomms.ports import Clock, Credentials, Publisher, Source, Store
-from crisiscomms.services.dispatch import Dispatcher, DispatchStats
 from crisiscomms.services.reload import RELOAD_SECONDS
-from crisiscomms.services.runloop import Chore, RunLoop
-from crisiscomms.services.watch import CycleStats, Watcher
-from crisiscomms.settings import Settings, channel_secret
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from crisiscomms.domain.config import Catalog
+    from crisiscomms.services.dispatch import Dispatcher, DispatchStats
+    from crisiscomms.services.runloop import Chore, RunLoop
+    from crisiscomms.services.watch import CycleStats, Watcher
+    from crisiscomms.settings import Settings
+
+# What the watcher needs (httpx, asyncio, the adapters, the watch and dispatch services) is
+# imported where it is built, never here: every command goes through this module, and
+# `status` or `queue list` must not pay for the watcher's imports (see tests/core/
+# test_cli_imports.py).
+log = get_logger(__name__)
 
 
 def default_operator(trust_sudo_user: bool = False) -> str:
@@ -113,10 +116,19 @@ def shared_dir_mode(mode: int) -> bool:
     return mode & 0o2070 == 0o2070
 
 
+def open_store(database_url: str, **options: Any) -> Store:
+    """``adapters.store.open_store``, its adapters imported when a command opens the store."""
+    from crisiscomms.adapters import store
+
+    return store.open_store(database_url, **options)
+
+
 class EnvCredentials:
     """Channel secrets from the environment, ``.env`` or secret files (never playbooks)."""
 
     def get(self, env_name: str) -> SecretStr | None:
+        from crisiscomms.settings import channel_secret
+
         return channel_secret(env_name)
 
 
@@ -172,6 +184,8 @@ class App:
         policy fails only the commands that read it, naming its line); the watcher loads
         them strictly (``strict_catalog``) and follows their changes (``use_catalog``)."""
         if self._catalog is None:
+            from crisiscomms.adapters.playbooks import load_catalog
+
             self._catalog = self.given_catalog or load_catalog(self.settings.playbooks_dir,
                                                                partial=True)
         return self._catalog
@@ -180,6 +194,8 @@ class App:
         """The whole catalogue, every file valid (what a watcher runs on)."""
         if self.given_catalog is not None:
             return self.given_catalog
+        from crisiscomms.adapters.playbooks import broken_files, load_catalog
+
         if self._catalog is None or broken_files(self._catalog):
             self._catalog = load_catalog(self.settings.playbooks_dir)
         return self._catalog
@@ -222,6 +238,8 @@ class App:
     def build_publishers(self, *, dry_run: bool, catalog: Catalog | None = None,
                          only: set[str] | None = None) -> dict[str, Publisher]:
         """The publishers of the catalogue's channels (``only``: of those channels)."""
+        import httpx
+
         from crisiscomms.adapters.publishers import build_publisher
         from crisiscomms.adapters.publishers.unavailable import UnavailablePublisher
         from crisiscomms.logs import register_secrets
@@ -311,10 +329,14 @@ class App:
         return sources, close
 
     def watcher(self, sources: list[Source]) -> Watcher:
+        from crisiscomms.services.watch import Watcher
+
         return Watcher(store=self.store, catalog=self.catalog, sources=sources,
                        settings=self.settings.polling, rng=self.rng, owner=self.worker_id)
 
     def dispatcher(self, publishers: dict[str, Publisher]) -> Dispatcher:
+        from crisiscomms.services.dispatch import Dispatcher
+
         return Dispatcher(store=self.store, catalog=self.catalog, publishers=publishers,
                           settings=self.settings.dispatch, worker_id=self.worker_id,
                           rng=self.rng, sleep=self.sleep, clock=self.clock)
@@ -325,6 +347,8 @@ class App:
         """The watcher's run loop with every adapter it needs; closes them afterwards. Unless
         the catalogue was given (a drill), the loop follows its playbooks folder (its files
         looked at every ``reload_seconds``)."""
+        from crisiscomms.services.runloop import RunLoop
+
         folder = None
         running: dict[str, str] | None = None
         if self.given_catalog is None:
@@ -413,41 +437,18 @@ class MissingCredentialSource:
 
 def build_app(settings: Settings | None = None, clock: Clock | None = None) -> App:
     """Build the application from settings (environment, .env, YAML file)."""
-    settings = settings or Settings()
+    if settings is None:
+        from crisiscomms.settings import Settings
+
+        settings = Settings()
     return App(settings=settings, clock=clock or make_clock(settings.at))
-
-
-class StopEvent(asyncio.Event):
-    """The stop request, remembering the signal that made it (Ctrl-C exits 130)."""
-
-    signal: int | None = None
-
-    def stop_for(self, sig: int) -> None:
-        self.signal = sig
-        self.set()
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[StopEvent]:
-    """SIGTERM/SIGINT ask the loop to finish its current tick and exit cleanly."""
-    stop = StopEvent()
-    loop = asyncio.get_event_loop()
-    installed = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.stop_for, sig)
-            installed.append(sig)
-    try:
-        yield stop
-    finally:
-        for sig in installed:
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
 
 
 async def run_watch(app: App, *, once: bool, dry_run: bool, tick_seconds: float = 2.0,
                     max_ticks: int | None = None) -> tuple[CycleStats, DispatchStats]:
     """The long-running job: poll due sources, then dispatch, until stopped."""
+    from crisiscomms.services.runloop import stop_on_signals
+
     async with app.run_loop(dry_run=dry_run,
                             reload_seconds=min(tick_seconds, RELOAD_SECONDS)) as loop:
         with stop_on_signals() as stop:

@@ -8,13 +8,16 @@ and the stdlib loggers that log request headers (``tweepy.client``, ``httpx``, `
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import logging
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, MutableMapping, Sequence
+from importlib.machinery import ModuleSpec
+from types import ModuleType
 from typing import Any
 
-import structlog
 from pydantic import SecretStr
 
 REDACTED = "**redacted**"
@@ -28,6 +31,31 @@ _QUERY_SECRET_RE = re.compile(
 _secret_values: set[str] = set()
 _NOISY = ("tweepy", "tweepy.client", "httpx", "httpcore", "urllib3", "requests_oauthlib",
           "oauthlib", "uvicorn", "uvicorn.access", "uvicorn.error", "hpack", "multipart")
+
+
+class _LazyLogger:
+    """structlog's logger for ``name``, imported on the first event: ``import structlog``
+    brings asyncio and rich (about 0.08 CPU-s), which a command that never logs (``status``,
+    ``--help``) should not pay for."""
+
+    __slots__ = ("_logger", "_name")
+
+    def __init__(self, name: str | None) -> None:
+        self._name = name
+        self._logger: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._logger is None:
+            import structlog
+
+            self._logger = structlog.get_logger(self._name)
+        return getattr(self._logger, attr)
+
+
+def get_logger(name: str | None = None) -> Any:
+    """A module's logger (``log = get_logger(__name__)``): ``structlog.get_logger``, imported
+    when the first event is logged rather than with the module."""
+    return _LazyLogger(name)
 
 
 def register_secrets(values: Iterable[SecretStr | str | None]) -> None:
@@ -84,28 +112,20 @@ class RedactingFilter(logging.Filter):
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
-    """Configure structlog and the stdlib loggers once, at the composition root."""
+    """Configure structlog and the stdlib loggers once, at the composition root.
+
+    The stdlib side (levels, the redacting filter, the handler) is set at once. structlog is
+    configured at once if it is loaded; otherwise the moment anything first imports it (our
+    loggers on their first event, an adapter that imports it, the handler's first record), so
+    a command that never logs never loads it, and no event is ever written unconfigured."""
+    global _pending
     stream = stream or sys.stderr
     as_json = fmt == "json" or (fmt == "auto" and not _isatty(stream))
     lvl = getattr(logging, level.upper(), logging.INFO)
-    shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact_processor,
-    ]
-    renderer: Any = (structlog.processors.JSONRenderer() if as_json
-                     else structlog.dev.ConsoleRenderer(colors=False))
-    structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
-        cache_logger_on_first_use=False,
-    )
+    _pending = (lvl, as_json, stream)
     handler = logging.StreamHandler(stream)
     handler.addFilter(RedactingFilter())
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        processor=renderer, foreign_pre_chain=[*shared]))
+    handler.setFormatter(_StructlogFormatter(as_json))
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_crisiscomms", False):
@@ -120,6 +140,95 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
         logging.getLogger(name).setLevel(max(lvl, logging.WARNING))
         if not any(isinstance(f, RedactingFilter) for f in logging.getLogger(name).filters):
             logging.getLogger(name).addFilter(RedactingFilter())
+    if "structlog" in sys.modules:
+        _configure_structlog()
+    elif not any(isinstance(f, _ConfigureOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _ConfigureOnImport())
+
+
+_pending: tuple[int, bool, Any] | None = None  # (level, as_json, stream) of the last configure
+
+
+def _shared_processors() -> list[Any]:
+    import structlog
+
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_processor,
+    ]
+
+
+def _renderer(as_json: bool) -> Any:
+    import structlog
+
+    return (structlog.processors.JSONRenderer() if as_json
+            else structlog.dev.ConsoleRenderer(colors=False))
+
+
+def _configure_structlog() -> None:
+    """Apply the last ``configure`` to structlog (which must be loaded)."""
+    import structlog
+
+    if _pending is None:
+        return
+    lvl, as_json, stream = _pending
+    structlog.configure(
+        processors=[*_shared_processors(), structlog.processors.format_exc_info,
+                    _renderer(as_json)],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+class _StructlogFormatter(logging.Formatter):
+    """Renders stdlib records (tweepy, httpx, ...) as structlog does ours: structlog's
+    ``ProcessorFormatter``, built on the first record."""
+
+    def __init__(self, as_json: bool) -> None:
+        super().__init__()
+        self._as_json = as_json
+        self._formatter: logging.Formatter | None = None
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self._formatter is None:
+            import structlog
+
+            self._formatter = structlog.stdlib.ProcessorFormatter(
+                processor=_renderer(self._as_json), foreign_pre_chain=_shared_processors())
+        return self._formatter.format(record)
+
+
+class _ConfigureOnImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: the first ``import structlog``, by whatever module, is completed
+    by applying the pending ``configure`` before the importer gets the module."""
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:
+        if fullname != "structlog":
+            return None
+        sys.meta_path.remove(self)  # once; and the finders after us find the real one
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ThenConfigure(spec.loader)
+        return spec
+
+
+class _ThenConfigure(importlib.abc.Loader):
+    """structlog's own loader, then ``_configure_structlog``."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._loader.exec_module(module)
+        module.__loader__ = self._loader  # tracebacks and resources see the real loader
+        _configure_structlog()
 
 
 def _isatty(stream: Any) -> bool:

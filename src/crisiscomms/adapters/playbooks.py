@@ -91,11 +91,11 @@ def _raise(error: type[ConfigError], problem: FileProblem,
     raise cls(problem, message) from None
 
 
-def _no_duplicate_keys_loader() -> type[yaml.SafeLoader]:
-    class Loader(yaml.SafeLoader):
+def _no_duplicate_keys_loader(base: type[Any]) -> type[Any]:
+    class Loader(base):  # type: ignore[valid-type,misc]
         pass
 
-    def construct_mapping(loader: Loader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    def construct_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) -> Any:
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
@@ -110,7 +110,10 @@ def _no_duplicate_keys_loader() -> type[yaml.SafeLoader]:
     return Loader
 
 
-_LOADER = _no_duplicate_keys_loader()
+_LOADER = _no_duplicate_keys_loader(yaml.SafeLoader)
+# libyaml's parser where PyYAML has it: the same nodes and marks, ten times faster. A file it
+# refuses is read again with the Python parser, whose messages and marks the errors quote.
+_FAST_LOADER = _no_duplicate_keys_loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 # Errors PyYAML reports where it gave up (often the next line) while the mistake is where the
 # construct it was reading began: a key without its colon, a quote never closed.
@@ -144,6 +147,14 @@ def read_yaml(path: Path) -> YamlDocument:
         _raise(ConfigError, FileProblem(str(path), None, None, "file not found"))
     except (OSError, UnicodeDecodeError) as exc:
         _raise(ConfigError, FileProblem(str(path), None, None, f"cannot read: {exc}"))
+    fast = _FAST_LOADER(text)
+    try:
+        node = fast.get_single_node()
+        return YamlDocument(fast.construct_document(node) if node is not None else None, node)
+    except yaml.YAMLError:
+        pass
+    finally:
+        fast.dispose()
     loader = _LOADER(text)
     try:
         node = loader.get_single_node()

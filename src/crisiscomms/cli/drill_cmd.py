@@ -5,21 +5,24 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from zoneinfo import ZoneInfo
 
 import typer
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from crisiscomms.cli.state import echo_json, get_app
 from crisiscomms.domain.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rich.live import Live
+    from rich.table import Table
 
 LONDON = ZoneInfo("Europe/London")  # the drill's progress is read by people in the UK
 
 
 def _progress_table(p: object) -> Table:
+    from rich.table import Table
+
     from crisiscomms.drill import Progress
 
     assert isinstance(p, Progress)
@@ -44,6 +47,10 @@ def drill(
 ) -> None:
     """Run a drill end to end (real watcher and dispatcher, simulated platforms and clock);
     print the expectation table and the report's path. Exit 1 if any expectation fails."""
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
     from crisiscomms.drill import Progress, load_scenario, run_drill
 
     if speed < 0:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from crisiscomms.cli.state import current_operator, echo_json, get_app, when
 from crisiscomms.cli.status_cmd import LIVE_SECONDS
-from crisiscomms.domain.audit import ChainReport
 from crisiscomms.domain.clock import isoformat
 from crisiscomms.domain.errors import ConfigError
-from crisiscomms.domain.models import Incident
-from crisiscomms.services import incidents as uc
+
+if TYPE_CHECKING:
+    from crisiscomms.domain.audit import ChainReport
+    from crisiscomms.domain.models import Incident
 
 
 def incident_json(inc: Incident) -> dict[str, Any]:
@@ -38,6 +39,8 @@ def activate(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Turn the crisis flag on: create an incident of PLAYBOOK and print its id."""
+    from crisiscomms.services import incidents as uc
+
     app = get_app()
     inc = uc.activate(app.store, app.catalog, app.clock, playbook=playbook, reason=reason,
                       operator=current_operator(operator), hashtags=hashtag or [],
@@ -92,6 +95,8 @@ def deactivate(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Stand an incident down; the crisis flag goes off with the last active incident."""
+    from crisiscomms.services import incidents as uc
+
     app = get_app()
     inc = uc.deactivate(app.store, app.catalog, app.clock, incident_id=incident, reason=reason,
                         operator=current_operator(operator))
@@ -134,6 +139,8 @@ def lead(
         "audited). You are always your real OS user.")] = None,
 ) -> None:
     """Hand an active incident's lead to another allowed lead agency."""
+    from crisiscomms.services import incidents as uc
+
     app = get_app()
     inc = uc.change_lead(app.store, app.catalog, app.clock, lead=source, reason=reason,
                          operator=current_operator(operator), incident_id=incident)

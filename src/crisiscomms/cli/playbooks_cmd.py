@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from crisiscomms.adapters.playbooks import broken_files, load_catalog
 from crisiscomms.cli.state import echo_json, settings
 from crisiscomms.domain.errors import RefusedError
 
@@ -23,6 +22,8 @@ def validate(
 ) -> None:
     """Validate every playbook file; errors name the file, the key and what is wrong. Says
     which playbooks cannot be activated, and why (with --strict that is a failure)."""
+    from crisiscomms.adapters.playbooks import load_catalog
+
     cat = load_catalog(directory or settings().playbooks_dir)
     for w in cat.warnings():
         typer.echo(f"warning: {w}", err=True)
@@ -45,6 +46,8 @@ def validate(
 @app.command("list")
 def list_(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the incident playbooks (a broken one is named, with its error, on stderr)."""
+    from crisiscomms.adapters.playbooks import broken_files, load_catalog
+
     cat = load_catalog(settings().playbooks_dir, partial=True)
     for problem in broken_files(cat):
         typer.echo(f"warning: broken, cannot be used: {problem}", err=True)
@@ -65,6 +68,8 @@ def show(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one playbook, with its sources and channel actions."""
+    from crisiscomms.adapters.playbooks import load_catalog
+
     cat = load_catalog(settings().playbooks_dir, partial=True)
     pb = cat.playbook(name)
     if json_out:

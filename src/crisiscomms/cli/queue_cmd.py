@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from crisiscomms.cli.state import current_operator, echo_json, get_app, option_instant, when
 from crisiscomms.domain.clock import isoformat, parse_instant
 from crisiscomms.domain.errors import ConfigError, CrisisCommsError, RefusedError
-from crisiscomms.domain.models import ItemState, OutboxItem
-from crisiscomms.services import queue as ops
-from crisiscomms.services import windows
+
+if TYPE_CHECKING:
+    from crisiscomms.domain.models import OutboxItem
+
+# The use cases (services.queue brings the policy, the dispatcher's counters and the post
+# text rules) are imported by the commands that call them: `--help` and `queue list` do not.
 
 app = typer.Typer(help="Inspect the outbox and act on items (every action is audited).",
                   no_args_is_help=True)
@@ -60,6 +63,8 @@ def list_(
     json_out: Json = False,
 ) -> None:
     """List outbox items."""
+    from crisiscomms.domain.models import ItemState
+
     a = get_app()
     valid = sorted(str(s) for s in ItemState)
     for s in state or []:
@@ -122,6 +127,8 @@ def approve(items: Annotated[list[int] | None, typer.Argument(
     """Approve items that need approval (one id, several, or --all-from SOURCE); the policy
     then decides when each goes. Each is its own audited decision; a refused one is reported
     and the others go on (exit non-zero if any was refused)."""
+    from crisiscomms.services import queue as ops
+
     a = get_app()
     ids = list(items or [])
     if all_from is not None:
@@ -165,6 +172,8 @@ def approve(items: Annotated[list[int] | None, typer.Argument(
 def reject(item: ItemId, reason: Annotated[str, typer.Option("--reason", help="Why (audited).")],
            operator: Operator = None, json_out: Json = False) -> None:
     """Reject an item: it will never be sent."""
+    from crisiscomms.services import queue as ops
+
     a = get_app()
     _done(ops.reject(a.store, a.catalog, a.clock, item, current_operator(operator), reason),
           json_out)
@@ -177,6 +186,8 @@ def hold(item: ItemId, reason: Annotated[str, typer.Option("--reason", help="Why
              "zone; default: until 'queue retry').")] = None,
          operator: Operator = None, json_out: Json = False) -> None:
     """Hold an item (until a time, or until released with 'queue retry')."""
+    from crisiscomms.services import queue as ops
+
     a = get_app()
     _done(ops.hold(a.store, a.catalog, a.clock, item, current_operator(operator), reason,
                    option_instant("--until", until)), json_out)
@@ -190,6 +201,8 @@ def retry(item: ItemId, operator: Operator = None,
           json_out: Json = False) -> None:
     """Put a failed, held or needs-review item back in the queue. Safe: an item whose earlier
     attempt may have reached the platform is checked on the platform before any resend."""
+    from crisiscomms.services import queue as ops
+
     a = get_app()
     _done(ops.retry(a.store, a.catalog, a.clock, item, current_operator(operator), force),
           json_out)
@@ -199,6 +212,8 @@ def retry(item: ItemId, operator: Operator = None,
 def edit(item: ItemId, text: Annotated[str, typer.Option("--text", help="The new text.")],
          operator: Operator = None, json_out: Json = False) -> None:
     """Edit an item's text before it is approved or sent; the original is kept."""
+    from crisiscomms.services import queue as ops
+
     a = get_app()
     _done(ops.edit(a.store, a.catalog, a.clock, item, current_operator(operator), text),
           json_out)
@@ -214,6 +229,8 @@ def window_add(
     operator: Operator = None,
 ) -> None:
     """Add a live-event window: staffed hours extend over its span."""
+    from crisiscomms.services import windows
+
     a = get_app()
     start, end = option_instant("--from", from_), option_instant("--to", to)
     assert start is not None and end is not None
@@ -244,6 +261,8 @@ def window_remove(window: Annotated[int, typer.Argument(help="Window id.")],
                   reason: Annotated[str, typer.Option("--reason", help="Why.")] = "removed",
                   operator: Operator = None) -> None:
     """Remove a live-event window."""
+    from crisiscomms.services import windows
+
     a = get_app()
     windows.remove_window(a.store, a.catalog, a.clock, window, reason,
                           current_operator(operator))
@@ -257,6 +276,8 @@ def explain(item: ItemId,
                 "offset: the policy's time zone).")] = None,
             json_out: Json = False) -> None:
     """Print why an item is where it is and when it would go."""
+    from crisiscomms.services import queue as ops
+
     a = get_app()
     when_at = option_instant("--at", at) or a.clock.now()
     info = ops.explain(a.store, a.catalog, item, when_at)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from crisiscomms.bootstrap import run_watch
 from crisiscomms.cli.state import echo_json, get_app
 from crisiscomms.domain.clock import AtClock, parse_local_instant
 from crisiscomms.domain.errors import ConfigError, NotFoundError, RefusedError
@@ -24,6 +22,10 @@ def watch(
     json_out: Annotated[bool, typer.Option("--json", help="With --once: print JSON.")] = False,
 ) -> None:
     """Poll the official sources and dispatch to our channels until stopped (SIGTERM)."""
+    import asyncio
+
+    from crisiscomms.bootstrap import run_watch
+
     app = get_app()
     clock = app.clock
     if isinstance(clock, AtClock) and not clock.live_ok:
@@ -48,8 +50,6 @@ def watch(
             typer.echo(", ".join(f"{k} {v}" for k, v in data.items() if k != "source_errors"))
             for src, err in cycle.errors.items():
                 typer.echo(f"  source {src}: {err}")
-
-
 
 
 def _local_instant(option: str, text: str | None, tz: tzinfo) -> datetime | None:

@@ -1,4 +1,8 @@
-"""Global options and the lazily built application shared by the commands."""
+"""Global options and the lazily built application shared by the commands.
+
+Every command module imports this one, and ``crisiscomms --help`` imports every command
+module: what a command needs (settings, the store, the playbooks, logging) is imported when
+it first asks for it, never here (``tests/core/test_cli_imports.py`` holds this)."""
 
 from __future__ import annotations
 
@@ -6,18 +10,17 @@ import json
 import sys
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
-from crisiscomms import bootstrap
-from crisiscomms.bootstrap import App, build_app, make_clock
 from crisiscomms.domain.clock import SystemClock, is_naive, parse_local_instant, shown
 from crisiscomms.domain.errors import ConfigError
-from crisiscomms.domain.models import Operator
-from crisiscomms.logs import configure
-from crisiscomms.settings import Settings
+
+if TYPE_CHECKING:
+    from crisiscomms.bootstrap import App
+    from crisiscomms.domain.models import Operator
+    from crisiscomms.settings import Settings
 
 _app: App | None = None
 _overrides: dict[str, Any] = {}
@@ -55,6 +58,10 @@ def global_options(
 
 
 def settings() -> Settings:
+    from pydantic import ValidationError
+
+    from crisiscomms.settings import Settings
+
     kwargs = {k: v for k, v in _overrides.items() if not k.startswith("_")}
     try:
         return Settings(**kwargs)
@@ -68,6 +75,9 @@ def get_app() -> App:
     """Build the application once per command (settings, logging, clock)."""
     global _app
     if _app is None:
+        from crisiscomms.bootstrap import build_app, make_clock
+        from crisiscomms.logs import configure
+
         s = settings()
         configure(s.log_level, s.log_format, sys.stderr)
         app = build_app(s, clock=SystemClock())
@@ -93,8 +103,11 @@ def current_operator(requested: str | None) -> Operator:
     """Who is acting: the real OS user (``SUDO_USER`` from root only if the policy trusts it);
     ``--operator NAME`` naming someone else makes this a delegate acting for NAME, which the
     operator check allows only where policy ``delegates`` does."""
+    from crisiscomms.bootstrap import default_operator
+    from crisiscomms.domain.models import Operator
+
     policy = get_app().catalog.policy
-    user = bootstrap.default_operator(trust_sudo_user=policy.trust_sudo_user)
+    user = default_operator(trust_sudo_user=policy.trust_sudo_user)
     name = (requested or "").strip()
     if not name or name == user:
         return Operator(user)

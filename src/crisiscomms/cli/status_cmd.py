@@ -12,8 +12,6 @@ import typer
 from crisiscomms.cli.state import echo_json, get_app
 from crisiscomms.domain.clock import isoformat, shown
 from crisiscomms.domain.errors import ConfigError
-from crisiscomms.services.notices import status_data, status_lines
-from crisiscomms.services.reload import reload_states
 
 LIVE_SECONDS = 120  # a watcher heartbeats every 10 s; two minutes of silence means gone
 
@@ -23,6 +21,8 @@ def status(
 ) -> None:
     """Show the crisis flag, active incidents, queue counts and failing sources."""
     from crisiscomms.cli.incident_cmd import incident_json
+    from crisiscomms.services.notices import status_data, status_lines
+    from crisiscomms.services.reload import reload_states
 
     app = get_app()
     active = app.store.active_incidents()

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
-import structlog
-
 from crisiscomms.domain.clock import isoformat
 from crisiscomms.domain.config import Catalog, Playbook, normalise_hashtag
 from crisiscomms.domain.errors import ConfigError, NotFoundError, RefusedError
@@ -24,10 +22,11 @@ from crisiscomms.domain.models import (
     Operator,
     RecordedUpdate,
 )
+from crisiscomms.logs import get_logger
 from crisiscomms.ports import Clock, Store, UnitOfWork
 from crisiscomms.services.operators import audit_refusal, check_operator
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 def activate(store: Store, catalog: Catalog, clock: Clock, *, playbook: str,

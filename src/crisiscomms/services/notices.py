@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-import structlog
-
 from crisiscomms.domain.audit import ChainReport
 from crisiscomms.domain.clock import shown
 from crisiscomms.domain.config import Catalog
@@ -42,14 +40,15 @@ from crisiscomms.domain.models import (
     OutboxItem,
     WatcherInfo,
 )
+from crisiscomms.logs import get_logger
 from crisiscomms.ports import Store
-from crisiscomms.services.runloop import Chore, in_daemon_thread
 
 if TYPE_CHECKING:
-    from crisiscomms.services.runloop import RunLoop
+    # The run loop brings the watcher and the dispatcher: `status` reads this module.
+    from crisiscomms.services.runloop import Chore, RunLoop
     from crisiscomms.settings import NotifySettings
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 URGENT, HIGH, INFO = "urgent", "high", "info"
 _RANK = {URGENT: 0, HIGH: 1, INFO: 2}
@@ -369,6 +368,8 @@ class NoticeChore:
             self.state = NoticeState()
             self.restore(store, now)
             self.leader = True
+        from crisiscomms.services.runloop import in_daemon_thread
+
         notices = self.plan(store, catalog, now)
         for notice in notices:
             outcomes = await in_daemon_thread(functools.partial(

@@ -27,7 +27,6 @@ content): the actor of the events is the watcher's worker id, so ``status`` says
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -35,17 +34,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import structlog
-
 from crisiscomms.domain.config import Catalog
 from crisiscomms.domain.errors import ConfigError
 from crisiscomms.domain.models import NewAuditEvent, SourceKind, WatcherInfo
+from crisiscomms.logs import get_logger
 from crisiscomms.ports import Publisher, Source, Store
 
 if TYPE_CHECKING:
     from crisiscomms.services.runloop import RunLoop
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 LOADED = "playbooks.loaded"
 RELOADED = "playbooks.reloaded"
@@ -152,6 +150,8 @@ class PlaybooksReloader:
                 "policy_sha256": digests.get(POLICY_FILE, "")}
 
     async def run(self, loop: RunLoop, now: datetime) -> None:
+        import asyncio  # loaded by the running loop; not at import (`status` reads this module)
+
         if not self._recorded:
             self._audit(LOADED, now, "the watcher runs the playbooks in "
                         f"{self.folder.directory}", {"directory": str(self.folder.directory),

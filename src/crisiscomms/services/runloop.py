@@ -18,22 +18,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import signal
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-import structlog
-
 from crisiscomms.domain.errors import StoreError
 from crisiscomms.domain.models import WatcherInfo
+from crisiscomms.logs import get_logger
 from crisiscomms.ports import Clock, Store
 from crisiscomms.retry import backoff_delay
 from crisiscomms.services.dispatch import Dispatcher, DispatchStats
 from crisiscomms.services.watch import CycleStats, Watcher
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 HEARTBEAT_SECONDS = 10.0
 STOP_GRACE_SECONDS = 5.0  # how long a stop waits for the send in flight
@@ -230,3 +230,31 @@ class RunLoop:
                 await asyncio.wait_for(stop.wait(), timeout=wait)
         if stop.is_set():
             self.dispatcher.stop_requested.set()
+
+
+class StopEvent(asyncio.Event):
+    """The stop request, remembering the signal that made it (Ctrl-C exits 130)."""
+
+    signal: int | None = None
+
+    def stop_for(self, sig: int) -> None:
+        self.signal = sig
+        self.set()
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopEvent]:
+    """SIGTERM/SIGINT ask the loop to finish its current tick and exit cleanly."""
+    stop = StopEvent()
+    loop = asyncio.get_event_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.stop_for, sig)
+            installed.append(sig)
+    try:
+        yield stop
+    finally:
+        for sig in installed:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
