@@ -65,6 +65,16 @@ class PollingSettings(BaseModel):
     per_host: Annotated[int, Field(ge=1)] = 2
     failure_alert_after: Annotated[int, Field(ge=1)] = 5
     max_backoff_seconds: Annotated[float, Field(ge=1)] = 1800.0
+    # Adaptive polling of an active incident's sources (crisiscomms.domain.pacing): this often,
+    # unless a floor (the publisher's, the answer's max-age, a read budget) says later.
+    crisis_interval_seconds: Annotated[float, Field(ge=1)] = 5.0
+    # Publishers' documented floors by source kind, in a crisis: the Environment Agency's
+    # flood data changes at most every 15 minutes and its warnings service asks for no more
+    # than one request a minute; sources.yaml's min_interval_seconds adds to these.
+    crisis_floor_seconds: dict[str, float] = {"ea-floods": 60.0}
+    # The part of a platform's stated read budget that polling may spend (the rest is
+    # headroom for retries and anything else on the same app or address).
+    read_budget_share: Annotated[float, Field(gt=0, le=1)] = 0.8
 
 
 class DispatchSettings(BaseModel):

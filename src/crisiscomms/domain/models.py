@@ -306,6 +306,30 @@ class SourceState:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadBudget:
+    """One read-limit window as an answer stated it (X ``x-rate-limit-*``, Mastodon
+    ``X-RateLimit-*``): ``remaining`` requests until ``reset_at``."""
+
+    remaining: int
+    reset_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PollHints:
+    """What an answer said about when to ask again (read by ``domain.pacing``).
+
+    ``max_age_seconds``: how long it stays fresh (``Cache-Control: max-age`` less ``Age``, or
+    ``Expires`` less ``Date``; 0 for ``no-cache``/``no-store``); ``retry_after``: the server's
+    ``Retry-After``; ``budgets``: the read-limit windows it named; ``requests``: how many
+    requests the poll made (what one poll costs of each budget)."""
+
+    max_age_seconds: float | None = None
+    retry_after: datetime | None = None
+    budgets: tuple[ReadBudget, ...] = ()
+    requests: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class PollResult:
     """What one poll of a source returned."""
 
@@ -319,6 +343,8 @@ class PollResult:
     # Items the adapter refused to pass on (e.g. an X post whose author id is not pinned):
     # one line each, audited by the watcher the first time it sees them.
     refused: tuple[str, ...] = ()
+    # When to ask again, as the answer said (cache lifetime, Retry-After, read budgets).
+    hints: PollHints = field(default_factory=PollHints)
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,7 +91,7 @@ class BlueskySource:
                 accept="application/json", now=now,
             )
             if response.not_modified:
-                return not_modified_result(state)
+                return not_modified_result(state, response)
             data = decode_json(response.body, source_id=sid, what="author feed JSON")
             feed = data.get("feed") if isinstance(data, dict) else None
             if not isinstance(feed, list):
@@ -128,7 +128,7 @@ class BlueskySource:
             return PollResult(
                 updates=tuple(updates), etag=response.headers.get("etag"),
                 last_modified=response.headers.get("last-modified"), cursor=state.cursor,
-                extra=extra,
+                extra=extra, hints=response.hints,
             )
 
     def _update(self, post: dict[str, Any], now: datetime) -> Update | None:

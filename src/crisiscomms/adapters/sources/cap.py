@@ -124,10 +124,12 @@ class CapSource:
                 update = document_update(doc, self.config, now, doc_url=response.url)
                 return PollResult(updates=(update,), cursor=state.cursor,
                                   extra=record_move(state.extra, response),
-                                  etag=validators[0], last_modified=validators[1])
+                                  etag=validators[0], last_modified=validators[1],
+                                  hints=response.hints)
             parsed = await parse_feed(self._parser, self.config, response)
             result = await self._index(parsed.entries, state, now, validators, response.url)
-            return replace(result, extra=record_move(result.extra, response))
+            return replace(result, extra=record_move(result.extra, response),
+                           hints=response.hints)
 
     async def _index(
         self, entries: Sequence[FeedEntry], state: SourceState, now: datetime,

@@ -143,7 +143,7 @@ class EaFloodsSource:
             return PollResult(
                 updates=tuple(updates.values()), etag=response.headers.get("etag"),
                 last_modified=response.headers.get("last-modified"), cursor=state.cursor,
-                extra=record_move(state.extra, response),
+                extra=record_move(state.extra, response), hints=response.hints,
             )
 
     async def aclose(self) -> None:

@@ -53,6 +53,7 @@ from pydantic import SecretStr
 from crisiscomms.adapters.sources.base import SourceRateLimitedError
 from crisiscomms.domain.clock import parse_instant
 from crisiscomms.domain.errors import FeedTooLargeError, PermanentSourceError, TransientSourceError
+from crisiscomms.domain.models import PollHints, ReadBudget
 
 log = structlog.get_logger(__name__)
 
@@ -144,6 +145,8 @@ class FetchResponse:
     # Where a permanent redirect (301/308) at the start of the chain sent the request:
     # scheme, host and path only. ``None`` when the configured URL was not moved for good.
     moved_to: str | None = None
+    # When to ask again, as the answer said (cache lifetime, Retry-After, read budget).
+    hints: PollHints = field(default_factory=PollHints)
 
     @property
     def content_type(self) -> str:
@@ -262,6 +265,67 @@ def _retry_at(headers: Mapping[str, str], now: datetime | None) -> datetime | No
             return None
         return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
     return rate_limit_reset(headers)
+
+
+def _http_date(value: str) -> datetime | None:
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def _seconds(value: str) -> float | None:
+    value = value.strip().strip('"')
+    return float(min(int(value), 86_400)) if value.isdigit() else None
+
+
+def freshness(headers: Mapping[str, str], now: datetime | None) -> float | None:
+    """How many more seconds the answer stays fresh (RFC 9111 for a private cache):
+    ``Cache-Control: max-age`` less ``Age``, else ``Expires`` less ``Date`` (or ``now``); 0 for
+    ``no-cache``/``no-store``; ``None`` when the answer says nothing."""
+    directives: dict[str, str] = {}
+    for part in headers.get("cache-control", "").lower().split(","):
+        name, _, value = part.strip().partition("=")
+        if name:
+            directives[name] = value
+    if "no-store" in directives or "no-cache" in directives:
+        return 0.0
+    age = _seconds(headers.get("age", "")) or 0.0
+    max_age = _seconds(directives.get("max-age", ""))
+    if max_age is not None:
+        return max(0.0, max_age - age)
+    expires = headers.get("expires", "").strip()
+    if not expires:
+        return None
+    until = _http_date(expires)
+    base = _http_date(headers.get("date", "")) or now
+    if until is None or base is None:
+        return 0.0  # an invalid Expires means "already expired" (RFC 9111 5.3)
+    return max(0.0, min((until - base).total_seconds(), 86_400.0))
+
+
+def read_budgets(headers: Mapping[str, str]) -> tuple[ReadBudget, ...]:
+    """The read-limit window an answer names (``X-RateLimit-Remaining``/``-Reset``, as
+    Mastodon sends on every API answer), if any."""
+    remaining = headers.get("x-ratelimit-remaining", "").strip()
+    reset = rate_limit_reset(headers)
+    if not remaining.isdigit() or reset is None:
+        return ()
+    return (ReadBudget(int(remaining), reset),)
+
+
+def poll_hints(headers: Mapping[str, str], now: datetime | None, *,
+               requests: int = 1) -> PollHints:
+    """What an answer's headers say about when to ask again."""
+    retry = headers.get("retry-after", "").strip()
+    retry_at = None
+    if retry:
+        secs = _seconds(retry)
+        retry_at = (now + timedelta(seconds=secs) if secs is not None and now is not None
+                    else None if secs is not None else _http_date(retry))
+    return PollHints(max_age_seconds=freshness(headers, now), retry_after=retry_at,
+                     budgets=read_budgets(headers), requests=requests)
 
 
 def rate_limit_reset(headers: Mapping[str, str]) -> datetime | None:
@@ -473,7 +537,8 @@ class HttpFetcher:
             # new TCP (and TLS) handshake. A 2xx body is read to its end below.
             await self._drain(resp)
         if status == 304:
-            return FetchResponse(304, b"", headers, not_modified=True, url=str(resp.url))
+            return FetchResponse(304, b"", headers, not_modified=True, url=str(resp.url),
+                                 hints=poll_hints(headers, now))
         if status == 429 or (status == 503 and "retry-after" in headers):
             raise SourceRateLimitedError(
                 f"{source_id}: HTTP {status} from {where}",
@@ -491,7 +556,8 @@ class HttpFetcher:
                 source_id=source_id, error_class=f"http_{status}",
             )
         body = await self._read_capped(resp, source_id, max_bytes)
-        return FetchResponse(status, body, headers, url=str(resp.url))
+        return FetchResponse(status, body, headers, url=str(resp.url),
+                             hints=poll_hints(headers, now))
 
     @staticmethod
     async def _drain(resp: httpx.Response, limit: int = 64 * 1024) -> None:

@@ -32,7 +32,7 @@ the instance only (never across a redirect to another host). ``api_base`` overri
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -184,7 +184,7 @@ class MastodonSource:
             extra[ACCOUNT_ID_KEY] = account_id
             extra[ACCOUNT_FOR_KEY] = self.account_url
             if first.not_modified:
-                return not_modified_result(state)
+                return replace(not_modified_result(state), hints=first.hints)
             pages = [self._read(first)]
             cursor = state.cursor
             while state.cursor and self._more(pages[-1]) and len(pages) < MAX_PAGES:
@@ -203,6 +203,9 @@ class MastodonSource:
                 updates=tuple(updates), etag=first.headers.get("etag"),
                 last_modified=first.headers.get("last-modified"), cursor=cursor, extra=extra,
                 rate_limited_until=limited,
+                hints=replace(next((p.response.hints for p in reversed(pages)
+                                    if p.response is not None), first.hints),
+                              requests=len(pages)),
             )
 
     async def _page(

@@ -32,7 +32,14 @@ from crisiscomms.adapters.sources.parsing import FeedEntry, FeedParserPool, Pars
 from crisiscomms.adapters.sources.text import title_from_text
 from crisiscomms.domain.config import SourceConfig
 from crisiscomms.domain.errors import PermanentSourceError
-from crisiscomms.domain.models import CapInfo, PollResult, SourceKind, SourceState, Update
+from crisiscomms.domain.models import (
+    CapInfo,
+    PollHints,
+    PollResult,
+    SourceKind,
+    SourceState,
+    Update,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -104,6 +111,7 @@ def not_modified_result(state: SourceState,
     return PollResult(
         not_modified=True, etag=state.etag, last_modified=state.last_modified,
         cursor=state.cursor, extra=extra,
+        hints=response.hints if response is not None else PollHints(),
     )
 
 
@@ -192,6 +200,7 @@ class RssSource:
                 last_modified=response.headers.get("last-modified"),
                 cursor=state.cursor,
                 extra=record_move(state.extra, response),
+                hints=response.hints,
             )
 
     async def aclose(self) -> None:

@@ -78,7 +78,9 @@ from crisiscomms.domain.errors import PermanentSourceError, TransientSourceError
 from crisiscomms.domain.models import (
     NativeRef,
     Platform,
+    PollHints,
     PollResult,
+    ReadBudget,
     SourceKind,
     SourceState,
     Update,
@@ -176,6 +178,23 @@ def exhausted_until(headers: Mapping[str, str]) -> datetime | None:
         if headers.get(f"{window}-remaining", "").strip() == "0":
             until = _later(until, _epoch_to_utc(headers.get(f"{window}-reset")))
     return until
+
+
+def _windows(headers: Mapping[str, str]) -> list[ReadBudget | None]:
+    """Each limit window of ``LIMIT_WINDOWS`` as the answer states it (``None`` if not)."""
+    out: list[ReadBudget | None] = []
+    for window in LIMIT_WINDOWS:
+        remaining = headers.get(f"{window}-remaining", "").strip()
+        reset = _epoch_to_utc(headers.get(f"{window}-reset"))
+        out.append(ReadBudget(int(remaining), reset)
+                   if remaining.isdigit() and reset is not None else None)
+    return out
+
+
+def read_budgets(headers: Mapping[str, str]) -> tuple[ReadBudget, ...]:
+    """Every limit window an answer states (15 minutes, the app's and the user's 24 hours):
+    what adaptive polling spreads over the time to each reset."""
+    return tuple(b for b in _windows(headers) if b is not None)
 
 
 def _lower_headers(exc: tweepy.HTTPException) -> dict[str, str]:
@@ -381,6 +400,8 @@ class XSource:
             tweets: list[dict[str, Any]] = []
             limited_until: datetime | None = None
             complete = True
+            requests_made = 0
+            budgets: dict[str, ReadBudget] = {}
             for number, query in enumerate(self.queries):
                 token: str | None = None
                 pages = 0
@@ -396,6 +417,10 @@ class XSource:
                         window, token = self._by_time(state, now), None
                         continue
                     payload, headers = _payload(result)
+                    requests_made += 1
+                    for name, budget in zip(LIMIT_WINDOWS, _windows(headers), strict=True):
+                        if budget is not None:  # the latest answer's count is the truth
+                            budgets[name] = budget
                     tweets.extend(as_dict(t) for t in as_list(payload.get("data")))
                     token = as_str(as_dict(payload.get("meta")).get("next_token"), 500) or None
                     limited_until = _later(limited_until, exhausted_until(headers))
@@ -419,7 +444,9 @@ class XSource:
             if limited_until is not None:
                 extra[RATE_LIMIT_KEY] = limited_until.isoformat()
             return PollResult(updates=tuple(updates), cursor=cursor, extra=extra,
-                              rate_limited_until=limited_until, refused=tuple(refused))
+                              rate_limited_until=limited_until, refused=tuple(refused),
+                              hints=PollHints(budgets=tuple(budgets.values()),
+                                              requests=max(1, requests_made)))
 
     @staticmethod
     def _next_cursor(tweets: list[dict[str, Any]], window: _Window, previous: str | None,
