@@ -4,6 +4,17 @@
 one source's failure is recorded against that source only and backs it off, without delaying
 any other. Each source's updates, its new state and the outbox items they become are written
 in one transaction, so a crash can never separate "seen" from "queued".
+
+A lean loop: the sources' states are kept in memory between cycles and their due times in a
+heap (``services.schedule``), so a tick that finds nothing due costs one query (the active
+incidents) and no scan of every source. The store stays the truth: the claim returns each
+claimed row as stored (what the poll starts from), a source whose claim fails (another
+watcher polled it, or holds it) is read again, and every state is loaded afresh after a
+restart or a reload. Polls that found nothing new (the 304s) are written together, in one
+transaction per cycle, under the same fencing as one by one; a batch refused because one
+lease was taken over is written again one by one, so only that source's result is dropped.
+Sources of an active incident are paced by ``domain.pacing`` (about every 5 s, never faster
+than the publisher, the answer's max-age or the platform's read budget allow).
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import asyncio
 import contextlib
 import functools
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -41,8 +53,10 @@ from crisiscomms.domain.models import (
     SourceState,
     Update,
 )
+from crisiscomms.domain.pacing import next_poll
 from crisiscomms.ports import Source, Store, UnitOfWork
 from crisiscomms.retry import backoff_delay
+from crisiscomms.services.schedule import Schedule
 from crisiscomms.settings import PollingSettings
 
 log = structlog.get_logger(__name__)
@@ -106,6 +120,13 @@ class Watcher:
         self._running: dict[str, asyncio.Future[None]] = {}
         self._pending: tuple[Catalog, list[Source], set[str]] | None = None
         self._superseded: list[Source] = []  # built by a reload, replaced before they started
+        # The lean loop: states in memory (None: read them all from the store next cycle),
+        # due times in a heap, and the quiet polls' states waiting for the cycle's write.
+        self._states: dict[str, SourceState] | None = None
+        self._schedule = Schedule()
+        self._scheduled_for: tuple[frozenset[str], frozenset[str]] | None = None
+        self._unsaved: dict[str, tuple[Source, SourceState, datetime]] = {}
+        self._cycle_tasks: set[asyncio.Future[None]] = set()
 
     # -- following the playbooks ------------------------------------------------------
     def reconfigure(self, catalog: Catalog, added: Sequence[Source], dropped: set[str]) -> None:
@@ -136,6 +157,8 @@ class Watcher:
         gone = [s for s in self.sources if s.key in dropped]
         self.catalog = catalog
         self.sources = [*(s for s in self.sources if s.key not in dropped), *added]
+        self._states = None  # read every state afresh, and schedule the new sources
+
         log.info("watch.reconfigured", sources=[s.key for s in self.sources],
                  started=[s.key for s in added], stopped=sorted(dropped))
         for src in gone:
@@ -173,54 +196,185 @@ class Watcher:
             base = max(base, cfg.min_interval_seconds)  # a publisher's floor always holds
         return base
 
+    def _floor(self, source: Source) -> float:
+        """The publisher's floor in a crisis: ``min_interval_seconds`` and the kind's."""
+        floor = 0.0
+        for sid in source.source_ids:
+            cfg = self.catalog.sources.get(sid)
+            if cfg is not None:
+                floor = max(floor, float(cfg.min_interval_seconds),
+                            self.settings.crisis_floor_seconds.get(str(cfg.kind), 0.0))
+        return floor
+
+    def _crisis_interval(self, source: Source, incident_ids: set[str]) -> float:
+        """How soon a source of an incident may be polled again, before its answer says."""
+        return max(min(self.settings.crisis_interval_seconds,
+                       self._interval(source, incident_ids)), self._floor(source))
+
+    def _kind(self, source: Source) -> str:
+        cfg = next((c for sid in source.source_ids if (c := self.catalog.sources.get(sid))),
+                   None)
+        return str(cfg.kind) if cfg is not None else ""
+
+    # -- the schedule ---------------------------------------------------------------
+    def _due_time(self, src: Source, st: SourceState, now: datetime,
+                  incident_ids: set[str]) -> datetime:
+        """When ``src`` is due: its stored next poll, or sooner for a source newly in an
+        incident (the fast path: it does not wait out its long normal interval)."""
+        if st.next_poll_at is None:
+            return now
+        due = st.next_poll_at
+        if any(sid in incident_ids for sid in src.source_ids) and \
+                st.last_polled_at is not None and st.failures == 0 and \
+                not _respecting_reset(st, now):
+            due = min(due, st.last_polled_at
+                      + timedelta(seconds=self._crisis_interval(src, incident_ids)))
+        return due
+
+    def _reschedule(self, now: datetime, watched: set[str], incident_ids: set[str]) -> None:
+        """Every watched source's due time from its state (after a load, or when what is
+        watched or in an incident changed)."""
+        assert self._states is not None
+        self._schedule.clear()
+        for src in self.sources:
+            if src.key in self._running or src.key in self._unsaved or \
+                    not any(sid in watched for sid in src.source_ids):
+                continue
+            st = self._states.get(src.key) or SourceState(source_id=src.key)
+            self._schedule.set(src.key, self._due_time(src, st, now, incident_ids))
+        self._scheduled_for = (frozenset(watched), frozenset(incident_ids))
+
+    def _remember(self, src: Source, st: SourceState, now: datetime) -> None:
+        """Keep ``st`` as the source's state and schedule its next poll (if watched)."""
+        if self._states is None:
+            return  # everything is read afresh next cycle
+        self._states[src.key] = st
+        if self._scheduled_for is None:
+            return
+        watched, incident_ids = self._scheduled_for
+        if any(sid in watched for sid in src.source_ids):
+            self._schedule.set(src.key, self._due_time(src, st, now, set(incident_ids)))
+
+    def next_due_at(self) -> datetime | None:
+        """When the next poll is due (a loop may sleep until then)."""
+        return self._schedule.next_at()
+
     # -- one cycle ------------------------------------------------------------------
     async def poll_cycle(self, now: datetime, *, wait: bool = True) -> CycleStats:
-        """Poll every source that is due at ``now``; record each result as soon as it is in.
+        """Poll every source that is due at ``now``; record each result as soon as it is in
+        (the quiet ones together, when the cycle's polls are done or at the next cycle).
 
         With ``wait=False`` (the run loop) the polls go on in the background and the next
         cycle starts without them: a source still being polled is simply not due again, so
         one slow server delays nothing but itself. ``cancel_running()`` abandons them."""
         await self._apply_pending()
+        self.flush()  # the previous cycle's quiet polls, before anything is claimed again
         catalog = self.catalog  # one configuration for the whole cycle, each poll included
         incidents = self.store.active_incidents()
         watched = self.watched_ids(incidents)
         incident_ids = self.incident_source_ids(incidents)
-        states = {s.source_id: s for s in self.store.source_states()}
+        if self._states is None:
+            self._states = {s.source_id: s for s in self.store.source_states()}
+            self._scheduled_for = None
+        if self._scheduled_for != (frozenset(watched), frozenset(incident_ids)):
+            self._reschedule(now, watched, incident_ids)
+        by_key = {src.key: src for src in self.sources}
         due: list[tuple[Source, SourceState]] = []
-        for src in self.sources:
-            if src.key in self._running or not any(sid in watched for sid in src.source_ids):
+        for key in self._schedule.pop_due(now):
+            src = by_key.get(key)
+            if src is None or key in self._running or key in self._unsaved:
                 continue
-            st = states.get(src.key) or SourceState(source_id=src.key)
-            if st.next_poll_at is not None and st.next_poll_at > now and \
-                    not self._incident_fast_path(src, st, now, incident_ids):
-                continue
-            due.append((src, st))
+            due.append((src, self._states.get(key) or SourceState(source_id=key)))
         stats = CycleStats()
         if not due:
             return stats
         # Claim what is due: a source another watcher polls (or polled since we looked) is
-        # skipped, so each due source is polled by one watcher per interval.
+        # skipped, so each due source is polled by one watcher per interval; its row is read
+        # again (our copy was stale) and it is scheduled from that.
         with self.store.unit_of_work() as uow:
             claimed = uow.sources.claim({src.key: st for src, st in due}, owner=self.owner,
                                         now=now, lease=self.lease)
+            fresh = {src.key: uow.sources.get(src.key) for src, _ in due
+                     if src.key not in claimed}
             uow.commit()
+        for src, _ in due:
+            st = fresh.get(src.key)
+            if st is None:
+                continue
+            self._states[src.key] = st
+            when = self._due_time(src, st, now, incident_ids)
+            if st.lease_until is not None and st.lease_until > now:  # another is polling it
+                when = max(when, min(st.lease_until, now + timedelta(
+                    seconds=self._interval(src, incident_ids))))
+            self._schedule.set(src.key, when)
         due = [(src, claimed[src.key]) for src, _ in due if src.key in claimed]
         if not due:
             return stats
+        sharers = Counter(self._kind(src) for src, _ in due)
         tasks = []
         for src, st in due:
+            self._states[src.key] = st
             task = asyncio.ensure_future(self._poll_and_record(
-                src, st, now, self._interval(src, incident_ids), incidents, stats, catalog))
+                src, st, now, self._interval(src, incident_ids), incidents, stats, catalog,
+                in_crisis=any(sid in incident_ids for sid in src.source_ids),
+                sharers=sharers[self._kind(src)]))
             self._running[src.key] = task
             task.add_done_callback(functools.partial(self._finished, src.key))
             tasks.append(task)
         if wait:
             await asyncio.gather(*tasks)
+            self.flush()
+        else:
+            self._cycle_tasks.update(tasks)
+            for task in tasks:
+                task.add_done_callback(self._cycle_task_done)
         return stats
+
+    def _cycle_task_done(self, task: asyncio.Future[None]) -> None:
+        self._cycle_tasks.discard(task)
+        if not self._cycle_tasks and self._unsaved:
+            # The cycle's polls are all in: write their states now, not at the next tick.
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().call_soon(self._flush_quietly)
+
+    def _flush_quietly(self) -> None:
+        try:
+            self.flush()
+        except StoreError as exc:  # kept; written at the next cycle (which reports it)
+            log.warning("watch.store_unavailable", what="source states", error=str(exc))
+
+    def flush(self) -> None:
+        """Write the states of the polls that found nothing new, in one transaction. If one
+        lease was taken over meanwhile the batch is written again one by one, so only that
+        poll's result is dropped (and reported). A store failure keeps them for the next
+        call."""
+        if not self._unsaved:
+            return
+        batch = list(self._unsaved.values())
+        try:
+            with self.store.unit_of_work() as uow:
+                for _, new, _ in batch:
+                    uow.sources.save(new, owner=self.owner)
+                uow.commit()
+        except StaleWriteError:
+            for src, new, polled_at in batch:
+                try:
+                    with self.store.unit_of_work() as uow:
+                        uow.sources.save(new, owner=self.owner)
+                        uow.commit()
+                except StaleWriteError as exc:
+                    self._unsaved.pop(src.key, None)
+                    self._overtaken(src, exc, polled_at, CycleStats())
+                else:
+                    self._unsaved.pop(src.key, None)
+            return
+        for src, _, _ in batch:
+            self._unsaved.pop(src.key, None)
 
     async def _poll_and_record(self, src: Source, st: SourceState, now: datetime,
                                interval: float, incidents: Sequence[Incident],
-                               stats: CycleStats, catalog: Catalog) -> None:
+                               stats: CycleStats, catalog: Catalog, *,
+                               in_crisis: bool = False, sharers: int = 1) -> None:
         try:
             result = await self._poll(src, st, now)
         except asyncio.CancelledError:
@@ -230,6 +384,7 @@ class Watcher:
                     self.store.unit_of_work() as uow:
                 uow.sources.save(st, owner=self.owner)
                 uow.commit()
+            self._states = None  # what the store holds now is read again
             raise
         stats.polled += 1
         try:
@@ -237,7 +392,7 @@ class Watcher:
                 self._record_failure(src, st, result, now, stats)
             else:
                 self._record_success(src, st, result, now, interval, incidents, stats,
-                                     catalog)
+                                     catalog, in_crisis=in_crisis, sharers=sharers)
         except StaleWriteError as exc:
             self._overtaken(src, exc, now, stats)
 
@@ -254,6 +409,7 @@ class Watcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._flush_quietly()  # the polls that did finish give their leases back now
 
     def _overtaken(self, src: Source, exc: StaleWriteError, now: datetime,
                    stats: CycleStats) -> None:
@@ -264,7 +420,9 @@ class Watcher:
         with self.store.unit_of_work() as uow:
             uow.audit.append(NewAuditEvent(self.owner, "source.poll_overtaken",
                                            f"source:{src.key}", str(exc)[:300], now))
+            theirs = uow.sources.get(src.key)
             uow.commit()
+        self._remember(src, theirs, now)  # the other watcher's state is the truth
 
     async def _poll(self, src: Source, st: SourceState, now: datetime) -> PollResult | SourceError:
         deadline = self.settings.deadline_seconds
@@ -283,16 +441,6 @@ class Watcher:
             return SourceError(f"{src.key}: unexpected {type(exc).__name__}",
                                source_id=src.key, error_class="internal")
 
-    def _incident_fast_path(self, src: Source, st: SourceState, now: datetime,
-                            incident_ids: set[str]) -> bool:
-        """A source newly in an incident does not wait out its long normal interval (but a
-        failing or rate-limited one keeps its backoff)."""
-        return (any(sid in incident_ids for sid in src.source_ids)
-                and st.last_polled_at is not None and st.failures == 0
-                and not _respecting_reset(st, now)
-                and now - st.last_polled_at
-                >= timedelta(seconds=self._interval(src, incident_ids)))
-
     def _audit_refused(self, uow: UnitOfWork, src: Source, state: SourceState,
                        result: PollResult, now: datetime) -> None:
         """Audit each refused item once (e.g. an X post from an id that is not pinned)."""
@@ -307,9 +455,6 @@ class Watcher:
                                            f"source:{src.key}", what, now))
         state.extra[REFUSED_SEEN] = seen[-200:]
 
-    def _jitter(self) -> float:
-        return self.rng.uniform(0, self.settings.jitter_seconds)
-
     def _record_failure(self, src: Source, st: SourceState, exc: SourceError, now: datetime,
                         stats: CycleStats) -> None:
         failures = st.failures + 1
@@ -323,7 +468,8 @@ class Watcher:
             extra[NOT_BEFORE] = exc.retry_at.isoformat()
         new = replace(st, last_polled_at=now, next_poll_at=next_at, extra=extra,
                       failures=failures, last_error=str(exc)[:500],
-                      last_error_class=exc.error_class, error_count=st.error_count + 1)
+                      last_error_class=exc.error_class, error_count=st.error_count + 1,
+                      lease_owner=None, lease_until=None)
         with self.store.unit_of_work() as uow:
             uow.sources.save(new, owner=self.owner)
             if exc.error_class in REFUSALS and exc.error_class != st.last_error_class:
@@ -338,6 +484,7 @@ class Watcher:
                     f"{failures} consecutive failures; last: {exc.error_class}", now,
                     {"error": str(exc)[:300]}))
             uow.commit()
+        self._remember(src, new, now)
         stats.failed += 1
         stats.errors[src.key] = exc.error_class
         log.warning("source.failed", source=src.key, error_class=exc.error_class,
@@ -345,9 +492,14 @@ class Watcher:
 
     def _record_success(self, src: Source, st: SourceState, result: PollResult, now: datetime,
                         interval: float, incidents: Sequence[Incident],
-                        stats: CycleStats, catalog: Catalog | None = None) -> None:
+                        stats: CycleStats, catalog: Catalog | None = None, *,
+                        in_crisis: bool = False, sharers: int = 1) -> None:
         catalog = catalog or self.catalog
-        next_at = now + timedelta(seconds=interval + self._jitter())
+        spread = self.rng.random() if self.settings.jitter_seconds else 0.0
+        pace = next_poll(now, normal_interval=interval, in_crisis=in_crisis,
+                         floor_seconds=self._floor(src), hints=result.hints,
+                         settings=self.settings, jitter=spread, sharers=sharers)
+        next_at = pace.at
         extra = {k: v for k, v in {**st.extra, **result.extra}.items() if k != NOT_BEFORE}
         if result.rate_limited_until is not None:
             next_at = max(next_at, result.rate_limited_until)
@@ -358,8 +510,19 @@ class Watcher:
             last_modified=result.last_modified if result.last_modified is not None
             else st.last_modified,
             cursor=result.cursor if result.cursor is not None else st.cursor,
-            extra=extra, baseline_done=True)
+            extra=extra, baseline_done=True, lease_owner=None, lease_until=None)
         baseline = not st.baseline_done
+        quiet = (not result.updates and st.failures < self.settings.failure_alert_after
+                 and not result.refused)
+        if quiet:
+            # Nothing to record but the state: written with the cycle's others, in one
+            # transaction (``flush``); the source is not claimed again before then.
+            self._unsaved[src.key] = (src, new, now)
+            self._remember(src, new, now)
+            stats.not_modified += int(result.not_modified)
+            log.debug("source.polled", source=src.key, not_modified=result.not_modified,
+                      next_in_s=round(pace.interval, 1), pace=pace.reason)
+            return
         leads = all_lead_sources(catalog, incidents)
         ordered = sorted((u for u in result.updates
                           if u.source_id in src.source_ids and u.source_id in
@@ -387,6 +550,7 @@ class Watcher:
             # a crash can never separate "seen" from "queued".
             uow.sources.save(new, owner=self.owner)
             uow.commit()
+        self._remember(src, new, now)
         stats.queued += len(items)
         stats.new_updates += len(recorded)
         if result.not_modified or not result.updates:
