@@ -168,6 +168,23 @@ class OutboxRepository(Protocol):
         written. ``skip_locked`` refuses at once when another transaction holds the row (a
         claim). Returns the stored item (its version bumped)."""
 
+    def due_channels(self, now: datetime) -> builtins.list[str]:
+        """The channels that have pending items due at ``now`` (see ``next_due``), by name."""
+
+    def next_due(self, channel_id: str, *, now: datetime, after: OutboxItem | None = None,
+                 limit: int = 10) -> builtins.list[OutboxItem]:
+        """The next ``limit`` pending (queued, held, needs-approval) items of ``channel_id`` that
+        are due (no ``not_before`` after ``now``), in dispatch order, after ``after`` in it;
+        each is locked until the unit of work ends, so it can be decided and claimed in it.
+
+        Dispatch order is who gets a scarce quota first: the lead agency's items, then higher
+        CAP severity, then the source's publication time (none first), then id. Rows another
+        unit of work has locked are skipped, not waited for (PostgreSQL: one ``SELECT ... FOR
+        UPDATE SKIP LOCKED LIMIT k``; SQLite's writer lock and the memory store's lock
+        serialise units of work anyway), so concurrent dispatchers each get other items and
+        none decides an item that another is claiming. Versions and fencing tokens still guard
+        every ``save`` of what is returned."""
+
     def renew(self, item: OutboxItem, *, until: datetime) -> bool:
         """Extend the lease of an in-flight item while its holder is still sending; False if
         the lease was taken over meanwhile."""

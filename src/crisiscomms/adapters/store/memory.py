@@ -12,7 +12,7 @@ import json
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Self
 
@@ -47,6 +47,18 @@ from crisiscomms.domain.models import (
 from crisiscomms.ports import Clock
 
 IN_FLIGHT = (ItemState.LEASED, ItemState.SENDING)
+PENDING = (ItemState.QUEUED, ItemState.HELD, ItemState.NEEDS_APPROVAL)
+EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
+
+
+def _due(item: OutboxItem, now: datetime) -> bool:
+    return item.state in PENDING and (item.not_before is None or item.not_before <= now)
+
+
+def _dispatch_order(item: OutboxItem) -> tuple[int, int, datetime, int]:
+    """``OutboxRepository.next_due``'s order, as the SQL stores sort it."""
+    return (0 if item.is_lead else 1, -item.severity_rank, item.published_at or EARLIEST,
+            item.id)
 
 
 @dataclass
@@ -248,6 +260,19 @@ class MemOutbox(_Repo):
         self.t.outbox[before.id] = new
         self.t.events.setdefault(before.id, []).append(event)
         return new
+
+    def due_channels(self, now: datetime) -> builtins.list[str]:
+        return sorted({i.channel_id for i in self.t.outbox.values() if _due(i, now)})
+
+    def next_due(self, channel_id: str, *, now: datetime, after: OutboxItem | None = None,
+                 limit: int = 10) -> builtins.list[OutboxItem]:
+        # The unit of work holds the store's lock: nobody else can be claiming these.
+        due = sorted((i for i in self.t.outbox.values()
+                      if i.channel_id == channel_id and _due(i, now)), key=_dispatch_order)
+        if after is not None:
+            last = _dispatch_order(after)
+            due = [i for i in due if _dispatch_order(i) > last]
+        return due[:max(1, limit)]
 
     def renew(self, item: OutboxItem, *, until: datetime) -> bool:
         stored = self.t.outbox.get(item.id)

@@ -13,7 +13,7 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -98,6 +98,11 @@ ITEM_COLUMNS = ("state", "reason", "edited_text", "approved_by", "approved_at", 
                 "platform_post_id", "platform_url", "sent_at", "done_at", "out_of_hours",
                 "over_cap", "fence")
 _TIMES = {"approved_at", "not_before", "lease_until", "sent_at", "done_at"}
+_PENDING = "state IN ('queued','held','needs_approval')"
+_DUE = f"{_PENDING} AND (not_before IS NULL OR not_before <= ?)"
+# Dispatch order (``OutboxRepository.next_due``); a missing publication time sorts first.
+_ORDER = "CASE WHEN is_lead <> 0 THEN 0 ELSE 1 END, -severity_rank, COALESCE(published_at, ?), id"
+EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
 
 
 class SqlIncidents:
@@ -339,6 +344,26 @@ class SqlOutbox:
                 f"(version {before.version}, token {before.fence}); nothing was written")
         self._event(before.id, event)
         return replace(after, version=before.version + 1)
+
+    def due_channels(self, now: datetime) -> builtins.list[str]:
+        return [r["channel_id"] for r in self.tx.rows(
+            f"SELECT DISTINCT channel_id FROM outbox WHERE {_DUE} ORDER BY channel_id",
+            (self.ts(now),))]
+
+    def next_due(self, channel_id: str, *, now: datetime, after: OutboxItem | None = None,
+                 limit: int = 10) -> builtins.list[OutboxItem]:
+        earliest = self.ts(EARLIEST)
+        sql = f"SELECT * FROM outbox WHERE channel_id = ? AND {_DUE}"
+        params: builtins.list[Any] = [channel_id, self.ts(now)]
+        if after is not None:  # keyset: strictly after the last item seen, in the same order
+            sql += f" AND ({_ORDER}) > (?, ?, ?, ?)"
+            params += [earliest, 0 if after.is_lead else 1, -after.severity_rank,
+                       self.ts(after.published_at or EARLIEST), after.id]
+        # One statement picks and locks the next k rows nobody else holds: concurrent
+        # dispatchers never queue behind each other's rows nor decide the same item.
+        sql += f" ORDER BY {_ORDER} LIMIT {max(1, int(limit))} {self.tx.dialect.skip_locked}"
+        params.append(earliest)
+        return [item_from_row(r) for r in self.tx.rows(sql, params)]
 
     def renew(self, item: OutboxItem, *, until: datetime) -> bool:
         return bool(self.tx.run(
