@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from crisiscomms.domain.models import PollHints, PollResult, SourceState
+from crisiscomms.domain.models import PollHints, PollResult, ReadBudget, SourceState
 from crisiscomms.services import incidents
 from crisiscomms.services.watch import Watcher
 from crisiscomms.settings import PollingSettings
@@ -221,3 +221,19 @@ def test_a_quiet_poll_after_failures_is_recorded_with_its_recovery(world):
     cycle(w, now + timedelta(hours=1))
     assert states(world)["met-office-ee"].failures == 0
     assert world.store.audit_events(action_prefix="source.recovered")
+
+
+def test_x_sources_in_a_crisis_share_the_apps_read_budget(world):
+    """Three X sources polled together draw on one app budget: 40 requests left for 600 s,
+    0.8 of it for polling, a third each -> one poll every 56.25 s, not every 5 s."""
+    activate(world)
+    now = world.clock.now()
+    budget = PollHints(budgets=(ReadBudget(40, now + timedelta(seconds=600)),))
+    for key in ("essex-police-x", "eeast-x", "ecfrs-x"):
+        world.sources[key] = HintedSource(key, budget)  # type: ignore[assignment]
+    w = watcher(world)
+    cycle(w, now)
+    st = states(world)
+    for key in ("essex-police-x", "eeast-x", "ecfrs-x"):
+        assert st[key].next_poll_at == now + timedelta(seconds=56.25)
+    assert st["met-office-ee"].next_poll_at == now + timedelta(seconds=5)
