@@ -237,3 +237,59 @@ def test_x_sources_in_a_crisis_share_the_apps_read_budget(world):
     for key in ("essex-police-x", "eeast-x", "ecfrs-x"):
         assert st[key].next_poll_at == now + timedelta(seconds=56.25)
     assert st["met-office-ee"].next_poll_at == now + timedelta(seconds=5)
+
+
+class FailingOnce:
+    """The store, whose next unit of work fails (the database went away for a moment)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.fail = inner, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def unit_of_work(self) -> Any:
+        if self.fail:
+            self.fail = False
+            from crisiscomms.domain.errors import StoreError
+            raise StoreError("connection lost")
+        return self.inner.unit_of_work()
+
+
+@pytest.mark.parametrize("stage", ["claim", "record"])
+def test_a_store_failure_never_drops_a_source_from_the_schedule(world, stage):
+    activate(world)
+    flaky = FailingOnce(world.store)
+    w = watcher(world)
+    w.store = flaky  # type: ignore[assignment]
+    now = world.clock.now()
+    cycle(w, now)
+    later = now + timedelta(seconds=6)
+    world.sources["essex-police-x"].set_snapshot([update("essex-police-x", "1")])
+    if stage == "claim":
+        flaky.fail = True
+        from crisiscomms.domain.errors import StoreError
+        with pytest.raises(StoreError):
+            cycle(w, later)
+    else:  # the claim works, the poll's record fails (its task ends with the error)
+        real = flaky.unit_of_work
+        calls = {"n": 0}
+
+        def second_fails() -> Any:
+            calls["n"] += 1
+            flaky.fail = calls["n"] == 2
+            return real()
+        flaky.unit_of_work = second_fails  # type: ignore[method-assign]
+        from crisiscomms.domain.errors import StoreError
+        with pytest.raises(StoreError):  # it surfaces from the poll's task
+            cycle(w, later)
+        flaky.unit_of_work = real  # type: ignore[method-assign]
+    # Polled again once the store answers (after the lease it may still hold runs out).
+    polled = 0
+    t = later
+    for _ in range(80):
+        t += timedelta(seconds=2)
+        polled += cycle(w, t).new_updates
+        if polled:
+            break
+    assert polled == 1

@@ -282,7 +282,10 @@ class Watcher:
         due: list[tuple[Source, SourceState]] = []
         for key in self._schedule.pop_due(now):
             src = by_key.get(key)
-            if src is None or key in self._running or key in self._unsaved:
+            if src is None:
+                continue
+            if key in self._running or key in self._unsaved:
+                self._scheduled_for = None  # scheduled again from its state next cycle
                 continue
             due.append((src, self._states.get(key) or SourceState(source_id=key)))
         stats = CycleStats()
@@ -291,12 +294,16 @@ class Watcher:
         # Claim what is due: a source another watcher polls (or polled since we looked) is
         # skipped, so each due source is polled by one watcher per interval; its row is read
         # again (our copy was stale) and it is scheduled from that.
-        with self.store.unit_of_work() as uow:
-            claimed = uow.sources.claim({src.key: st for src, st in due}, owner=self.owner,
-                                        now=now, lease=self.lease)
-            fresh = {src.key: uow.sources.get(src.key) for src, _ in due
-                     if src.key not in claimed}
-            uow.commit()
+        try:
+            with self.store.unit_of_work() as uow:
+                claimed = uow.sources.claim({src.key: st for src, st in due},
+                                            owner=self.owner, now=now, lease=self.lease)
+                fresh = {src.key: uow.sources.get(src.key) for src, _ in due
+                         if src.key not in claimed}
+                uow.commit()
+        except BaseException:
+            self._scheduled_for = None  # the sources popped as due are scheduled again
+            raise
         for src, _ in due:
             st = fresh.get(src.key)
             if st is None:
@@ -398,6 +405,10 @@ class Watcher:
 
     def _finished(self, key: str, _task: asyncio.Future[None]) -> None:
         self._running.pop(key, None)
+        if key not in self._schedule and key not in self._unsaved:
+            # Nothing recorded (a store failure, a cancelled poll): scheduled again from its
+            # state at the next cycle, never forgotten.
+            self._scheduled_for = None
 
     def running(self) -> int:
         """How many polls are still in progress."""
