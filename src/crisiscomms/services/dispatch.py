@@ -8,6 +8,15 @@ carries a fencing token: a worker whose lease was taken over cannot publish, req
 item any more (the store refuses, and the refusal is logged and audited). The lease of a send is
 dated from the moment the send starts and renewed while the request is in flight, so a slow
 platform never lets a second worker take the item over from a live one.
+
+A tick sends on its channels at the same time (``crisiscomms.services.lanes``: a few daemon
+threads, one channel on one thread), so one slow platform does not delay the others; each
+channel's items still go one after another, in dispatch order, under that channel's rate-limit
+pause and ceilings. A channel's due items are decided a page at a time: one ``next_due`` query
+locks the next few rows nobody else is claiming, the policy decides each, and what may go is
+leased in the same unit of work, so several dispatchers drain one queue without trying each
+other's items. Claimed items wait under the channel's lease keeper until their turn; on stop,
+or after a 429, the unsent ones go back to the queue.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import contextlib
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -24,7 +34,7 @@ import structlog
 
 from crisiscomms.domain import outbox
 from crisiscomms.domain.clock import isoformat
-from crisiscomms.domain.config import Catalog
+from crisiscomms.domain.config import Catalog, ChannelConfig
 from crisiscomms.domain.errors import (
     OutcomeUnknownError,
     PermanentPublishError,
@@ -46,11 +56,11 @@ from crisiscomms.domain.models import (
     PublishResult,
     Update,
 )
-from crisiscomms.domain.outbox import PENDING
 from crisiscomms.domain.policy import decide
 from crisiscomms.domain.workcal import local, week_start
-from crisiscomms.ports import Clock, Publisher, Store
+from crisiscomms.ports import Clock, Publisher, Store, UnitOfWork
 from crisiscomms.retry import backoff_delay, call_with_retry
+from crisiscomms.services.lanes import MAX_LANES, LeaseKeeper, each_channel
 from crisiscomms.settings import DispatchSettings
 
 log = structlog.get_logger(__name__)
@@ -61,6 +71,11 @@ log = structlog.get_logger(__name__)
 # failed.
 LOOKUP_ATTEMPTS = 3  # a lookup answered 5xx is asked again at once, this many times in all
 SETTLE_MARGIN_S = 5.0
+# Items of one channel decided and claimed per unit of work (one ``next_due`` query). Small: a
+# worker that dies holds at most this many claimed, unsent items per channel until its lease
+# runs out (they then go back to the queue, nothing sent).
+PAGE_SIZE = 10
+MAX_PAGE_SIZE = 200  # a page where nothing may go grows up to this
 
 _STATE_FOR = {
     DecisionAction.HOLD: ItemState.HELD,
@@ -82,6 +97,13 @@ class DispatchStats:
     overtaken: int = 0  # writes refused because another worker took the item over
     decision_seconds: list[float] = field(default_factory=list)
 
+    def add(self, other: DispatchStats) -> None:
+        """Count ``other`` (one channel's part of the tick) in."""
+        for name in ("decided", "published", "held", "failed", "rate_limited", "recovered",
+                     "overtaken"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.decision_seconds.extend(other.decision_seconds)
+
 
 def channel_counters(store: Store, catalog: Catalog, channel_id: str,
                      now: datetime) -> ChannelCounters:
@@ -93,56 +115,49 @@ def channel_counters(store: Store, catalog: Catalog, channel_id: str,
                                  day_start=day_start)
 
 
-def sort_key(item: OutboxItem) -> tuple[int, int, str, int]:
-    """Lead agency first, then CAP severity, then age: who gets a scarce quota first."""
-    published = item.published_at.isoformat() if item.published_at else ""
-    return (0 if item.is_lead else 1, -item.severity_rank, published, item.id)
+def _bump(counters: ChannelCounters, item: OutboxItem, by: int) -> ChannelCounters:
+    """The counters once ``item`` is out (``by=1``), or after all not (``by=-1``)."""
+    normal = by * int(item.incident_id is None)
+    return replace(counters, week_count=counters.week_count + by,
+                   last_hour_count=counters.last_hour_count + by,
+                   normal_week_count=counters.normal_week_count + normal,
+                   normal_day_count=counters.normal_day_count + normal)
 
 
-class LeaseKeeper:
-    """Renews an in-flight item's lease while its request is out, from a background thread, so
-    only a worker that died or stalled loses it; says so if the lease was lost meanwhile."""
+@dataclass(frozen=True)
+class _Claimed:
+    """An item leased to this worker in a page's unit of work, and the post it answers."""
 
-    def __init__(self, store: Store, item: OutboxItem, lease: timedelta,
-                 now: Callable[[], datetime]) -> None:
-        self.store, self.item, self.lease, self.now = store, item, lease, now
-        self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name=f"lease-{item.id}")
+    item: OutboxItem
+    reply_to: str | None = None
 
-    def _run(self) -> None:
-        interval = max(0.05, self.lease.total_seconds() / 3)
-        while not self._stop.wait(interval):
-            try:
-                with self.store.unit_of_work() as uow:
-                    ok = uow.outbox.renew(self.item, until=self.now() + self.lease)
-                    uow.commit()
-            except StoreError as exc:
-                log.warning("outbox.lease_renew_failed", item=self.item.id, error=str(exc))
-                continue
-            if not ok:
-                self.lost = True
-                log.error("outbox.lease_lost", item=self.item.id, token=self.item.fence)
-                return
 
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
+@dataclass
+class _Lane:
+    """One channel's part of a tick: what it decides with, and its running counters."""
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    channel_id: str
+    now: datetime
+    incidents: Sequence[Incident]
+    windows: Sequence[LiveWindow]
+    stats: DispatchStats
+    channel: ChannelConfig | None = None
+    publisher: Publisher | None = None
+    problem: str | None = None
+    counters: ChannelCounters = field(default_factory=ChannelCounters)
 
 
 class Dispatcher:
-    """Decides and sends pending items, one channel at a time, each channel isolated."""
+    """Decides and sends pending items: the channels of a tick at the same time (up to
+    ``lanes`` of them), each channel's items one after another, each channel isolated.
+    ``lanes`` defaults to ``MAX_LANES``, or to 1 when ``sleep`` is injected (see below)."""
 
     def __init__(self, *, store: Store, catalog: Catalog,
                  publishers: Mapping[str, Publisher], settings: DispatchSettings,
                  worker_id: str, rng: random.Random | None = None,
                  sleep: Callable[[float], None] | None = None,
-                 measure: bool = False, clock: Clock | None = None) -> None:
+                 measure: bool = False, clock: Clock | None = None,
+                 page_size: int = PAGE_SIZE, lanes: int | None = None) -> None:
         self.store = store
         self.catalog = catalog
         self.publishers = dict(publishers)
@@ -152,8 +167,13 @@ class Dispatcher:
         self.sleep = sleep
         self.measure = measure
         self.clock = clock
+        self.page_size = page_size
+        # Channels sent on at once. A run that does not really wait (``sleep`` injected: a
+        # drill, a test) is a simulation: one lane keeps its writes in the same order run
+        # after run (a drill is compared row by row with its own rerun).
+        self.lanes = lanes if lanes is not None else MAX_LANES if sleep is None else 1
         self.lease = timedelta(seconds=settings.lease_seconds)
-        # Set on shutdown: the tick finishes the send in flight and starts no other.
+        # Set on shutdown: each channel finishes its send in flight and starts no other.
         self.stop_requested = threading.Event()
         self._problems: dict[str, str | None] = {}  # what the store says of each channel
         self._paused: dict[str, datetime] = {}  # rate-limit pauses this dispatcher was told of
@@ -198,7 +218,8 @@ class Dispatcher:
 
     # -- one tick -------------------------------------------------------------------
     def tick(self, now: datetime) -> DispatchStats:
-        """Recover expired leases, then decide and send every pending item once."""
+        """Recover expired leases, then decide every due pending item once and send what may
+        go: the channels at the same time, each channel's items in dispatch order."""
         stats = DispatchStats()
         self._apply_pending()  # a reloaded catalogue takes effect between ticks only
         if not self._problems:  # first tick: say which channels cannot post at all
@@ -208,26 +229,32 @@ class Dispatcher:
         with self.store.reader() as r:
             incidents = r.incidents.list()
             windows = r.windows.list()
-            pending = r.outbox.list(states=[str(s) for s in PENDING])
-        by_channel: dict[str, list[OutboxItem]] = {}
-        for item in pending:
-            by_channel.setdefault(item.channel_id, []).append(item)
-        for channel_id, items in by_channel.items():
-            if self.stop_requested.is_set():
-                break
-            try:
-                self._channel_tick(channel_id, sorted(items, key=sort_key), now, incidents,
-                                   windows, stats)
-            except StoreError:
-                raise
-            except Exception:
-                log.exception("channel.tick_failed", channel=channel_id)
+            channel_ids = r.outbox.due_channels(now)
+        lanes = {cid: _Lane(cid, now, incidents, windows, DispatchStats()) for cid in channel_ids}
+        try:
+            each_channel(channel_ids, lambda cid: self._channel_tick(lanes[cid]),
+                         stop=self.stop_requested, lanes=self.lanes)
+        finally:
+            for lane in lanes.values():
+                stats.add(lane.stats)
         return stats
 
     def counters(self, channel_id: str, now: datetime) -> ChannelCounters:
         return channel_counters(self.store, self.catalog, channel_id, now)
 
     # -- persisting transitions -------------------------------------------------------
+    def _record(self, uow: UnitOfWork, before: OutboxItem, after: OutboxItem, now: datetime,
+                reason: str, *, details: dict[str, object] | None = None,
+                audit: str | None = None,
+                audit_details: dict[str, object] | None = None) -> OutboxItem:
+        """One transition, its history line and (if named) its audit event, in ``uow``."""
+        saved = uow.outbox.save(before, after, ItemEvent(now, str(after.state), reason,
+                                                         self.worker_id, dict(details or {})))
+        if audit:
+            uow.audit.append(NewAuditEvent(self.worker_id, audit, f"item:{before.id}", reason,
+                                           now, dict(audit_details or {})))
+        return saved
+
     def _save(self, before: OutboxItem, after: OutboxItem, now: datetime, reason: str, *,
               details: dict[str, object] | None = None, audit: str | None = None,
               audit_details: dict[str, object] | None = None,
@@ -256,74 +283,161 @@ class Dispatcher:
                 {"token": item.fence, "channel": item.channel_id}))
             uow.commit()
 
-    def _decide(self, item: OutboxItem, state: ItemState, reason: str, now: datetime) -> None:
+    def _decide(self, uow: UnitOfWork, item: OutboxItem, state: ItemState, reason: str,
+                now: datetime) -> None:
         if item.state is state and item.reason == reason:
             return  # unchanged: nothing to record
         # The decision's "hold until" is not stored as the item's schedule: the policy decides
         # again on every tick, so a hold ends as soon as its cause does.
         with contextlib.suppress(StaleWriteError):  # changed meanwhile: decided next tick
-            self._save(item, outbox.decide(item, state, reason, now), now, reason)
+            self._record(uow, item, outbox.decide(item, state, reason, now), now, reason)
 
-    def _channel_tick(self, channel_id: str, items: Sequence[OutboxItem], now: datetime,
-                      incidents: Sequence[Incident], windows: Sequence[LiveWindow],
-                      stats: DispatchStats) -> None:
-        channel = self.catalog.channels.get(channel_id)
-        publisher = self.publishers.get(channel_id)
-        if channel is None or publisher is None:
-            for item in items:
-                self._decide(item, ItemState.HELD, f"channel {channel_id!r} is not configured",
-                             now)
-            return
-        problem = getattr(publisher, "unavailable", None)
-        self._channel_problem(channel_id, problem)
-        counters = self.counters(channel_id, now)
-        for item in items:
-            if self.stop_requested.is_set():
-                return
-            t0 = time.perf_counter() if self.measure else 0.0
-            decision = decide(item, channel, now, counters, self.catalog.policy, incidents,
-                              self.catalog.playbooks, windows)
-            if self.measure:
-                stats.decision_seconds.append(time.perf_counter() - t0)
-            stats.decided += 1
-            if decision.action is not DecisionAction.PUBLISH:
-                self._decide(item, _STATE_FOR[decision.action], decision.reason, now)
-                stats.held += decision.action is DecisionAction.HOLD
-                continue
-            if problem:
-                # The channel cannot post at all: fail loudly, send nothing; 'queue retry'
-                # sends it once the channel is fixed.
-                with contextlib.suppress(StaleWriteError):
-                    self._save(item, outbox.refuse(item, reason=str(problem), at=now), now,
-                               str(problem), audit="outbox.failed",
-                               audit_details={"channel": channel_id})
-                    stats.failed += 1
-                continue
-            reply_to: str | None = None
-            if item.reply_to_item is not None:
-                parent = self.store.get_item(item.reply_to_item)
-                if parent.state is not ItemState.PUBLISHED:
-                    self._wait_for_parent(item, parent, now)
-                    continue
-                reply_to = parent.platform_post_id
-            if item.update_id is not None:
-                with self.store.reader() as r:
-                    earlier = r.outbox.published_for(item.update_id, channel_id)
-                if earlier is not None:
-                    self._decide(item, ItemState.SKIPPED,
-                                 f"duplicate: update already relayed on {channel_id} as item "
-                                 f"{earlier.id}", now)
-                    continue
-            outcome = self._send(item, publisher, now, decision.out_of_hours,
-                                 decision.over_cap, stats, reply_to=reply_to)
-            if outcome == "published":
-                normal = int(item.incident_id is None)
-                counters = replace(counters, week_count=counters.week_count + 1,
-                                   last_hour_count=counters.last_hour_count + 1,
-                                   normal_week_count=counters.normal_week_count + normal,
-                                   normal_day_count=counters.normal_day_count + normal)
-            elif outcome == "rate_limited":
-                counters = self.counters(channel_id, now)  # carries the new paused_until
+    # -- one channel ------------------------------------------------------------------
+    def _channel_tick(self, lane: _Lane) -> None:
+        """Decide a channel's due items a page at a time and send each page's claimed items
+        one after another. A page is claimed with one query in the unit of work that decides
+        it (``next_due``: the rows another worker is claiming are skipped), so several
+        dispatchers share a queue without trying the same items."""
+        channel_id = lane.channel_id
+        lane.channel = self.catalog.channels.get(channel_id)
+        lane.publisher = self.publishers.get(channel_id)
+        if lane.channel is not None and lane.publisher is not None:
+            problem = getattr(lane.publisher, "unavailable", None)
+            self._channel_problem(channel_id, problem)
+            lane.problem = str(problem) if problem else None
+            lane.counters = self.counters(channel_id, lane.now)
+        keeper = LeaseKeeper(self.store, self.lease, lambda: self._now(lane.now),
+                             name=f"lease-{channel_id}")
+        with keeper:
+            after: OutboxItem | None = None
+            size = self.page_size
+            while not self.stop_requested.is_set():
+                claimed, last = self._claim_page(lane, after, size)
+                if last is None:
+                    return  # nothing more is due on this channel
+                after = last
+                # Pages of items that only stay held (out of hours, awaiting approval) grow:
+                # fewer units of work for what cannot go; a page that sends is small again.
+                size = self.page_size if claimed else min(2 * size, MAX_PAGE_SIZE)
+                for c in claimed:
+                    keeper.hold(c.item)
+                self._send_page(lane, claimed, keeper)
+
+    def _claim_page(self, lane: _Lane, after: OutboxItem | None, size: int,
+                    ) -> tuple[list[_Claimed], OutboxItem | None]:
+        """Decide the next page of due items in one unit of work: the policy's holds are
+        recorded, what may go is leased to this worker. Returns the claimed items and the last
+        item decided (None: nothing was due)."""
+        claimed: list[_Claimed] = []
+        updates: set[int] = set()
+        last: OutboxItem | None = None
+        with self.store.unit_of_work() as uow:
+            page = uow.outbox.next_due(lane.channel_id, now=lane.now, after=after, limit=size)
+            for item in page:
+                if len(claimed) >= self.page_size or \
+                        item.reply_to_item in {c.item.id for c in claimed} or \
+                        (item.update_id is not None and item.update_id in updates):
+                    # Enough claimed for one page; or it waits for an item of this page to go
+                    # out first: the next page begins with it.
+                    break
+                last = item
+                leased = self._claim_one(uow, lane, item, updates)
+                if leased is not None:
+                    claimed.append(leased)
+                    lane.counters = _bump(lane.counters, item, 1)
+            uow.commit()
+        return claimed, last
+
+    def _claim_one(self, uow: UnitOfWork, lane: _Lane, item: OutboxItem,
+                   updates: set[int]) -> _Claimed | None:
+        """The policy's decision on one due item, recorded in ``uow``; the item leased to
+        this worker if it may go out now."""
+        stats, now, channel_id = lane.stats, lane.now, lane.channel_id
+        stats.decided += 1
+        if lane.channel is None or lane.publisher is None:
+            self._decide(uow, item, ItemState.HELD, f"channel {channel_id!r} is not configured",
+                         now)
+            return None
+        t0 = time.perf_counter() if self.measure else 0.0
+        decision = decide(item, lane.channel, now, lane.counters, self.catalog.policy,
+                          lane.incidents, self.catalog.playbooks, lane.windows)
+        if self.measure:
+            stats.decision_seconds.append(time.perf_counter() - t0)
+        if decision.action is not DecisionAction.PUBLISH:
+            self._decide(uow, item, _STATE_FOR[decision.action], decision.reason, now)
+            stats.held += decision.action is DecisionAction.HOLD
+            return None
+        if lane.problem:
+            # The channel cannot post at all: fail loudly, send nothing; 'queue retry'
+            # sends it once the channel is fixed.
+            with contextlib.suppress(StaleWriteError):
+                self._record(uow, item, outbox.refuse(item, reason=lane.problem, at=now), now,
+                             lane.problem, audit="outbox.failed",
+                             audit_details={"channel": channel_id})
+                stats.failed += 1
+            return None
+        reply_to: str | None = None
+        if item.reply_to_item is not None:
+            parent = uow.outbox.get(item.reply_to_item)
+            if parent.state is not ItemState.PUBLISHED:
+                self._wait_for_parent(uow, item, parent, now)
+                return None
+            reply_to = parent.platform_post_id
+        if item.update_id is not None:
+            earlier = uow.outbox.published_for(item.update_id, channel_id)
+            if earlier is not None:
+                self._decide(uow, item, ItemState.SKIPPED,
+                             f"duplicate: update already relayed on {channel_id} as item "
+                             f"{earlier.id}", now)
+                return None
+            updates.add(item.update_id)
+        try:
+            # The lease runs from the claim itself, not from the start of a long tick.
+            until = self._now(now) + self.lease
+            leased = self._record(
+                uow, item, outbox.claim(item, owner=self.worker_id, until=until,
+                                        out_of_hours=decision.out_of_hours,
+                                        over_cap=decision.over_cap),
+                now, f"leased by {self.worker_id}")
+        except StaleWriteError:
+            return None  # changed under our lock: cannot be; decided again next tick
+        return _Claimed(leased, reply_to)
+
+    def _send_page(self, lane: _Lane, claimed: Sequence[_Claimed], keeper: LeaseKeeper) -> None:
+        """Send a page's claimed items in order. On stop, once the platform says wait, or if
+        the step fails, the ones not yet sent go back to the queue."""
+        todo = deque(claimed)
+        try:
+            while todo:
+                if self.stop_requested.is_set():
+                    self._give_back(todo, lane, keeper, "not sent: the dispatcher stopped")
+                    return
+                c = todo.popleft()
+                assert lane.publisher is not None
+                outcome = self._send(c.item, lane.publisher, lane.now, lane.stats, keeper,
+                                     reply_to=c.reply_to)
+                if outcome != "published":
+                    lane.counters = _bump(lane.counters, c.item, -1)
+                if outcome == "rate_limited":
+                    self._give_back(todo, lane, keeper,
+                                    "rate limited; waiting for the platform's reset",
+                                    not_before=self._paused.get(lane.channel_id))
+                    lane.counters = self.counters(lane.channel_id, lane.now)  # the new pause
+                    return
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._give_back(todo, lane, keeper, "not sent: the dispatch step failed")
+            raise
+
+    def _give_back(self, todo: deque[_Claimed], lane: _Lane, keeper: LeaseKeeper,
+                   reason: str, not_before: datetime | None = None) -> None:
+        """Claimed, never sent: back to the queue (nothing of them reached a platform)."""
+        t = self._now(lane.now)
+        while todo:
+            c = todo.popleft()
+            keeper.drop(c.item)
+            self._release(c.item, ItemState.QUEUED, t, lane.stats, reason,
+                          not_before=not_before)
 
     # -- sending ----------------------------------------------------------------------
     def _channel_problem(self, channel_id: str, problem: object) -> None:
@@ -338,26 +452,23 @@ class Dispatcher:
         if text:
             log.error("channel.broken", channel=channel_id, problem=text)
 
-    def _wait_for_parent(self, item: OutboxItem, parent: OutboxItem, now: datetime) -> None:
+    def _wait_for_parent(self, uow: UnitOfWork, item: OutboxItem, parent: OutboxItem,
+                         now: datetime) -> None:
         """A reply waits for the post it answers; if that never goes out, neither does it."""
         if parent.state in (ItemState.REJECTED, ItemState.SKIPPED, ItemState.FAILED):
-            self._decide(item, ItemState.SKIPPED,
+            self._decide(uow, item, ItemState.SKIPPED,
                          f"the alert it follows up (item {parent.id}) was not relayed on "
                          f"{item.channel_id} ({parent.state}): nothing to answer", now)
         else:
-            self._decide(item, ItemState.HELD,
+            self._decide(uow, item, ItemState.HELD,
                          f"waiting for item {parent.id} (the alert it follows up) to go out on "
                          f"{item.channel_id}, to reply to it", now)
 
-    def _send(self, item: OutboxItem, publisher: Publisher, now: datetime, out_of_hours: bool,
-              over_cap: bool, stats: DispatchStats, reply_to: str | None = None) -> str:
-        try:
-            claimed = self._save(
-                item, outbox.claim(item, owner=self.worker_id, until=now + self.lease,
-                                   out_of_hours=out_of_hours, over_cap=over_cap),
-                now, f"leased by {self.worker_id}", skip_locked=True)
-        except StaleWriteError:
-            return "taken"  # another worker (or an operator) got there first
+    def _send(self, claimed: OutboxItem, publisher: Publisher, now: datetime,
+              stats: DispatchStats, keeper: LeaseKeeper, reply_to: str | None = None) -> str:
+        """Send one claimed item: ``sending`` is committed first, the request goes out under
+        the channel's lease keeper, then the outcome is recorded (fenced)."""
+        item = claimed
         update = self._update(claimed)
         started = self._now(now)
         try:
@@ -365,6 +476,7 @@ class Dispatcher:
                                                             until=started + self.lease),
                                  started, "request sent")
         except StaleWriteError as exc:
+            keeper.drop(claimed)
             self._overtaken(claimed, exc, started, stats, "start of send")
             return "taken"
         outgoing = replace(sending, reply_to=reply_to)  # the thread it answers, if any
@@ -382,13 +494,16 @@ class Dispatcher:
                         channel_id=exc.channel_id, status=exc.status) from exc
                 raise
 
+        keeper.hold(sending)  # renewed while the request is out
         try:
-            with LeaseKeeper(self.store, sending, self.lease, lambda: self._now(started)):
+            try:
                 result = call_with_retry(
                     attempt,
                     what=f"publish:{item.channel_id}", retry_on=(TransientPublishError,),
                     attempts=3, initial_s=1.0, deadline_s=self.settings.send_deadline_seconds,
                     sleep=self.sleep)
+            finally:
+                keeper.drop(sending)  # from here on the outcome is written under the token
         except RateLimitedError as exc:
             t = self._now(now)
             reset = max(exc.reset_at, t + timedelta(seconds=1))
