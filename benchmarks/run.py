@@ -244,8 +244,8 @@ def amplify_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
          f"{r['updates']} updates x {runs[0]['channels']} channels per run; relayed posts "
          f"{', '.join(str(x) for x in r['relayed_posts'])} "
          f"({', '.join(str(x) for x in r['relayed_updates'])} updates; the policy picks the "
-         "channels); polled every "
-         f"{runs[0]['poll_interval_s']:g} s in a crisis", "", ""),
+         "channels); default polling settings (incident_interval_seconds "
+         f"{runs[0]['poll_interval_s']:g}; the watcher's pacing decides)", "", ""),
         ("TTA polled p50 (min/med/max)", _mmm(polled["p50"], 1, "s"), "", ""),
         ("TTA polled p95 (min/med/max)", _mmm(polled["p95"], 1, "s"), "<= 8 s",
          _verdict(_ok_max(polled["p95"], 8.0))),
