@@ -76,7 +76,8 @@ class FaultsAndLog:
             if logged:
                 return
             logged = True
-            note = f"accept_then_timeout:{status}" if roll.hang else (
+            hung = roll.hang and 200 <= status < 300
+            note = f"accept_then_timeout:{status}" if hung else (
                 f"accept_then_5xx:{status}" if roll.accept_5xx and note_fault[0] else (
                     "slow_accept" if roll.slow_accept else ""))
             quota_key, reset_at = str(state.get("quota_key", "")), state.get("reset_at")
@@ -85,7 +86,7 @@ class FaultsAndLog:
                     at,
                     method,
                     path,
-                    0 if roll.hang else status,
+                    0 if hung else status,
                     platform,
                     quota_key,
                     reset_at,
@@ -94,6 +95,7 @@ class FaultsAndLog:
             )
 
         replaced = False  # accepted (2xx), then answered 5xx instead
+        hang = [False]  # accepted (2xx), then the connection hangs and drops
 
         async def capture(message: Message) -> None:
             nonlocal replaced
@@ -102,12 +104,13 @@ class FaultsAndLog:
                 # Only a post the platform accepted can be "accepted, then 5xx"; a refusal
                 # (a 429, a 400) is answered as it is.
                 replaced = roll.accept_5xx and 200 <= status < 300
+                hang[0] = roll.hang and 200 <= status < 300
                 if roll.accept_5xx and not replaced:
                     note_fault[0] = ""
                 record(status)
             if replaced:
                 return  # the real answer is replaced by a 5xx below
-            if not roll.hang:
+            if not hang[0]:
                 await send(message)
 
         try:
@@ -119,7 +122,7 @@ class FaultsAndLog:
             log.info("simulator.fault", fault="accept_then_5xx", path=path)
             await _send_error(send, world.faults.status_5xx)
             return
-        if roll.hang:
+        if hang[0]:
             log.info("simulator.fault", fault="accept_then_timeout", path=path)
             for _ in range(int(world.faults.hang_seconds / _HANG_STEP)):
                 if self.holder.state.stopping.is_set():
