@@ -58,8 +58,9 @@ HELP_ALSO_WITHOUT = (
     "crisiscomms.domain.config", "crisiscomms.domain.models", "crisiscomms.services",
 )
 # status and queue list do not compose posts (the post text rules bring `regex`).
-READS_ALSO_WITHOUT = ("regex", "crisiscomms.domain.posttext", "crisiscomms.domain.matching",
-                      "crisiscomms.services.queue", "crisiscomms.services.incidents")
+READS_ALSO_WITHOUT = ("regex", "structlog", "crisiscomms.domain.posttext",
+                      "crisiscomms.domain.matching", "crisiscomms.services.queue",
+                      "crisiscomms.services.incidents")
 
 
 def imported(args: list[str], tmp_path: Path) -> dict[str, str]:

@@ -16,17 +16,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from crisiscomms.adapters.store import migrations as schema
 from crisiscomms.adapters.store.queries import StoreQueries
 from crisiscomms.adapters.store.records import ts
 from crisiscomms.adapters.store.sql import Dialect, Row, SqlUnitOfWork
 from crisiscomms.domain.clock import SystemClock
 from crisiscomms.domain.errors import StoreCorruptError, StoreError, StoreLockedError
+from crisiscomms.logs import get_logger
 from crisiscomms.ports import Clock
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
 DIALECT = Dialect(name="sqlite", ts=ts, for_update="", skip_locked="")
