@@ -420,7 +420,7 @@ class Dispatcher:
                     lane.counters = _bump(lane.counters, c.item, -1)
                 if outcome == "rate_limited":
                     self._give_back(todo, lane, keeper,
-                                    "rate limited; waiting for the platform's reset",
+                                    self._rate_limited_reason(lane.channel_id),
                                     not_before=self._paused.get(lane.channel_id))
                     lane.counters = self.counters(lane.channel_id, lane.now)  # the new pause
                     return
@@ -509,7 +509,7 @@ class Dispatcher:
             reset = max(exc.reset_at, t + timedelta(seconds=1))
             self._pause(item.channel_id, reset, t, f"429 from {item.channel_id}")
             self._release(sending, ItemState.QUEUED, t, stats,
-                          "rate limited; waiting for the platform's reset", error=str(exc)[:300],
+                          self._rate_limited_reason(item.channel_id), error=str(exc)[:300],
                           not_before=reset)
             stats.rate_limited += 1
             log.warning("channel.rate_limited", channel=item.channel_id, until=reset.isoformat())
@@ -570,6 +570,15 @@ class Dispatcher:
             self._overtaken(item, exc, now, stats, f"release to {state}")
             return False
         return True
+
+    def _rate_limited_reason(self, channel_id: str) -> str:
+        """Why an item waits for a platform's reset, and until when (the policy's zone)."""
+        until = self._paused.get(channel_id)
+        if until is None:
+            return "rate limited; waiting for the platform's reset"
+        wall = local(until, self.catalog.policy)
+        return (f"rate limited by {channel_id} until {wall:%H:%M} "
+                f"{self.catalog.policy.timezone}")
 
     def _pause(self, channel_id: str, until: datetime, now: datetime, reason: str) -> None:
         """Record a platform rate-limit pause; no request may go before ``until``."""
