@@ -209,3 +209,29 @@ def test_watch_with_at_is_refused_on_a_database_a_stopped_service_uses(cli, home
     store.close()
     r = cli("--at", "2026-11-30T09:00:00Z", "watch", "--once", "--dry-run")
     assert r.code == 3 and "--at-on-live-database" in r.err, (r.code, r.err)
+
+
+def test_status_says_which_watchers_page_and_warns_when_none_can(cli, home):
+    from crisiscomms.adapters.store import open_store
+    from crisiscomms.domain.clock import SystemClock
+    from crisiscomms.domain.models import WatcherInfo
+
+    assert cli("status").code == 0
+    store = open_store(f"sqlite:///{home / 'crisiscomms.db'}")
+    now = SystemClock().now()
+    with store.unit_of_work() as uow:
+        uow.watchers.heartbeat(WatcherInfo("alice-shell:7", "desk", 7, now, now, pages=False))
+        uow.commit()
+    r = cli("status")
+    assert "desk pid 7" in r.out and "cannot page" in r.out
+    assert "no live watcher can page the on-call team" in r.out
+    with store.unit_of_work() as uow:
+        uow.watchers.heartbeat(WatcherInfo("relay:1", "relay", 1, now, now, pages=True))
+        uow.commit()
+    store.close()
+    r = cli("status")
+    assert "relay pid 1" in r.out and "pages the on-call team" in r.out
+    assert "no live watcher can page" not in r.out
+    data = json.loads(cli("status", "--json").out)
+    assert {w["worker"]: w["pages"] for w in data["watchers"]} == {"alice-shell:7": False,
+                                                                   "relay:1": True}

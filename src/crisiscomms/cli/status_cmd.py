@@ -42,7 +42,8 @@ def status(
     now = app.clock.now()
     watchers = [{"worker": w.worker_id, "host": w.host, "pid": w.pid,
                  "started_at": isoformat(w.started_at), "last_seen_at": isoformat(w.last_seen_at),
-                 "live": (now - w.last_seen_at).total_seconds() <= LIVE_SECONDS}
+                 "live": (now - w.last_seen_at).total_seconds() <= LIVE_SECONDS,
+                 "pages": w.pages}
                 for w in app.store.watchers()]
     live_watchers = [w for w in app.store.watchers()
                      if (now - w.last_seen_at).total_seconds() <= LIVE_SECONDS]
@@ -88,7 +89,12 @@ def status(
                                                 " (none seen in the last 2 minutes)"))
     for w in live:
         seen = next(x.last_seen_at for x in live_watchers if x.worker_id == w["worker"])
-        typer.echo(f"  {w['host']} pid {w['pid']}  last heartbeat {shown(seen, tz, seconds=True)}")
+        pages = "pages the on-call team" if w["pages"] else "cannot page"
+        typer.echo(f"  {w['host']} pid {w['pid']}  last heartbeat "
+                   f"{shown(seen, tz, seconds=True)}  ({pages})")
+    if live and not any(w["pages"] for w in live):
+        typer.echo("  WARNING: no live watcher can page the on-call team (the service needs "
+                   "CRISISCOMMS_NOTIFY_URLS; check 'crisiscomms notify test')")
     for i in active:
         typer.echo(f"  incident {i.id}: {i.playbook}  lead {i.lead}  {' '.join(i.hashtags)}")
         typer.echo(f"    since {shown(i.activated_at, tz)} by {i.activated_by}: {i.reason}")
