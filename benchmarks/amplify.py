@@ -58,7 +58,13 @@ def run_once(updates: int, seed: int, timeout: float,
     from crisiscomms.domain.clock import SystemClock, parse_instant
     from crisiscomms.domain.models import SourceKind
     from crisiscomms.drill.practice import practice_playbooks
-    from crisiscomms.drill.runner import SIM_KIND, drill_catalog, drill_credentials, sim_source_id
+    from crisiscomms.drill.runner import (
+        SIM_KIND,
+        add_x_accounts,
+        drill_catalog,
+        drill_credentials,
+        sim_source_id,
+    )
     from crisiscomms.drill.scenario import load_scenario
     from crisiscomms.services import incidents
     from crisiscomms.settings import PollingSettings, Settings
@@ -75,11 +81,7 @@ def run_once(updates: int, seed: int, timeout: float,
         base = load_catalog(playbooks_dir)
         clock = SystemClock()
         world = World(clock)
-        for sid, s in base.sources.items():
-            if s.kind is SourceKind.X:
-                uid = scenario.pin_x_ids.get(sid) or s.x_user_id
-                if uid:
-                    world.add_x_user(uid, s.handle or sid)
+        add_x_accounts(world, base, scenario.pin_x_ids)
         accepted: dict[str, datetime] = {}
         last_accept = [time.monotonic()]
 

@@ -23,7 +23,13 @@ from crisiscomms.bootstrap import App, run_watch
 from crisiscomms.domain.clock import SystemClock
 from crisiscomms.domain.errors import ConfigError
 from crisiscomms.domain.models import SourceKind
-from crisiscomms.drill.runner import SIM_KIND, drill_catalog, drill_credentials, sim_source_id
+from crisiscomms.drill.runner import (
+    SIM_KIND,
+    add_x_accounts,
+    drill_catalog,
+    drill_credentials,
+    sim_source_id,
+)
 from crisiscomms.drill.scenario import load_scenario
 from crisiscomms.settings import DispatchSettings, PollingSettings, Settings
 from crisiscomms.simulator import World, serve
@@ -85,11 +91,7 @@ def run_practice(scenario_path: Path, home: Path, *, every_seconds: float = 20.0
     base = load_catalog(playbooks_dir)
     clock = SystemClock()
     world = World(clock)
-    for sid, s in base.sources.items():
-        if s.kind is SourceKind.X:
-            uid = scenario.pin_x_ids.get(sid) or s.x_user_id
-            if uid:
-                world.add_x_user(uid, s.handle or sid)
+    add_x_accounts(world, base, scenario.pin_x_ids)
     with serve(world, port=port) as sim:
         catalog = drill_catalog(base, scenario, sim, scenario_path)
         start = clock.now()

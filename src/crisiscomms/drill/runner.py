@@ -127,6 +127,15 @@ def drill_catalog(base: Catalog, scenario: Scenario, sim: Any, path: Path) -> Ca
     return replace(base, sources=out, channels=channels, playbooks=playbooks)
 
 
+def add_x_accounts(world: World, catalog: Catalog, pins: dict[str, str]) -> None:
+    """The simulator's X accounts for the catalogue's X sources (the scenario's pinned ids)."""
+    for sid, s in catalog.sources.items():
+        if s.kind is SourceKind.X:
+            uid = pins.get(sid) or s.x_user_id
+            if uid:
+                world.add_x_user(uid, s.handle or sid)
+
+
 def drill_credentials(catalog: Catalog, x_me_id: str) -> MappingCredentials:
     """Drill credentials for every channel (the simulator accepts any), passed to the app, never
     written into the environment."""
@@ -164,11 +173,7 @@ class Drill:
         for sid in self.scenario.pin_x_ids:
             if sid not in base.sources:
                 raise ConfigError(f"{self.path}: pin_x_ids.{sid}: unknown source id")
-        for sid, s in base.sources.items():
-            if s.kind is SourceKind.X:
-                uid = self.scenario.pin_x_ids.get(sid) or s.x_user_id
-                if uid:
-                    self.world.add_x_user(uid, s.handle or sid)
+        add_x_accounts(self.world, base, self.scenario.pin_x_ids)
         with serve(self.world) as sim:
             catalog = drill_catalog(base, self.scenario, sim, self.path)
             self._check_events(catalog)
