@@ -322,3 +322,11 @@ def test_parse_expected_head():
     for bad in ("12:xyz", "x:" + h, "abc"):
         with pytest.raises(ValueError):
             parse_expected_head(bad)
+
+
+def test_the_genesis_head_is_witnessed_by_every_chain() -> None:
+    """``0:000…`` (a new, empty trail's head) is in every chain: its first link points at it."""
+    from crisiscomms.domain.audit import GENESIS, verify_chain
+
+    report = verify_chain([], (0, GENESIS), expect_head=(0, GENESIS))
+    assert report.ok, report.problem

@@ -187,7 +187,9 @@ def verify_chain(links: Iterable[StoredLink], head: tuple[int, str] | None, *,
     old_after_new: list[int] = []
     old_tail = 0
     last_wall: datetime | None = None
-    witnessed = expect_head is None
+    # The genesis (a new, empty trail's head) is in every chain: the first link points at it.
+    witnessed = expect_head is None or (expect_head[1] == GENESIS
+                                        and expect_head[0] in (None, 0))
 
     def broken(problem: str, bad: int | None) -> ChainReport:
         return ChainReport(False, count, prev, problem, bad, unchecked, legacy, keyed,
