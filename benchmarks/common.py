@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -241,3 +242,14 @@ def proc_tree_cpu_seconds(root: int) -> float:
             continue
         total += sum(int(f) for f in fields[11:15]) / _CLK_TCK
     return total
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """Stop a benchmarked ``crisiscomms watch`` as the service manager would: SIGTERM, then
+    SIGKILL if it has not exited within 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from benchmarks.common import (
     children_cpu_seconds,
     feed_server,
     proc_tree_cpu_seconds,
+    stop_process,
     summary,
     write_result,
 )
@@ -204,12 +204,7 @@ def run(feeds: int, runs: int, interval: float, *, install: bool = True) -> dict
                 window = time.perf_counter() - t0
                 loop_cpu.append((proc_tree_cpu_seconds(proc.pid) - c0) / window * interval)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_process(proc)
             log.close()
         served = server.control("stats")
         # Sanity: feed2toot really posts to the fake Mastodon when something is new.

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from benchmarks.common import (
     children_cpu_seconds,
     feed_server,
     proc_tree_cpu_seconds,
+    stop_process,
     summary,
     write_result,
 )
@@ -129,12 +129,7 @@ def watch_loop_once(feeds: int, cycles: int, interval: float,
             if proc.poll() is not None:
                 raise RuntimeError(f"crisiscomms watch exited {proc.returncode}")
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_process(proc)
             log.close()
     window = t1 - t0
     polls = polls1 - polls0
