@@ -34,18 +34,20 @@ def status(
          "moved_to": s.extra.get("moved_to") or None}
         for s in app.store.source_states()
     ]
+    channel_states = app.store.channel_states()
     channels = {k: {"paused_until": isoformat(v.paused_until) if v.paused_until else None,
                     "last_error": v.last_error, "rate_limit_waits": v.rate_limit_waits,
                     "rate_limit_wait_seconds": v.rate_limit_wait_seconds,
                     "problem": v.problem}
-                for k, v in app.store.channel_states().items()}
+                for k, v in channel_states.items()}
     now = app.clock.now()
+    registered = app.store.watchers()
     watchers = [{"worker": w.worker_id, "host": w.host, "pid": w.pid,
                  "started_at": isoformat(w.started_at), "last_seen_at": isoformat(w.last_seen_at),
                  "live": (now - w.last_seen_at).total_seconds() <= LIVE_SECONDS,
                  "pages": w.pages}
-                for w in app.store.watchers()]
-    live_watchers = [w for w in app.store.watchers()
+                for w in registered]
+    live_watchers = [w for w in registered
                      if (now - w.last_seen_at).total_seconds() <= LIVE_SECONDS]
     states = reload_states(app.store, live_watchers)
     reloads = [{"worker": r.worker, "loaded_at": isoformat(r.loaded_at),
@@ -108,7 +110,7 @@ def status(
         if s["moved_to"]:
             typer.echo(f"  source {s['source']} moved permanently to {s['moved_to']} "
                        "(still read through the redirect; update its url in sources.yaml)")
-    for cid, ch in app.store.channel_states().items():
+    for cid, ch in channel_states.items():
         if ch.problem:
             typer.echo(f"  channel {cid} broken: {ch.problem}")
         if ch.paused_until and ch.paused_until > now:
