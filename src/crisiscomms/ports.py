@@ -34,6 +34,7 @@ from crisiscomms.domain.models import (
     AuditEvent,
     ChannelCounters,
     ChannelState,
+    Doorbell,
     Incident,
     ItemEvent,
     LiveWindow,
@@ -42,6 +43,7 @@ from crisiscomms.domain.models import (
     OutboxItem,
     PollResult,
     PublishResult,
+    PushStatus,
     SourceState,
     Update,
     WatcherInfo,
@@ -70,6 +72,34 @@ class Source(Protocol):
     async def poll(self, state: SourceState, now: datetime) -> PollResult: ...
 
     async def aclose(self) -> None: ...
+
+
+class Ring(Protocol):
+    """What a push listener calls with its news (the watcher's ``ring``; never blocks)."""
+
+    def __call__(self, bell: Doorbell, /) -> None: ...
+
+
+@runtime_checkable
+class PushListener(Protocol):
+    """A push connection (a streaming API, a WebSub subscription) beside polling.
+
+    Push is a doorbell, never a second copy of the update: ``run`` calls ``ring`` with the
+    catalogue ids of the sources an event belongs to and the watcher polls them at once through
+    their ordinary ``Source``. After every (re)connection ``run`` rings all its sources with
+    ``reason="connected"``, so whatever was published while it was away is read by polling:
+    nothing is missed, nothing doubled. ``run`` goes on until cancelled, reconnecting with
+    backoff; it raises nothing but ``CancelledError``. Polling goes on beside it as the
+    fallback, at the source's ordinary interval.
+    """
+
+    key: str
+    kind: str
+    source_ids: tuple[str, ...]
+
+    async def run(self, ring: Ring) -> None: ...
+
+    def status(self) -> PushStatus: ...
 
 
 @runtime_checkable

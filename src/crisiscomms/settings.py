@@ -110,6 +110,35 @@ class NotifySettings(BaseModel):
     source_failures: Annotated[int, Field(ge=1)] | None = None
 
 
+class PushSettings(BaseModel):
+    """Push connections beside polling (``crisiscomms.adapters.sources.push``). Push only
+    rings the watcher's doorbell: the source is then polled at once; polling stays the
+    fallback and the catch-up after any gap."""
+
+    enabled: bool = True
+    # Mastodon streaming: the instance of the reader account whose home timeline follows the
+    # Mastodon source accounts (its token: CRISISCOMMS_MASTODON_STREAM_TOKEN, a secret).
+    # Unset: Mastodon sources are polled only.
+    mastodon_stream_base: str | None = None
+    # Bluesky Jetstream (no account needed): the public instance by default; "" turns it off.
+    jetstream_url: str | None = "wss://jetstream2.us-east.bsky.network/subscribe"
+    # WebSub (optional): a public https URL the feeds' hubs can reach, routed to
+    # ``websub_listen`` on this machine. Unset: feeds are polled only.
+    websub_callback_url: str | None = None
+    websub_listen: str = "127.0.0.1:8780"
+    websub_lease_seconds: Annotated[int, Field(ge=300)] = 86_400
+    # Reconnecting: backoff from base to cap; a connection up this long resets it.
+    reconnect_base_seconds: Annotated[float, Field(gt=0)] = 1.0
+    reconnect_cap_seconds: Annotated[float, Field(gt=0)] = 60.0
+    stable_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # A stream silent this long (no event, no heartbeat) is taken as dead and reconnected.
+    idle_timeout_seconds: Annotated[float, Field(gt=0)] = 90.0
+    # A pushed post the poll does not see yet (an index lagging its stream) is polled again
+    # this many times, waiting expect_retry_seconds, then twice that, ...
+    expect_retries: Annotated[int, Field(ge=0)] = 3
+    expect_retry_seconds: Annotated[float, Field(gt=0)] = 1.0
+
+
 class Settings(BaseSettings):
     """All runtime settings of crisiscomms."""
 
@@ -150,6 +179,9 @@ class Settings(BaseSettings):
     audit_key: SecretStr | None = None
     # App-only bearer token for reading X sources.
     x_bearer_token: SecretStr | None = None
+    # Read token of the Mastodon reader account whose home timeline is streamed (push).
+    mastodon_stream_token: SecretStr | None = None
+    push: PushSettings = PushSettings()
     # Apprise URLs of the on-call team's pages (comma, space or newline separated). A secret:
     # these URLs carry tokens and passwords.
     notify_urls: SecretStr | None = None

@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 SEVERITY_RANK = {"extreme": 4, "severe": 3, "moderate": 2, "minor": 1, "unknown": 0}
 URGENCY_RANK = {"immediate": 4, "expected": 3, "future": 2, "past": 1, "unknown": 0}
@@ -484,3 +484,35 @@ class ChannelState:
     rate_limit_waits: int = 0
     rate_limit_wait_seconds: float = 0.0
     problem: str | None = None  # why the channel cannot post at all (credentials missing)
+
+
+@dataclass(frozen=True, slots=True)
+class Doorbell:
+    """A push connection's news: these catalogue sources have something new (``pushed``), or
+    the connection is (again) up and anything published while it was away must be read
+    (``connected``: the catch-up). Push only rings: the watcher then polls the sources through
+    their ordinary adapter, so the cursor, the store's exactly-once and the matching stay in
+    one path and a pushed update can never be relayed twice or skip a check.
+
+    ``expect_id`` is the platform id of the pushed post when the event named one (a poll
+    that does not see it yet, an index that lags its stream, is tried again shortly)."""
+
+    source_ids: tuple[str, ...]
+    reason: Literal["pushed", "connected"] = "pushed"
+    expect_id: str | None = None
+    via: str = ""  # the push connection's key
+
+
+@dataclass(frozen=True, slots=True)
+class PushStatus:
+    """How one push connection is (shown by ``status``; a connection down is polled for)."""
+
+    key: str
+    kind: str
+    source_ids: tuple[str, ...]
+    connected: bool = False
+    since: datetime | None = None  # connected since, or down since
+    failures: int = 0  # consecutive failed connection attempts
+    last_error: str = ""
+    last_event_at: datetime | None = None
+    events: int = 0

@@ -13,8 +13,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crisiscomms.simulator.routes_bluesky import bluesky_routes
 from crisiscomms.simulator.routes_facebook import facebook_routes
+from crisiscomms.simulator.routes_jetstream import jetstream_routes
 from crisiscomms.simulator.routes_mastodon import mastodon_routes
+from crisiscomms.simulator.routes_mastodon_stream import mastodon_stream_routes
 from crisiscomms.simulator.routes_sources import source_routes
+from crisiscomms.simulator.routes_websub import websub_routes
 from crisiscomms.simulator.routes_x import x_routes
 from crisiscomms.simulator.world import RequestRecord, World
 
@@ -190,6 +193,9 @@ def build_app(world: World) -> Starlette:
             *mastodon_routes(),
             *bluesky_routes(),
             *facebook_routes(),
+            *mastodon_stream_routes(),
+            *jetstream_routes(),
+            *websub_routes(),
         ]
     )
     app.state.world = world

@@ -40,6 +40,12 @@ from crisiscomms.adapters.sources.http import (
 )
 from crisiscomms.adapters.sources.mastodon import MastodonSource
 from crisiscomms.adapters.sources.parsing import FeedParserPool, ParsedFeed
+from crisiscomms.adapters.sources.push import (
+    PUSH_KINDS,
+    PushConnection,
+    PushContext,
+    build_push_listeners,
+)
 from crisiscomms.adapters.sources.rss import RssSource
 from crisiscomms.adapters.sources.x import DEFAULT_BACKFILL, XSearchClient, XSource
 from crisiscomms.adapters.xhttp import mount_base_url
@@ -57,10 +63,14 @@ __all__ = [
     "FetchResponse",
     "HttpFetcher",
     "MastodonSource",
+    "PUSH_KINDS",
     "ParsedFeed",
+    "PushConnection",
+    "PushContext",
     "RssSource",
     "SourceRateLimitedError",
     "XSource",
+    "build_push_listeners",
     "build_sources",
     "make_async_client",
     "mount_base_url",
