@@ -459,6 +459,27 @@ def test_watchers_record_whether_they_page(store: Store):
                                                                  "laptop:2": True}
 
 
+def test_watchers_record_their_push_connections(store: Store):
+    """The heartbeat carries how each push connection is, for ``status`` in another process;
+    the next heartbeat replaces it."""
+    from crisiscomms.domain.models import PushStatus
+
+    down = PushStatus("jetstream", "jetstream", ("essex-fire-bsky", "ea-bsky"), connected=False,
+                      since=NOW, failures=3, last_error="ConnectionClosed: 1006")
+    up = PushStatus("mastodon-stream", "mastodon", ("essex-police-m",), connected=True,
+                    since=NOW - timedelta(minutes=5), last_event_at=NOW, events=7)
+    info = WatcherInfo("relay:1", "relay", 1, NOW, NOW, push=(down, up))
+    with store.unit_of_work() as uow:
+        uow.watchers.heartbeat(info)
+        uow.commit()
+    [got] = store.watchers()
+    assert got.push == (down, up)
+    with store.unit_of_work() as uow:
+        uow.watchers.heartbeat(replace(info, push=(), last_seen_at=NOW + LEASE))
+        uow.commit()
+    assert store.watchers()[0].push == ()
+
+
 def test_a_heartbeat_written_before_migration_9_reads_as_not_paging(
         backend: Backend, monkeypatch: pytest.MonkeyPatch):
     """A watchers row of an older version (no 'pages' column yet) upgrades to 'does not

@@ -472,6 +472,7 @@ class WatcherInfo:
     started_at: datetime
     last_seen_at: datetime
     pages: bool = False
+    push: tuple[PushStatus, ...] = ()  # its push connections, as of that heartbeat
 
 
 @dataclass(frozen=True, slots=True)

@@ -227,6 +227,14 @@ ALTER TABLE audit_events ADD COLUMN scheme TEXT NOT NULL DEFAULT 'sha256';
 ALTER TABLE watchers ADD COLUMN pages INTEGER NOT NULL DEFAULT 0;
 """,
     ),
+    (
+        10,
+        "watchers_push",
+        """
+-- How each of a watcher's push connections is (JSON list; status shows it). Older: none.
+ALTER TABLE watchers ADD COLUMN push TEXT;
+""",
+    ),
 ]
 
 # PostgreSQL: the same schema in its own types (instants are timestamptz, ids identities).
@@ -427,5 +435,10 @@ ALTER TABLE audit_events ADD COLUMN scheme TEXT NOT NULL DEFAULT 'sha256';
         9,
         "watchers_pages",
         "ALTER TABLE watchers ADD COLUMN pages INTEGER NOT NULL DEFAULT 0;",
+    ),
+    (
+        10,
+        "watchers_push",
+        "ALTER TABLE watchers ADD COLUMN push TEXT;",
     ),
 ]

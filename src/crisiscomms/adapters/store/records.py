@@ -17,6 +17,7 @@ from crisiscomms.domain.models import (
     NativeRef,
     OutboxItem,
     Platform,
+    PushStatus,
     SourceKind,
     SourceState,
     Update,
@@ -128,3 +129,36 @@ def state_from_row(r: Row) -> SourceState:
         extra=json.loads(r["extra"] or "{}"), lease_owner=r["lease_owner"],
         lease_until=dt(r["lease_until"]), fence=r["fence"],
     )
+
+
+def push_to_json(statuses: tuple[PushStatus, ...]) -> str | None:
+    """A watcher's push connections as stored in its heartbeat row (``None``: none)."""
+    if not statuses:
+        return None
+    return json.dumps([{"key": p.key, "kind": p.kind, "source_ids": list(p.source_ids),
+                        "connected": p.connected, "since": ts(p.since),
+                        "failures": p.failures, "last_error": p.last_error[:300],
+                        "last_event_at": ts(p.last_event_at), "events": p.events}
+                       for p in statuses], separators=(",", ":"))
+
+
+def push_from_json(text: str | None) -> tuple[PushStatus, ...]:
+    """The push connections a heartbeat row names (unreadable entries are left out)."""
+    if not text:
+        return ()
+    try:
+        rows = json.loads(text)
+    except ValueError:
+        return ()
+    out: list[PushStatus] = []
+    for r in rows if isinstance(rows, list) else []:
+        try:
+            out.append(PushStatus(
+                key=str(r["key"]), kind=str(r["kind"]),
+                source_ids=tuple(str(s) for s in r.get("source_ids", [])),
+                connected=bool(r.get("connected")), since=dt(r.get("since")),
+                failures=int(r.get("failures", 0)), last_error=str(r.get("last_error", "")),
+                last_event_at=dt(r.get("last_event_at")), events=int(r.get("events", 0))))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return tuple(out)

@@ -24,6 +24,8 @@ from crisiscomms.adapters.store.records import (
     incident_from_row,
     item_from_row,
     native_to_json,
+    push_from_json,
+    push_to_json,
     state_from_row,
     update_from_row,
 )
@@ -551,16 +553,17 @@ class SqlWatchers:
 
     def heartbeat(self, info: WatcherInfo) -> None:
         self.tx.run("INSERT INTO watchers (worker_id, host, pid, started_at, last_seen_at, "
-                    "pages) VALUES (?,?,?,?,?,?) ON CONFLICT (worker_id) DO UPDATE SET host = "
-                    "excluded.host, pid = excluded.pid, started_at = excluded.started_at, "
-                    "last_seen_at = excluded.last_seen_at, pages = excluded.pages",
+                    "pages, push) VALUES (?,?,?,?,?,?,?) ON CONFLICT (worker_id) DO UPDATE SET "
+                    "host = excluded.host, pid = excluded.pid, started_at = excluded.started_at, "
+                    "last_seen_at = excluded.last_seen_at, pages = excluded.pages, "
+                    "push = excluded.push",
                     (info.worker_id, info.host, info.pid, self.ts(info.started_at),
-                     self.ts(info.last_seen_at), int(info.pages)))
+                     self.ts(info.last_seen_at), int(info.pages), push_to_json(info.push)))
 
     def list(self) -> builtins.list[WatcherInfo]:
         return [WatcherInfo(r["worker_id"], r["host"], int(r["pid"]),
                             dt(r["started_at"]), dt(r["last_seen_at"]),  # type: ignore[arg-type]
-                            bool(r["pages"]))
+                            bool(r["pages"]), push_from_json(r["push"]))
                 for r in self.tx.rows("SELECT * FROM watchers ORDER BY last_seen_at DESC, "
                                       "worker_id")]
 
