@@ -45,16 +45,29 @@ def _el(tag: str, text: Any, **attrs: str) -> str:
     return f"<{tag}{attr}>{escape(str(text))}</{tag}>"
 
 
+def hub_links(hub: str | None, self_url: str, tag: str = "link") -> str:
+    """WebSub discovery in a feed: ``rel="hub"`` and ``rel="self"`` links (nothing when the
+    feed advertises no hub). ``tag`` is ``atom:link`` inside RSS."""
+    if hub is None:
+        return ""
+    return (f'<{tag} rel="hub" href={quoteattr(hub)}/>'
+            f'<{tag} rel="self" href={quoteattr(self_url)}/>')
+
+
 def rss_document(
-    source_id: str, link: str, items: Sequence[VisibleItem], built: datetime | None
+    source_id: str, link: str, items: Sequence[VisibleItem], built: datetime | None,
+    *, hub: str | None = None,
 ) -> bytes:
-    """RSS 2.0 with guid, link, title, description, pubDate; items in the given order."""
+    """RSS 2.0 with guid, link, title, description, pubDate; items in the given order.
+    ``hub``: advertise this WebSub hub (``atom:link rel="hub"``, and ``rel="self"`` = ``link``)."""
     parts = [
         _DECL,
-        '<rss version="2.0"><channel>',
+        f'<rss version="2.0" xmlns:atom="{ATOM_NS}"><channel>' if hub is not None
+        else '<rss version="2.0"><channel>',
         _el("title", f"Simulated feed {source_id}"),
         _el("link", link),
         _el("description", f"crisiscomms simulator source {source_id}"),
+        hub_links(hub, link, "atom:link"),
     ]
     if built is not None:
         parts.append(_el("lastBuildDate", rfc822(built)))
@@ -75,16 +88,19 @@ def rss_document(
 
 
 def atom_document(
-    source_id: str, self_url: str, items: Sequence[VisibleItem], updated: datetime | None
+    source_id: str, self_url: str, items: Sequence[VisibleItem], updated: datetime | None,
+    *, hub: str | None = None,
 ) -> bytes:
-    """The same items as an Atom 1.0 feed (``updated`` is when the entry last changed)."""
+    """The same items as an Atom 1.0 feed (``updated`` is when the entry last changed);
+    ``hub``: advertise this WebSub hub."""
     parts = [
         _DECL,
         f'<feed xmlns="{ATOM_NS}">',
         _el("id", self_url),
         _el("title", f"Simulated feed {source_id}"),
         _el("updated", rfc3339(updated) if updated else "1970-01-01T00:00:00Z"),
-        f'<link rel="self" href={quoteattr(self_url)}/>',
+        f'<link rel="self" href={quoteattr(self_url)}/>' if hub is None
+        else hub_links(hub, self_url),
     ]
     for vis in items:
         it = vis.item
@@ -121,15 +137,19 @@ def cap_index(
     doc_base: str,
     items: Sequence[VisibleItem],
     updated: datetime | None,
+    *,
+    hub: str | None = None,
 ) -> bytes:
-    """An Atom index whose entries carry flattened ``cap:`` fields and link to CAP XML."""
+    """An Atom index whose entries carry flattened ``cap:`` fields and link to CAP XML;
+    ``hub``: advertise this WebSub hub."""
     parts = [
         _DECL,
         f'<feed xmlns="{ATOM_NS}" xmlns:cap="{CAP_NS}">',
         _el("id", self_url),
         _el("title", f"Simulated CAP alerts {source_id}"),
         _el("updated", rfc3339(updated) if updated else "1970-01-01T00:00:00Z"),
-        f'<link rel="self" href={quoteattr(self_url)}/>',
+        f'<link rel="self" href={quoteattr(self_url)}/>' if hub is None
+        else hub_links(hub, self_url),
     ]
     for vis in items:
         it = vis.item
