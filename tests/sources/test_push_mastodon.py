@@ -430,3 +430,17 @@ def test_the_event_reader_never_holds_more_than_its_cap() -> None:
     got += reader.feed(f"event: update\n{many}\nevent: delete\ndata: 9\n\n")
     assert [(e.event, e.data) for e in got] == [("update", "{}"), ("delete", "9")]
     assert reader.dropped == 2
+
+
+def test_a_simulator_override_streams_beside_its_rest_api() -> None:
+    bad = source("bad", "https://mastodon.example/not-an-account")
+    ctx = PushContext(PushSettings(mastodon_stream_base="https://mastodon.social"),
+                      mastodon_token=SecretStr(TOKEN),
+                      base_urls={"mastodon": "http://127.0.0.1:1/mastodon"})
+    built = mpush.build([bad, ESSEX], ctx)
+    assert len(built) == 1 and isinstance(built[0], mpush.MastodonStream)
+    assert built[0].base == "http://127.0.0.1:1/mastodon"
+    assert built[0].source_ids == ("essex-fire",)  # the bad one is polled only
+    ctx = PushContext(PushSettings(), mastodon_token=SecretStr(TOKEN),
+                      base_urls={"mastodon": "http://127.0.0.1:1/mastodon"})
+    assert mpush.build([ESSEX], ctx) == []  # the polling override alone turns nothing on

@@ -354,13 +354,28 @@ def _is_public(addr: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+def _account_ok(config: SourceConfig) -> bool:
+    try:
+        parse_account_url(config.account or config.url or "")
+    except ConfigError:
+        # Its poll reports the bad account URL; push simply leaves it out.
+        log.info("push.mastodon.source_skipped", source=config.id,
+                 note="not an https://host/@name account URL: polled only")
+        return False
+    return True
+
+
 def build(sources: Sequence[SourceConfig], ctx: PushContext) -> list[PushConnection]:
     """One connection for every Mastodon source of the catalogue, when a reader account is
     configured (``PushSettings.mastodon_stream_base`` and its token); else none."""
-    mastodon = [s for s in sources if s.kind is SourceKind.MASTODON]
+    mastodon = [s for s in sources if s.kind is SourceKind.MASTODON and _account_ok(s)]
     if not mastodon:
         return []
-    base = ctx.base_urls.get("mastodon_stream") or ctx.settings.mastodon_stream_base
+    base = ctx.settings.mastodon_stream_base
+    if base:  # a simulator: its stream lives beside its REST API (the polling override)
+        base = ctx.base_urls.get("mastodon_stream") or ctx.base_urls.get("mastodon") or base
+    else:
+        base = ctx.base_urls.get("mastodon_stream")
     token = ctx.mastodon_token
     if isinstance(token, str):
         token = SecretStr(token)
