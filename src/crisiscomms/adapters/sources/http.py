@@ -15,7 +15,10 @@ It owns the rules an untrusted URL must obey, so each adapter does not have to:
   adapters copy into the source state (``MOVED_TO``) so ``status`` can say where the
   source now lives;
 * every hop's host is resolved and refused if any address is private, loopback, link-local
-  or otherwise non-global, unless the source allows it (``private_address``);
+  or otherwise non-global, unless the source allows it (``private_address``); a new
+  connection goes to one of exactly the addresses that were checked (``pinning``: no second
+  resolution between the check and the connect, so DNS rebinding cannot slip in); answers
+  are cached for their TTL (``dns.DnsCache``), the check runs on every request regardless;
 * a bearer token (``bearer=``) goes to the origin of the configured URL only, never to a
   host a redirect leads to;
 * the body is streamed and decoded by us, so both the bytes on the wire and the decoded
@@ -24,16 +27,17 @@ It owns the rules an untrusted URL must obey, so each adapter does not have to:
 * every httpx/OS exception becomes a ``SourceError`` in ``translate_httpx_errors``.
 
 The ``httpx.AsyncClient`` is injected: the composition root builds it with
-``make_async_client`` and closes it. Known gap: the address check resolves the name and
-httpx resolves it again when connecting, so a DNS-rebinding attacker with a very short TTL
-could still slip through; pinning the connection to the checked address needs a custom
-transport.
+``make_async_client`` and closes it. With that client the fetcher sends through its httpcore
+pools directly (``pinning.LeanTransport``): httpx's client layer (request building, header
+and cookie merging, auth and redirect machinery, the response wrapper) costs more CPU per
+idle conditional GET than everything else here together, and the fetcher does its own
+redirects, decoding and caps anyway. No cookie jar is kept (a feed poll needs none). Any
+other client (a test's ``MockTransport``) is used through ``client.stream``, unpinned.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 import ssl
 import zlib
@@ -42,15 +46,25 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
+import httpcore
 import httpx
 import structlog
 import tldextract
 from pydantic import SecretStr
 
 from crisiscomms.adapters.sources.base import SourceRateLimitedError
+from crisiscomms.adapters.sources.dns import DnsCache
+from crisiscomms.adapters.sources.pinning import (
+    LeanTransport,
+    Pin,
+    is_ip_literal,
+    is_public,
+    pinned,
+    private_address_error,
+)
 from crisiscomms.domain.clock import parse_instant
 from crisiscomms.domain.errors import FeedTooLargeError, PermanentSourceError, TransientSourceError
 from crisiscomms.domain.models import PollHints, ReadBudget
@@ -71,11 +85,18 @@ Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
-    """Resolve ``host`` with the event loop's ``getaddrinfo`` (runs in a thread)."""
+    """Resolve ``host`` with the event loop's ``getaddrinfo`` (runs in a thread), uncached."""
     infos = await asyncio.get_running_loop().getaddrinfo(
         host, port, type=socket.SOCK_STREAM
     )
     return [str(info[4][0]) for info in infos]
+
+
+class FetchClient(httpx.AsyncClient):
+    """The client ``make_async_client`` builds: ``lean`` is its pinned transport (``None``
+    when a transport was injected)."""
+
+    lean: LeanTransport | None = None
 
 
 def make_async_client(
@@ -97,20 +118,28 @@ def make_async_client(
     private-address check. An idle connection is kept ``keepalive_expiry`` seconds (httpx's
     default is 5 s), longer than the polling interval, so the next cycle's poll of the same
     host reuses it; a server that closed it meanwhile is noticed and connected again.
+    Without ``transport`` the client's transport is a ``LeanTransport`` (connections pinned
+    to checked addresses, asyncio sockets), which ``HttpFetcher`` uses directly.
     """
-    return httpx.AsyncClient(
+    limits = httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_keepalive_connections,
+        keepalive_expiry=keepalive_expiry,
+    )
+    lean = None
+    if transport is None:
+        transport = lean = LeanTransport(verify=verify, limits=limits, trust_env=trust_env)
+    client = FetchClient(
         timeout=httpx.Timeout(timeout, connect=connect_timeout),
-        limits=httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=max_keepalive_connections,
-            keepalive_expiry=keepalive_expiry,
-        ),
+        limits=limits,
         headers={"User-Agent": user_agent, "Accept-Encoding": "gzip, deflate"},
         follow_redirects=False,
         verify=verify,
         trust_env=trust_env,
         transport=transport,
     )
+    client.lean = lean
+    return client
 
 
 class FetchLimits:
@@ -202,17 +231,21 @@ def _moved_url(url: httpx.URL) -> str:
     return str(url.copy_with(query=None, fragment=None))
 
 
+_CORE_ERRORS = (httpcore.NetworkError, httpcore.ProtocolError, httpcore.ProxyError,
+                httpcore.ConnectionNotAvailable)
+
+
 @contextmanager
 def translate_httpx_errors(source_id: str, url: str = "") -> Iterator[None]:
     """Turn httpx / socket / TLS exceptions into the project's ``SourceError`` tree."""
     where = f" ({url})" if url else ""
     try:
         yield
-    except httpx.TimeoutException as exc:
+    except (httpx.TimeoutException, httpcore.TimeoutException) as exc:
         raise TransientSourceError(
             f"{source_id}: timed out{where}", source_id=source_id, error_class="timeout"
         ) from exc
-    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL, httpcore.UnsupportedProtocol) as exc:
         raise PermanentSourceError(
             f"{source_id}: bad URL{where}", source_id=source_id, error_class="bad_url"
         ) from exc
@@ -220,7 +253,7 @@ def translate_httpx_errors(source_id: str, url: str = "") -> Iterator[None]:
         raise PermanentSourceError(
             f"{source_id}: undecodable body{where}", source_id=source_id, error_class="decode"
         ) from exc
-    except (httpx.TransportError, OSError) as exc:
+    except (httpx.TransportError, *_CORE_ERRORS, OSError) as exc:
         cls = _network_error_class(exc)
         raise TransientSourceError(
             f"{source_id}: {cls} error{where}: {type(exc).__name__}",
@@ -249,7 +282,7 @@ def _network_error_class(exc: BaseException) -> str:
         if "certificate" in text or "ssl" in text or "tls" in text:
             return "tls"
         seen = seen.__cause__ or seen.__context__
-    return "connect" if isinstance(exc, httpx.ConnectError) else "network"
+    return "connect" if isinstance(exc, httpx.ConnectError | httpcore.ConnectError) else "network"
 
 
 def _retry_at(headers: Mapping[str, str], now: datetime | None) -> datetime | None:
@@ -384,14 +417,38 @@ class _BodyDecoder:
         return bytes(out)
 
 
-def _is_public(addr: str) -> bool:
+_is_public = is_public
+_is_ip_literal = is_ip_literal
+_READ_ERRORS = (httpx.HTTPError, *_CORE_ERRORS, httpcore.TimeoutException)
+
+
+class _Answer:
+    """A response head and its raw (undecoded) body chunks, from httpx or httpcore."""
+
+    __slots__ = ("chunks", "headers", "status", "url")
+
+    def __init__(self, status: int, headers: dict[str, str], url: httpx.URL,
+                 chunks: Callable[[], AsyncIterator[bytes]]) -> None:
+        self.status = status
+        self.headers = headers  # lower-case names; repeated fields joined with ", "
+        self.url = url
+        self.chunks = chunks
+
+
+def _header_dict(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in raw:
+        name = key.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        out[name] = f"{out[name]}, {text}" if name in out else text
+    return out
+
+
+def _encode(value: str) -> bytes:
     try:
-        ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+        return value.encode("ascii")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
 
 
 class HttpFetcher:
@@ -406,7 +463,12 @@ class HttpFetcher:
     ) -> None:
         self.client = client
         self.limits = limits or FetchLimits()
-        self._resolve: Resolver = resolver or system_resolver
+        self._resolve: Resolver = resolver if resolver is not None else DnsCache()
+        self._lean = client.lean if isinstance(client, FetchClient) else None
+        # The client's own headers (User-Agent, Accept, ...), for requests sent past httpx.
+        self._base_headers = {k.lower(): (k.encode("ascii"), _encode(v))
+                              for k, v in client.headers.items()}
+        self._timeouts = client.timeout.as_dict()
 
     async def fetch(
         self,
@@ -434,7 +496,7 @@ class HttpFetcher:
         ``Authorization: Bearer ...`` to the configured URL's origin only.
         """
         with translate_httpx_errors(source_id):
-            current = httpx.URL(url)
+            current = _parse_url(url)
             if params:  # merged, so a query already in the configured URL is kept
                 current = current.copy_merge_params(dict(params))
         if require_https is None:
@@ -454,20 +516,21 @@ class HttpFetcher:
         for hop in range(MAX_REDIRECTS + 1):
             self._check_url(current, source_id, host, require_https, previous=previous,
                             redirected=hop > 0)
-            if not allow_private:
-                await self._check_address(current.host, _port(current), source_id)
-            sent = dict(headers)
+            name, port = current.raw_host.decode("ascii"), _port(current)
+            checked = None if allow_private else tuple(
+                await self._check_address(name, port, source_id))
+            sent = headers
             if bearer is not None and _origin(current) == origin:
-                sent["Authorization"] = f"Bearer {bearer.get_secret_value()}"
-            with translate_httpx_errors(source_id, _where(current)):
-                async with self.limits.slot(current.host), self.client.stream(
-                    "GET", current, headers=sent, follow_redirects=False
-                ) as resp:
+                sent = {**headers, "Authorization": f"Bearer {bearer.get_secret_value()}"}
+            with translate_httpx_errors(source_id, _where(current)), pinned(
+                    Pin(name, port, checked, self._resolve, source_id)):
+                async with self.limits.slot(current.host), self._open(
+                        current, sent, allow_private) as resp:
                     location = resp.headers.get("location")
-                    if resp.status_code in _REDIRECT_CODES and location:
+                    if resp.status in _REDIRECT_CODES and location:
                         await self._drain(resp)  # the connection goes back to the pool
-                        previous, current = current, resp.url.join(location)
-                        permanent = permanent and resp.status_code in _PERMANENT_CODES
+                        previous, current = current, current.join(location)
+                        permanent = permanent and resp.status in _PERMANENT_CODES
                         if permanent:
                             moved_to = _moved_url(current)
                         continue
@@ -477,6 +540,33 @@ class HttpFetcher:
             f"{source_id}: more than {MAX_REDIRECTS} redirects ({_where(current)})",
             source_id=source_id, error_class="too_many_redirects",
         )
+
+    @asynccontextmanager
+    async def _open(self, url: httpx.URL, headers: dict[str, str],
+                    allow_private: bool) -> AsyncIterator[_Answer]:
+        """Send one GET (no redirects followed) and yield its head; the body is closed (and
+        the connection released) when the block ends."""
+        if self._lean is None:
+            async with self.client.stream("GET", url, headers=headers,
+                                          follow_redirects=False) as r:
+                yield _Answer(r.status_code, {k.lower(): v for k, v in r.headers.items()},
+                              url, r.aiter_raw)
+            return
+        base = self._base_headers
+        sent = [(b"Host", url.netloc)]
+        sent += [kv for k, kv in base.items() if k not in _lower_keys(headers)]
+        sent += [(k.encode("ascii"), _encode(v)) for k, v in headers.items()]
+        request = httpcore.Request(
+            b"GET",
+            httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port,
+                         target=url.raw_path),
+            headers=sent, extensions={"timeout": self._timeouts})
+        response = await self._lean.pool_for(allow_private).handle_async_request(request)
+        try:
+            yield _Answer(response.status, _header_dict(response.headers), url,
+                          response.aiter_stream)
+        finally:
+            await response.aclose()
 
     @staticmethod
     def _check_url(
@@ -501,9 +591,11 @@ class HttpFetcher:
                 source_id=source_id, error_class="redirect_refused",
             )
 
-    async def _check_address(self, host: str, port: int, source_id: str) -> None:
+    async def _check_address(self, host: str, port: int, source_id: str) -> list[str]:
+        """``host``'s addresses, all global, or a ``SourceError``: what a new connection for
+        this request may connect to (the check runs on every request, cached answer or not)."""
         try:
-            addresses = [host] if _is_ip_literal(host) else await self._resolve(host, port)
+            addresses = [host] if is_ip_literal(host) else list(await self._resolve(host, port))
         except socket.gaierror as exc:
             raise TransientSourceError(
                 f"{source_id}: cannot resolve {host}", source_id=source_id, error_class="dns"
@@ -518,18 +610,15 @@ class HttpFetcher:
                 f"{source_id}: {host} has no addresses", source_id=source_id, error_class="dns"
             )
         # Refuse if *any* address is non-global: a mixed answer is how rebinding starts.
-        if not all(_is_public(a) for a in addresses):
-            raise PermanentSourceError(
-                f"{source_id}: {host} resolves to a private/loopback/link-local address",
-                source_id=source_id, error_class="private_address",
-            )
+        if not all(is_public(a) for a in addresses):
+            raise private_address_error(host, source_id)
+        return addresses
 
     async def _finish(
-        self, resp: httpx.Response, source_id: str, max_bytes: int, now: datetime | None
+        self, resp: _Answer, source_id: str, max_bytes: int, now: datetime | None
     ) -> FetchResponse:
-        status = resp.status_code
-        headers = {k.lower(): v for k, v in resp.headers.items()}
-        where = _where(resp.url)
+        status = resp.status
+        headers = resp.headers
         if not 200 <= status < 300:
             # Every answer whose body we do not read (a 304, an error, a redirect without a
             # Location) is drained so its connection goes back to the pool: a response closed
@@ -539,6 +628,7 @@ class HttpFetcher:
         if status == 304:
             return FetchResponse(304, b"", headers, not_modified=True, url=str(resp.url),
                                  hints=poll_hints(headers, now))
+        where = _where(resp.url)
         if status == 429 or (status == 503 and "retry-after" in headers):
             raise SourceRateLimitedError(
                 f"{source_id}: HTTP {status} from {where}",
@@ -560,27 +650,27 @@ class HttpFetcher:
                              hints=poll_hints(headers, now))
 
     @staticmethod
-    async def _drain(resp: httpx.Response, limit: int = 64 * 1024) -> None:
+    async def _drain(resp: _Answer, limit: int = 64 * 1024) -> None:
         """Read a body we do not need, so the connection can be used again: only when it
         is known to be short (none by protocol, as a 304's, or a declared length up to
         ``limit``). Anything else, or a read that breaks, is left to close the connection:
         an unknown or large body is not worth waiting for (a hostile server would trickle
         it)."""
         declared = resp.headers.get("content-length", "").strip()
-        no_body = resp.status_code in (204, 304) or resp.status_code < 200
+        no_body = resp.status in (204, 304) or resp.status < 200
         if not no_body and not (declared.isdigit() and int(declared) <= limit):
             return
         read = 0
         try:
-            async for chunk in resp.aiter_raw():
+            async for chunk in resp.chunks():
                 read += len(chunk)
                 if read > limit:
                     return
-        except httpx.HTTPError:
+        except _READ_ERRORS:
             return
 
     @staticmethod
-    async def _read_capped(resp: httpx.Response, source_id: str, max_bytes: int) -> bytes:
+    async def _read_capped(resp: _Answer, source_id: str, max_bytes: int) -> bytes:
         def too_large(what: str) -> FeedTooLargeError:
             return FeedTooLargeError(
                 f"{source_id}: body over {max_bytes} bytes ({what}) from {_where(resp.url)}",
@@ -599,7 +689,7 @@ class HttpFetcher:
             ) from exc
         wire = 0
         out = bytearray()
-        async for chunk in resp.aiter_raw():
+        async for chunk in resp.chunks():
             wire += len(chunk)
             if wire > max_bytes:
                 raise too_large("compressed")
@@ -615,17 +705,24 @@ class HttpFetcher:
         return bytes(out)
 
 
+@lru_cache(maxsize=4096)
+def _parse_url(url: str) -> httpx.URL:
+    # Every source asks for the same URL each cycle; an ``httpx.URL`` is immutable.
+    return httpx.URL(url)
+
+
+@lru_cache(maxsize=64)
+def _lower_keys_of(keys: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(k.lower() for k in keys)
+
+
+def _lower_keys(headers: Mapping[str, str]) -> frozenset[str]:
+    return _lower_keys_of(tuple(headers))
+
+
 def _origin(url: httpx.URL) -> tuple[str, str, int]:
     return url.scheme, url.host.lower(), _port(url)
 
 
 def _port(url: httpx.URL) -> int:
     return url.port or (443 if url.scheme == "https" else 80)
-
-
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return False
-    return True
