@@ -163,22 +163,41 @@ def _snapshot(world: World) -> dict[str, tuple[str, dict[str, Any]]]:
         return {str(s["id"]): (_fingerprint(s), s) for s in all_statuses(world)}
 
 
-def _changes(world: World, seen: dict[str, tuple[str, dict[str, Any]]]) -> list[str]:
+def _change_key(world: World) -> tuple[frozenset[tuple[str, str, Any, str]], int]:
+    """Cheap to compute (a tenth of ``all_statuses``): equal while no status of any
+    account appeared, changed or went, and no post of ours was added."""
+    with world.lock:
+        visible = world.visible_items("mastodon")
+        return (frozenset((v.source_id, v.key, v.changed_at, repr(v.item)) for v in visible),
+                len(world.posts))
+
+
+@dataclass
+class _Seen:
+    key: tuple[frozenset[tuple[str, str, Any, str]], int]
+    statuses: dict[str, tuple[str, dict[str, Any]]]
+
+
+def _changes(world: World, seen: _Seen) -> list[str]:
     """The wire text of every change since ``seen`` (updated in place), oldest first."""
+    key = _change_key(world)
+    if key == seen.key:
+        return []
+    seen.key = key
+    before = seen.statuses
     now = _snapshot(world)
     out: list[tuple[tuple[int, str], str]] = []
     for status_id, (print_, status) in now.items():
-        before = seen.get(status_id)
-        if before is None:
+        was = before.get(status_id)
+        if was is None:
             out.append((_order(status_id), _event("update", json.dumps(status))))
-        elif before[0] != print_:
+        elif was[0] != print_:
             edited = dict(status)
             edited["edited_at"] = edited.get("edited_at") or iso_ms(world.now())
             out.append((_order(status_id), _event("status.update", json.dumps(edited))))
-    for status_id in seen.keys() - now.keys():
+    for status_id in before.keys() - now.keys():
         out.append((_order(status_id), _event("delete", status_id)))
-    seen.clear()
-    seen.update(now)
+    seen.statuses = now
     out.sort(key=lambda pair: pair[0])
     return [text for _, text in out]
 
@@ -207,7 +226,7 @@ async def stream_user(request: Request) -> Response:
         return JSONResponse({"error": message}, 401)
     stopping = request.app.state.stopping
     with world.lock:
-        seen = _snapshot(world)
+        seen = _Seen(_change_key(world), _snapshot(world))
         generation = knobs.generation
         raw_from = knobs.raw_seq
         knobs.opened += 1
