@@ -263,6 +263,10 @@ def _spawn(hub: _Hub, work: Any) -> None:
 
 async def _verify(app: Starlette, world: World, mode: str, callback: str, topic: str,
                   target: tuple[str, str, str], secret: str, lease: int) -> None:
+    _, wkind, source_id = target
+    # What the feed holds before the subscriber even hears of the challenge: anything
+    # published from here on is news to it (and is delivered once it is verified).
+    baseline = _fingerprint(world, wkind, source_id)
     challenge = secrets.token_urlsafe(24)
     query = {"hub.mode": mode, "hub.topic": topic, "hub.challenge": challenge}
     if mode == "subscribe":
@@ -276,16 +280,15 @@ async def _verify(app: Starlette, world: World, mode: str, callback: str, topic:
         pass
     ok = 200 <= status < 300 and echoed
     hub = _hub(world)
-    _, wkind, source_id = target
     with world.lock:
         key = (callback, topic)
         if ok and mode == "subscribe":
             sub = hub.subs.get(key)
             if sub is None:
                 sub = hub.subs[key] = HubSubscription(callback, topic, wkind, source_id)
-                sub.fingerprint = _fingerprint(world, wkind, source_id)
+                sub.fingerprint = baseline
             elif not sub.active:
-                sub.fingerprint = _fingerprint(world, wkind, source_id)
+                sub.fingerprint = baseline
             sub.secret, sub.lease_seconds, sub.active = secret, lease, True
             sub.expires_at = time.monotonic() + lease
             sub.verified += 1
