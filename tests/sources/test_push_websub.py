@@ -233,7 +233,10 @@ async def test_verification_gets_for_unknown_topics_tokens_or_modes_get_404(
             good = await ask(sub.callback, **{"hub.mode": "subscribe", "hub.topic": topic,
                                               "hub.lease_seconds": "600"})
             forged = await client.post(base + "/not-a-token", content=b"x")
+            denied = await client.get(sub.callback, params={
+                "hub.mode": "denied", "hub.topic": topic, "hub.reason": "no"})
         assert (other.status_code, token.status_code, mode.status_code) == (404, 404, 404)
+        assert denied.status_code == 200 and "denied" in conn.status().last_error
         assert other.text == token.text == mode.text == ""
         assert (good.status_code, good.text) == (200, "c1")
         assert forged.status_code == 404

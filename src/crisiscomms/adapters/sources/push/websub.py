@@ -160,6 +160,7 @@ class WebSubConnection(PushConnection):
         self._by_token: dict[str, _Subscription] = {}
         self._wake = asyncio.Event()
         self._announced = False
+        self._hub_slots = FetchLimits(per_host=2, total=10)
         self.listening: tuple[str, int] | None = None  # the bound address, once serving
 
     # -- status ----------------------------------------------------------------------------
@@ -198,6 +199,7 @@ class WebSubConnection(PushConnection):
 
     async def _serve(self, client: httpx.AsyncClient, serving: asyncio.Task[None]) -> None:
         fetcher = HttpFetcher(client, FetchLimits(), resolver=self._resolver)
+        self._hub_slots = FetchLimits(per_host=2, total=10)
         self._subs, self._by_token = {}, {}
         for feed in self._feeds:
             sub = _Subscription(feed.id, str(feed.url),
@@ -288,8 +290,9 @@ class WebSubConnection(PushConnection):
                    self._resolver or system_resolver, sub.source_id)
                if sub.allow_private else None)
         try:
-            with pinned(pin) if pin is not None else contextlib.nullcontext():
-                resp = await client.post(sub.hub, data=form, timeout=10.0)
+            async with self._hub_slots.slot(hub.host):  # a thousand feeds, one hub: politely
+                with pinned(pin) if pin is not None else contextlib.nullcontext():
+                    resp = await client.post(sub.hub, data=form, timeout=10.0)
         except (httpx.HTTPError, SourceError) as exc:
             if mode == "subscribe":
                 self._failed(sub, f"the hub {httpx.URL(sub.hub).host} is unreachable: "
