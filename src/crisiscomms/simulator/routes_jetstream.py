@@ -228,28 +228,25 @@ class _Feed:
         self.conn = conn
         self.seen: dict[str, tuple[str, str]] = {}
         self.cursor = cursor
-        self.started = False
 
     def _posts(self) -> dict[str, dict[str, Any]]:
-        posts = {}
-        for post in _scripted_posts(self.world):
-            if self.conn.dids and post["author"]["did"] not in self.conn.dids:
-                continue
-            posts[post["uri"]] = post
-        return posts
+        return {post["uri"]: post for post in _scripted_posts(self.world)}
+
+    def _wants(self, did: str) -> bool:
+        return (not self.conn.dids or did in self.conn.dids) and _wanted(
+            self.conn.collections, "app.bsky.feed.post")
 
     def start(self) -> None:
         """The baseline: what is visible now was published before we connected (live tail),
         unless a cursor asks for a replay of what changed since."""
-        self.started = True
         for uri, post in self._posts().items():
             if self.cursor is None or _micros(post["indexedAt"]) < self.cursor:
                 self.seen[uri] = (post["cid"], post["indexedAt"])
 
     def events(self) -> list[dict[str, Any]]:
-        """The commit events since the last call, oldest first."""
-        if not _wanted(self.conn.collections, "app.bsky.feed.post"):
-            return []
+        """The commit events (of the DIDs and collections wanted now) since the last call,
+        oldest first. Every change is noted, wanted or not, so that a filter widened later
+        (an options_update) does not replay the past as new."""
         out: list[dict[str, Any]] = []
         posts = self._posts()
         for uri, post in posts.items():
@@ -258,11 +255,14 @@ class _Feed:
             if before == version:
                 continue
             self.seen[uri] = version
-            out.append(self._commit(post, "create" if before is None else "update"))
+            if self._wants(post["author"]["did"]):
+                out.append(self._commit(post, "create" if before is None else "update"))
         for uri in [u for u in self.seen if u not in posts]:
             del self.seen[uri]
             did, _, rest = uri.removeprefix("at://").partition("/")
             collection, _, rkey = rest.partition("/")
+            if not self._wants(did):
+                continue
             now = self.world.now()
             out.append({"did": did, "time_us": _micros(isoformat(now)), "kind": "commit",
                         "commit": {"rev": tid(now, self.world.next_seq()),
@@ -308,11 +308,19 @@ async def subscribe(websocket: WebSocket) -> None:
         status = 400 if problem else 503
         await _deny(websocket, status, problem or "Service Unavailable")
         return
-    await websocket.accept()
     conn = _Conn(frozenset(dids), collections)
+    feed = _Feed(world, conn, cursor)
+    # The baseline is taken before the handshake completes: a post the client's first
+    # reaction (after the handshake) makes visible is new to this connection, never baseline.
+    feed.start()
     with world.lock:
         state.open.append(conn)
-    feed = _Feed(world, conn, cursor)
+    try:
+        await websocket.accept()
+    except BaseException:
+        with world.lock:
+            state.open.remove(conn)
+        raise
     messages: asyncio.Queue[str] = asyncio.Queue()
     gone = asyncio.Event()
     reader = asyncio.create_task(_read(websocket, messages, gone))
@@ -331,8 +339,7 @@ async def _serve(websocket: WebSocket, world: World, state: _State, conn: _Conn,
                  hello: bool, entry: dict[str, Any], messages: asyncio.Queue[str],
                  gone: asyncio.Event, stopping: threading.Event) -> None:
     paused_reading = False
-    if not hello:
-        feed.start()
+    waiting = hello  # requireHello: nothing is sent before the first options_update
     while not gone.is_set():
         if stopping.is_set():
             await _close(websocket, 1001, "simulator stopping", abort=paused_reading)
@@ -359,15 +366,14 @@ async def _serve(websocket: WebSocket, world: World, state: _State, conn: _Conn,
             if not _options_update(messages.get_nowait(), conn, entry):
                 await _close(websocket, 1008, "invalid options update")
                 return
-            if not feed.started:
-                feed.start()
+            waiting = False
         while conn.raw:
             frame = conn.raw.popleft()
             if isinstance(frame, bytes):
                 await websocket.send_bytes(frame)
             else:
                 await websocket.send_text(frame)
-        if feed.started:
+        if not waiting:
             for event in feed.events():
                 await websocket.send_text(json.dumps(event))
         await asyncio.sleep(_TICK)
