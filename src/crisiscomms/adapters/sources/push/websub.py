@@ -239,6 +239,9 @@ class WebSubConnection(PushConnection):
         due = [s for s in self._subs.values() if s.due <= now]
         if due:
             await asyncio.gather(*(self._step(s, client, fetcher, now) for s in due))
+        for s in due:  # a step that set no next time must not make the loop spin
+            if s.due <= now:
+                s.due = now + 1.0
 
     async def _step(self, sub: _Subscription, client: httpx.AsyncClient,
                     fetcher: HttpFetcher, now: float) -> None:
