@@ -444,3 +444,26 @@ def test_a_simulator_override_streams_beside_its_rest_api() -> None:
     ctx = PushContext(PushSettings(), mastodon_token=SecretStr(TOKEN),
                       base_urls={"mastodon": "http://127.0.0.1:1/mastodon"})
     assert mpush.build([ESSEX], ctx) == []  # the polling override alone turns nothing on
+
+
+async def test_the_pushed_id_is_the_one_the_sources_poll_reads(
+    sim_server: RunningSimulator, world: World, running: Callable[..., Bells]
+) -> None:
+    """The doorbell's contract with the watcher: polling the rung source through its
+    ordinary adapter finds the expected status (push never carries the update itself)."""
+    from crisiscomms.adapters.sources.http import HttpFetcher, make_async_client
+    from crisiscomms.adapters.sources.mastodon import MastodonSource
+    from crisiscomms.domain.models import SourceState
+
+    config = LFB.model_copy(update={"allow_private_network": True})
+    bells = running(connection(sim_server))
+    await until(lambda: bells.connects() == 1)
+    new = add_status(world, "LFB@fire.example")
+    await until(lambda: bells.pushed())
+    ((rung,), expect_id), = bells.pushed()
+    async with make_async_client(timeout=5.0) as client:
+        poll = MastodonSource(config, HttpFetcher(client),
+                              api_base=sim_server.url_for("mastodon"))
+        result = await poll.poll(SourceState(source_id=rung), world.now())
+    assert rung == config.id and expect_id == new
+    assert [u.external_id for u in result.updates] == [expect_id]
