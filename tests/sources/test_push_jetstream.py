@@ -519,3 +519,24 @@ async def test_cancel_closes_the_connection(sim_server: RunningSimulator, world:
         assert jetstream_open(world) == 1
     await until(lambda: jetstream_open(world) == 0)
     assert not conn.status().connected
+
+
+async def test_an_appview_outage_keeps_the_last_known_did(
+    sim_server: RunningSimulator, world: World, clock: FixedClock
+) -> None:
+    from crisiscomms.simulator import Faults
+
+    conn = listener(sim_server, (POLICE, FIRE, source("late", CAROL)))
+    conn.actors = {ALICE: ("essex-police",), BOB: ("essex-fire",)}  # CAROL: never resolved
+    async with running(conn) as bells:
+        await bells.next(3.0)
+        conn.actors[CAROL] = ("late",)
+        world.set_faults(Faults(error_rate_5xx=1.0,
+                                paths=("/bluesky/xrpc/com.atproto.identity.resolveHandle",)))
+        drop_jetstream(world)
+        assert (await bells.next(3.0)).reason == "connected"
+        assert conn.unresolved == (CAROL,)  # nothing known for it: left out meanwhile
+        world.add_item(ALICE, "bluesky", clock.now(), {"rkey": "3lout", "text": "x"})
+        assert (await bells.next()).expect_id == uri(ALICE, "3lout")
+    assert [sorted(e["dids"]) for e in jetstream_log(world)] == [
+        sorted([did_for(ALICE), did_for(BOB)])] * 2
