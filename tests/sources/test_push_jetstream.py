@@ -190,6 +190,19 @@ def test_turned_off_polls_only_and_says_so(value: str | None) -> None:
     assert len(lines) == 1 and "polled only" in lines[0]["note"]
 
 
+def test_a_simulated_appview_never_listens_on_the_public_jetstream(
+    sim_server: RunningSimulator,
+) -> None:
+    ctx = PushContext(PushSettings(), allow_private=True,
+                      base_urls={"bluesky": sim_server.url_for("bluesky")})
+    with capture_logs() as logs:
+        assert js.build((POLICE,), ctx) == []
+    (line,) = [e for e in logs if e["event"] == "push.jetstream.off"]
+    assert "simulator" in line["note"]
+    staging = PushContext(PushSettings(), base_urls={"bluesky": "https://appview.example"})
+    assert js.build((POLICE,), staging)[0].url == PushSettings().jetstream_url
+
+
 @pytest.mark.parametrize(("url", "allow_private", "ok"), [
     ("wss://jetstream.example/subscribe", False, True),
     ("ws://127.0.0.1:9/jetstream/subscribe", True, True),

@@ -348,7 +348,8 @@ def _actors(sources: Sequence[SourceConfig]) -> dict[str, tuple[str, ...]]:
 
 def build(sources: Sequence[SourceConfig], ctx: PushContext) -> list[PushConnection]:
     """One Jetstream connection for all the Bluesky sources (none when ``jetstream_url`` is
-    empty, the URL is refused, or there are more accounts than Jetstream allows)."""
+    empty, the URL is refused, there are more accounts than Jetstream allows, or the AppView
+    is a local simulator while the Jetstream is not)."""
     actors = _actors(sources)
     if not actors:
         return []
@@ -356,6 +357,13 @@ def build(sources: Sequence[SourceConfig], ctx: PushContext) -> list[PushConnect
     if not url:
         log.info("push.jetstream.off", sources=sum(map(len, actors.values())),
                  note="jetstream_url is empty: Bluesky sources are polled only")
+        return []
+    appview = ctx.base_urls.get("bluesky") or APPVIEW_URL
+    if not ctx.base_urls.get("jetstream") and _is_loopback(urlsplit(appview).hostname or ""):
+        # The accounts are the simulator's: never listen for them on the public network.
+        log.info("push.jetstream.off", sources=sum(map(len, actors.values())),
+                 note="the AppView is local (a simulator) and no local Jetstream is set "
+                      "(base_urls['jetstream']): Bluesky sources are polled only")
         return []
     url = ctx.base_urls.get("jetstream") or url
     problem = check_url(url, allow_private=ctx.allow_private)
@@ -368,6 +376,5 @@ def build(sources: Sequence[SourceConfig], ctx: PushContext) -> list[PushConnect
                   error=f"Jetstream listens for at most {MAX_DIDS} DIDs per connection",
                   note="Bluesky sources are polled only")
         return []
-    return [JetstreamConnection(actors, url=url, settings=ctx.settings,
-                                appview=ctx.base_urls.get("bluesky") or APPVIEW_URL,
+    return [JetstreamConnection(actors, url=url, settings=ctx.settings, appview=appview,
                                 allow_private=ctx.allow_private)]
