@@ -356,3 +356,22 @@ def test_the_audit_trail_records_who_was_told_what_without_urls(env: Env):
     assert "crisiscomms queue approve" in ev.details["body"]
     assert "://" not in str(ev.details)
     assert env.store.verify_audit().ok
+
+
+def test_the_pager_asks_the_store_only_for_failing_sources(env: Env):
+    # Every 10 s on 1,000 sources: building every state to keep the failing few cost ~6 ms a
+    # run on SQLite; the store answers the question itself.
+    failing_source(env, 5)
+    calls: list[str] = []
+    inner = env.store
+
+    class Counting:
+        def __getattr__(self, name: str) -> Any:
+            if name in ("source_states", "failing_sources"):
+                calls.append(name)
+            return getattr(inner, name)
+
+    env.store = Counting()  # type: ignore[assignment]
+    env.run()
+    assert calls == ["failing_sources"]
+    assert any("source failing" in p["title"] for p in env.notifier.sent)

@@ -124,9 +124,7 @@ def current_conditions(store: Store, catalog: Catalog, now: datetime, *,
             (f"crisiscomms queue show {item.id}",
              f"crisiscomms queue retry {item.id}   (asks the platform before any resend)",
              f'crisiscomms queue reject {item.id} --reason "..."   (if it did go out)'))
-    for st in store.source_states():
-        if st.failures < failure_alert_after:
-            continue
+    for st in store.failing_sources(failure_alert_after):
         out[f"source:{st.source_id}"] = Condition(
             f"source:{st.source_id}", "source",
             URGENT if st.source_id in crisis_sources else HIGH,

@@ -139,6 +139,9 @@ class MemSources(_Repo):
     def list(self) -> builtins.list[SourceState]:
         return [s for _, s in sorted(self.t.sources.items())]
 
+    def failing(self, min_failures: int) -> builtins.list[SourceState]:
+        return [s for s in self.list() if s.failures >= min_failures]
+
     def claim(self, seen: Mapping[str, SourceState], *, owner: str, now: datetime,
               lease: timedelta) -> dict[str, SourceState]:
         out: dict[str, SourceState] = {}

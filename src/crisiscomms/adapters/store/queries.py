@@ -75,6 +75,12 @@ class StoreQueries:
         with self.reader() as r:
             return r.sources.list()
 
+    def failing_sources(self, min_failures: int) -> builtins.list[SourceState]:
+        """The sources failing ``min_failures`` polls in a row or more (the pager asks every
+        10 s: a query for the few, not 1,000 states built to be thrown away)."""
+        with self.reader() as r:
+            return r.sources.failing(min_failures)
+
     def channel_states(self) -> dict[str, ChannelState]:
         with self.reader() as r:
             return r.channels.list()

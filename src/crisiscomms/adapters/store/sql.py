@@ -166,6 +166,10 @@ class SqlSources:
         return [state_from_row(r) for r in
                 self.tx.rows("SELECT * FROM source_state ORDER BY key")]
 
+    def failing(self, min_failures: int) -> builtins.list[SourceState]:
+        return [state_from_row(r) for r in self.tx.rows(
+            "SELECT * FROM source_state WHERE failures >= ? ORDER BY key", (min_failures,))]
+
     def claim(self, seen: Mapping[str, SourceState], *, owner: str, now: datetime,
               lease: timedelta) -> dict[str, SourceState]:
         keys = sorted(seen)
