@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import io
 import logging
+import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -172,8 +173,11 @@ async def test_subscription_is_verified_and_connected_rings_the_catch_up(
 ) -> None:
     topic = feed_url(sim_server.base_url, "rss", "met")
     conn = connection([feed("met", topic)])
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     async with running(conn) as bells:
         await until(connected(conn, world))
+        # uvicorn runs inside the watcher's loop: the watcher's signal handlers stay its own
+        assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
         (sub,) = hub_subscriptions(world)
         assert sub.active and sub.topic == topic and sub.verified == 1
         assert sub.lease_seconds == 600
