@@ -25,8 +25,10 @@ source's doorbell (the watcher polls it at once through ``sources.mastodon``).
   catalogue's ``account``/``url``) or by ``acct`` (``name`` for the instance's own accounts,
   ``name@host`` for remote ones). A boost's ``account`` is the booster: it rings only if the
   booster is itself a source (its poll drops the boost), never the boosted account.
-  ``delete`` and everything else is ignored. A hostile event (not JSON, wrong types, over
-  ``MAX_EVENT_CHARS``) is ignored with a debug line; it never ends the stream.
+  ``delete`` and everything else is ignored. The ring expects the status id (the watcher
+  polls again shortly if the poll does not see it yet) only for a status the poll keeps:
+  not for an edit, a boost or a reply to another account. A hostile event (not JSON, wrong
+  types, over ``MAX_EVENT_CHARS``) is ignored with a debug line; it never ends the stream.
 
 A matched status only rings: an account claiming another's URL costs at most one extra
 poll of that source, which reads the real account.
@@ -224,8 +226,11 @@ class MastodonStream(PushConnection):
             return
         ids = self.sources_for(status)
         if ids:
-            # An edit's id is one the poll has already read: nothing new to wait for.
-            self.pushed(ids, expect_id=status_id if event.event == "update" else None)
+            # Expect the id only where the poll will return it: an edit's id was read
+            # before, and the poll drops boosts and replies to others (waiting for those
+            # would only poll again in vain).
+            expect = event.event == "update" and _kept_by_poll(status)
+            self.pushed(ids, expect_id=status_id if expect else None)
 
     # -- the session -----------------------------------------------------------------------
     async def session(self) -> None:
@@ -334,6 +339,18 @@ class MastodonStream(PushConnection):
             raise PermanentSourceError(
                 f"{KEY}: {host} resolves to a private/loopback/link-local address (or none)",
                 source_id=KEY, error_class="private_address")
+
+
+def _kept_by_poll(status: Mapping[str, Any]) -> bool:
+    """Whether ``sources.mastodon``'s poll keeps this status (not a boost, not a reply to
+    another account, public or unlisted)."""
+    if status.get("reblog"):
+        return False
+    author = as_str(as_dict(status.get("account")).get("id"), 100)
+    if status.get("in_reply_to_id") and as_str(status.get("in_reply_to_account_id"),
+                                               100) != author:
+        return False
+    return as_str(status.get("visibility"), 20) in ("public", "unlisted", "")
 
 
 def _is_ip(host: str) -> bool:
