@@ -191,17 +191,20 @@ def sim_env(home: Path, playbooks: Path, sim: RunningSimulator, **extra: str) ->
         "CRISISCOMMS_POLLING__JITTER_SECONDS": "0",
         # A loopback poll takes milliseconds. A poll's lease is the deadline plus a margin: a
         # watcher SIGKILLed mid-poll holds its sources that long, so the default (60 s + 30 s)
-        # left every kill test waiting over a minute for its last updates. Suite scale: 8 s.
-        "CRISISCOMMS_POLLING__TIMEOUT_SECONDS": "4",
-        "CRISISCOMMS_POLLING__DEADLINE_SECONDS": "5",
-        "CRISISCOMMS_POLLING__LEASE_MARGIN_SECONDS": "3",
-        "CRISISCOMMS_DISPATCH__LEASE_SECONDS": "5",
-        "CRISISCOMMS_DISPATCH__RETRY_BASE_SECONDS": "2",
+        # left every kill test waiting over a minute for its last updates. Suite scale: 4 s
+        # (a poll that overruns it under load fails and is tried again: slower, never lost).
+        "CRISISCOMMS_POLLING__TIMEOUT_SECONDS": "2",
+        "CRISISCOMMS_POLLING__DEADLINE_SECONDS": "3",
+        "CRISISCOMMS_POLLING__LEASE_MARGIN_SECONDS": "1",
+        "CRISISCOMMS_DISPATCH__LEASE_SECONDS": "5",  # the shortest lease settings allow
+        "CRISISCOMMS_DISPATCH__RETRY_BASE_SECONDS": "0.5",
         # A send to the loopback simulator takes milliseconds. A send cut off by a SIGKILL is
         # believed absent only once it can no longer land: the send deadline + this timeout + a
-        # margin after it was sent (30 + 20 + 5 s by default; 8 + 5 + 5 s here).
-        "CRISISCOMMS_DISPATCH__TIMEOUT_SECONDS": "5",
-        "CRISISCOMMS_DISPATCH__SEND_DEADLINE_SECONDS": "8",
+        # margin after it was sent (30 + 20 + 5 s by default; 2 + 3 + 5 s here: a send that
+        # times out under load is looked up on the platform before any resend, as in
+        # production).
+        "CRISISCOMMS_DISPATCH__TIMEOUT_SECONDS": "3",
+        "CRISISCOMMS_DISPATCH__SEND_DEADLINE_SECONDS": "2",
         "CRISISCOMMS_LOG_LEVEL": "warning",
         "CRISISCOMMS_LOG_FORMAT": "json",
         "PYTHONDONTWRITEBYTECODE": "1",

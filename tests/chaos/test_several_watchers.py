@@ -73,8 +73,10 @@ def test_several_watchers_publish_everything_exactly_once(tmp_path: Path,
     world = new_world(SystemClock(), scenario, quotas={})
     home, logs = tmp_path / "home", tmp_path / "logs"
     logs.mkdir()
+    # The request timeout outlasts a held create (SLOW_ACCEPT_S): the held send must succeed
+    # slowly, not time out. A send cut off by a kill settles after deadline + timeout + 5 s.
     extra = {"CRISISCOMMS_DISPATCH__LEASE_SECONDS": str(LEASE_S),
-             "CRISISCOMMS_DISPATCH__TIMEOUT_SECONDS": "12"}
+             "CRISISCOMMS_DISPATCH__TIMEOUT_SECONDS": str(SLOW_ACCEPT_S + 2)}
     if kind == "postgres":
         extra["CRISISCOMMS_DATABASE_URL"] = where
     with serve(world) as sim:
