@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -16,6 +18,78 @@ from crisiscomms.testing import SIMULATED_X_IDS, pinned_playbooks
 
 REPO = Path(__file__).resolve().parent.parent
 PINNED = SIMULATED_X_IDS
+
+# Seconds the slowest tests took (``pytest -n 2 --durations=40`` on the 2-core machine): a
+# scheduling hint only, never a limit. pytest-xdist's load scheduler first hands each worker a
+# contiguous chunk of the collection and then feeds whichever worker runs dry; in collection
+# order every chaos test landed in the first worker's chunk and the benchmark smoke test came
+# last, leaving the other worker idle at the end. These are dealt out over the first chunks,
+# longest first, each to the worker with the least hinted time so far; every other test keeps
+# its place. A test missing here (new, renamed) is simply not moved.
+SLOW_TESTS = {
+    "tests/chaos/test_crash.py::test_watch_survives_random_sigkills": 60,
+    "tests/report/test_drill_report.py::test_essex_drill_report_agrees_with_the_drill": 55,
+    "tests/drill/test_drills.py::test_bundled_essex_flood_drill": 55,
+    "tests/test_benchmarks_smoke.py::test_quick_benchmarks_print_every_row": 40,
+    "tests/chaos/test_several_watchers.py::test_several_watchers_publish_everything_exactly_once"
+    "[postgres-3]": 45,
+    "tests/chaos/test_several_watchers.py::test_several_watchers_publish_everything_exactly_once"
+    "[sqlite-2]": 40,
+    "tests/drill/test_drills.py::test_small_drills_pass_and_are_reproducible[fediverse]": 18,
+    "tests/chaos/test_platform_faults.py::"
+    "test_everything_delivered_once_through_5xx_timeouts_and_429s": 13,
+    "tests/drill/test_drills.py::test_small_drills_pass_and_are_reproducible[cap-alerts]": 12,
+    "tests/chaos/test_two_watchers.py::test_two_watchers_on_one_database_post_nothing_twice": 11,
+    "tests/hostile/test_hostile_watcher.py::test_watcher_survives_every_hostile_source_at_once":
+    11,
+    "tests/drill/test_practice.py::"
+    "test_practice_relays_after_the_officer_activates_from_another_shell": 11,
+    "tests/hostile/test_hostile_end_to_end.py::test_what_the_hostile_corpus_would_post": 10,
+    "tests/chaos/test_slow_feed.py::test_a_trickling_feed_neither_blocks_posting_nor_a_stop": 9,
+    "tests/chaos/test_store_faults.py::test_activate_while_another_process_holds_the_database": 7,
+    "tests/test_reload.py::test_a_running_watcher_follows_sources_yaml": 6,
+    "tests/drill/test_drills.py::test_small_drills_pass_and_are_reproducible[x-reactivation]": 6,
+}
+
+
+def _xdist_workers(config: pytest.Config) -> int:
+    """How many xdist workers share the run (1 without xdist); only workers collect."""
+    workerinput = getattr(config, "workerinput", None)
+    return int(workerinput.get("workercount", 1)) if workerinput else 1
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deal the slowest tests out over the workers' first chunks (see ``SLOW_TESTS``); the
+    same deterministic order on every worker, as xdist requires."""
+    slow = sorted((it for it in items if it.nodeid in SLOW_TESTS),
+                  key=lambda it: (-SLOW_TESTS[it.nodeid], it.nodeid))
+    if not slow:
+        return
+    workers = _xdist_workers(config)
+    rest = [it for it in items if it.nodeid not in SLOW_TESTS]
+    if workers == 1:
+        items[:] = slow + rest
+        return
+    # xdist's LoadScheduling: with at least 2 tests a worker, worker i is first sent the
+    # collection's [i*chunk, (i+1)*chunk); with fewer, tests go round robin.
+    maxchunk = getattr(config.option, "maxschedchunk", None) or len(items)
+    chunk = max(min(len(items) // workers // 4, maxchunk), 2)
+    lanes: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    load = [0.0] * workers
+    for it in slow:
+        i = min(range(workers), key=lambda w: (load[w], w))
+        lanes[i].append(it)
+        load[i] += SLOW_TESTS[it.nodeid]
+    if len(items) < 2 * workers or any(len(lane) > chunk for lane in lanes):
+        items[:] = slow + rest
+        return
+    ordered: list[pytest.Item] = []
+    fill = iter(rest)
+    for lane in lanes:
+        ordered += lane
+        ordered += itertools.islice(fill, chunk - len(lane))
+    ordered += fill
+    items[:] = ordered
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +115,23 @@ def _reset_logging() -> Iterator[None]:
     for h in list(root.handlers):
         if getattr(h, "_crisiscomms", False):
             root.removeHandler(h)
+
+
+@pytest.fixture(scope="session")
+def essex_drill(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The bundled Essex flood drill, run once per worker and shared read-only: it is
+    deterministic and the longest drill (most of a minute), and several tests check what it
+    produced. Its ``DrillResult``; the report is at ``result.report_path`` (HTML, with the
+    JSON and Markdown beside it). Logged from info up, as in tests/drill."""
+    from crisiscomms.drill.runner import run_drill
+
+    out = tmp_path_factory.mktemp("essex-drill")
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    try:
+        return run_drill(REPO / "playbooks" / "drills" / "essex-flood.yaml", home=out / "home",
+                         report_path=out / "out" / "essex-flood.html")
+    finally:
+        structlog.reset_defaults()
 
 
 @pytest.fixture

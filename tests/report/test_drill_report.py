@@ -7,15 +7,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-
-from crisiscomms.drill.runner import run_drill
-
-DRILLS = Path(__file__).resolve().parents[2] / "playbooks" / "drills"
+from typing import Any
 
 
-def test_essex_drill_report_agrees_with_the_drill(tmp_path: Path):
-    report = tmp_path / "essex.html"
-    result = run_drill(DRILLS / "essex-flood.yaml", home=tmp_path / "home", report_path=report)
+def test_essex_drill_report_agrees_with_the_drill(essex_drill: Any):
+    result = essex_drill  # tests/conftest.py: one run per worker, shared with other tests
+    report = Path(result.report_path)
     data = json.loads(report.with_suffix(".json").read_text())
     lead = [o for o in result.outcomes if o.name.startswith("lead_amplified")]
     assert lead
