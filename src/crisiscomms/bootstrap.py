@@ -23,7 +23,7 @@ from crisiscomms.domain.clock import AtClock, SystemClock, is_naive, parse_local
 from crisiscomms.domain.errors import ConfigError, StoreError
 from crisiscomms.domain.models import SourceKind, WatcherInfo
 from crisiscomms.logs import get_logger
-from crisiscomms.ports import Clock, Credentials, Publisher, Source, Store
+from crisiscomms.ports import Clock, Credentials, Publisher, PushListener, Source, Store
 from crisiscomms.services.reload import RELOAD_SECONDS
 
 if TYPE_CHECKING:
@@ -153,6 +153,9 @@ class App:
     settings: Settings
     clock: Clock
     given_catalog: Catalog | None = None
+    # Open push connections: by default only a watcher of the playbooks folder on the real
+    # clock (not a drill, not --at); a benchmark on the real clock may ask for them.
+    push: bool | None = None
     credential_source: Credentials = field(default_factory=EnvCredentials)
     rng: random.Random = field(default_factory=random.Random)
     sleep: Callable[[float], None] | None = None
@@ -328,11 +331,29 @@ class App:
 
         return sources, close
 
-    def watcher(self, sources: list[Source]) -> Watcher:
+    def watcher(self, sources: list[Source], *, push: bool = False) -> Watcher:
+        """The watcher; with ``push`` it opens the push connections the catalogue and the
+        settings allow (a watcher on the real clock only: a drill's clock is not the world's)."""
         from crisiscomms.services.watch import Watcher
 
         return Watcher(store=self.store, catalog=self.catalog, sources=sources,
-                       settings=self.settings.polling, rng=self.rng, owner=self.worker_id)
+                       settings=self.settings.polling, rng=self.rng, owner=self.worker_id,
+                       push=self.settings.push,
+                       listeners=self.push_listeners if push else None)
+
+    def push_listeners(self, catalog: Catalog) -> list[PushListener]:
+        """The push connections for ``catalog`` (``adapters.sources.push``)."""
+        from crisiscomms.adapters.sources.push import PushContext, build_push_listeners
+
+        token = self.settings.mastodon_stream_token
+        if token is not None:
+            from crisiscomms.logs import register_secrets
+
+            register_secrets([token])
+        ctx = PushContext(self.settings.push, base_urls=self.settings.source_base_urls,
+                          mastodon_token=token,
+                          allow_private=self.settings.allow_private_sources)
+        return list(build_push_listeners(list(catalog.sources.values()), ctx))
 
     def dispatcher(self, publishers: dict[str, Publisher]) -> Dispatcher:
         from crisiscomms.services.dispatch import Dispatcher
@@ -367,7 +388,10 @@ class App:
             pager = build_notice_chores(self)  # none without notify URLs or the real clock
             identity = WatcherInfo(self.worker_id, socket.gethostname(), os.getpid(),
                                    self.clock.now(), self.clock.now(), pages=bool(pager))
-            loop = RunLoop(store=self.store, clock=self.clock, watcher=self.watcher(sources),
+            push = self.push if self.push is not None else (
+                self.given_catalog is None and self.settings.at is None)
+            loop = RunLoop(store=self.store, clock=self.clock,
+                           watcher=self.watcher(sources, push=push),
                            dispatcher=self.dispatcher(publishers), identity=identity,
                            rng=self.rng, chores=[*pager])
             if self.settings.audit_key is not None:

@@ -39,8 +39,23 @@ class SlowDispatcher:
 
 
 class QuickWatcher:
+    def __init__(self) -> None:
+        self.wake, self.queued = asyncio.Event(), asyncio.Event()
+
     async def poll_cycle(self, now: datetime, *, wait: bool = True) -> CycleStats:
         return CycleStats()
+
+    def next_due_at(self) -> datetime | None:
+        return None
+
+    def start_push(self) -> None:
+        return None
+
+    async def stop_push(self) -> None:
+        return None
+
+    def push_status(self) -> tuple[()]:
+        return ()
 
     async def cancel_running(self) -> None:
         return None

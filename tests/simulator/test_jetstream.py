@@ -305,9 +305,8 @@ def test_resolve_handle(js_server: RunningSimulator, world: World) -> None:
         "did": "did:plc:moved"}
 
 
-@pytest.mark.xfail(strict=True, reason="simulator/server.py builds uvicorn with ws='none' "
-                   "(no WebSocket upgrade); the lead engineer is asked to switch it to "
-                   "'websockets-sansio'. Remove this mark then (strict: it fails once fixed).")
 def test_serve_speaks_websocket_unpatched() -> None:
     with serve(World(FixedClock(T0))) as sim, connect(ws_url(sim), open_timeout=3):
+        pass
+    with serve(World(FixedClock(T0))) as sim, connect(sim.url_for("jetstream"), open_timeout=3):
         pass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import tzinfo
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from zoneinfo import ZoneInfo
 
 import typer
@@ -13,7 +13,32 @@ from crisiscomms.cli.state import echo_json, get_app
 from crisiscomms.domain.clock import isoformat, shown
 from crisiscomms.domain.errors import ConfigError
 
+if TYPE_CHECKING:
+    from crisiscomms.domain.models import PushStatus
+
 LIVE_SECONDS = 120  # a watcher heartbeats every 10 s; two minutes of silence means gone
+
+
+def push_json(p: PushStatus) -> dict[str, object]:
+    return {"connection": p.key, "kind": p.kind, "sources": list(p.source_ids),
+            "connected": p.connected, "since": isoformat(p.since) if p.since else None,
+            "failures": p.failures, "last_error": p.last_error or None,
+            "last_event_at": isoformat(p.last_event_at) if p.last_event_at else None,
+            "events": p.events}
+
+
+def push_line(p: PushStatus, tz: tzinfo) -> str:
+    """One line per push connection: up (since, events) or down (why; polled meanwhile)."""
+    n = len(p.source_ids)
+    what = f"push {p.key} ({p.kind}, {n} source{'s' if n != 1 else ''})"
+    since = f" since {shown(p.since, tz)}" if p.since else ""
+    if p.connected:
+        last = f", last {shown(p.last_event_at, tz, seconds=True)}" if p.last_event_at else ""
+        return f"{what}: connected{since}, {p.events} event(s){last}"
+    why = f": {p.last_error}" if p.last_error else ""
+    tries = f" after {p.failures} attempt(s)" if p.failures else ""
+    return (f"{what}: DOWN{since}{tries}{why}; its sources are polled meanwhile and caught "
+            "up when it reconnects")
 
 
 def status(
@@ -45,7 +70,7 @@ def status(
     watchers = [{"worker": w.worker_id, "host": w.host, "pid": w.pid,
                  "started_at": isoformat(w.started_at), "last_seen_at": isoformat(w.last_seen_at),
                  "live": (now - w.last_seen_at).total_seconds() <= LIVE_SECONDS,
-                 "pages": w.pages}
+                 "pages": w.pages, "push": [push_json(p) for p in w.push]}
                 for w in registered]
     live_watchers = [w for w in registered
                      if (now - w.last_seen_at).total_seconds() <= LIVE_SECONDS]
@@ -94,6 +119,8 @@ def status(
         pages = "pages the on-call team" if w["pages"] else "cannot page"
         typer.echo(f"  {w['host']} pid {w['pid']}  last heartbeat "
                    f"{shown(seen, tz, seconds=True)}  ({pages})")
+        for p in next(x.push for x in live_watchers if x.worker_id == w["worker"]):
+            typer.echo("    " + push_line(p, tz))
     if live and not any(w["pages"] for w in live):
         typer.echo("  WARNING: no live watcher can page the on-call team (the service needs "
                    "CRISISCOMMS_NOTIFY_URLS; check 'crisiscomms notify test')")

@@ -37,6 +37,7 @@ log = get_logger(__name__)
 
 HEARTBEAT_SECONDS = 10.0
 STOP_GRACE_SECONDS = 5.0  # how long a stop waits for the send in flight
+MIN_WAIT_SECONDS = 0.1  # the shortest pause between two steps of a loop not woken
 T = TypeVar("T")
 
 
@@ -95,7 +96,8 @@ class RunLoop:
                 (now - self._last_beat).total_seconds() < HEARTBEAT_SECONDS:
             return
         with self.store.unit_of_work() as uow:
-            uow.watchers.heartbeat(replace(self.identity, last_seen_at=now))
+            uow.watchers.heartbeat(replace(self.identity, last_seen_at=now,
+                                           push=self.watcher.push_status()))
             uow.commit()
         self._last_beat = now
 
@@ -138,16 +140,26 @@ class RunLoop:
         def chore_step(chore: Chore) -> Callable[[], Awaitable[None]]:
             return lambda: self._run_chore(chore)
 
+        def until_due() -> float | None:
+            due = self.watcher.next_due_at()
+            return None if due is None else (due - self.clock.now()).total_seconds()
+
+        # Woken early: the poll loop by a doorbell (push) or when its next source is due
+        # before the tick; dispatch as soon as a poll queued something.
+        self.watcher.wake, self.watcher.queued = asyncio.Event(), asyncio.Event()
         ended = asyncio.Event()  # the other loops are done: the heartbeat stops
+        self.watcher.start_push()
         beats = asyncio.ensure_future(self._beat(ended, retry_seconds=tick_seconds))
         try:
             await asyncio.gather(
-                self._repeat("poll", poll, stop, tick_seconds, max_ticks, abandon=True),
+                self._repeat("poll", poll, stop, tick_seconds, max_ticks, abandon=True,
+                             wake=self.watcher.wake, until=until_due),
                 self._repeat("dispatch", dispatch, stop, tick_seconds, max_ticks,
-                             abandon=False),
+                             abandon=False, wake=self.watcher.queued),
                 *(self._repeat(chore.name, chore_step(chore), stop, chore.interval_seconds,
                                max_ticks, abandon=True) for chore in self.chores))
         finally:
+            await self.watcher.stop_push()
             ended.set()
             # A beat in flight finishes first: none is written after the sign-off.
             done, _ = await asyncio.wait({beats}, timeout=STOP_GRACE_SECONDS)
@@ -189,13 +201,20 @@ class RunLoop:
             uow.commit()
 
     async def _repeat(self, what: str, step: Callable[[], Awaitable[None]], stop: asyncio.Event,
-                      tick_seconds: float, max_ticks: int | None, *, abandon: bool) -> None:
+                      tick_seconds: float, max_ticks: int | None, *, abandon: bool,
+                      wake: asyncio.Event | None = None,
+                      until: Callable[[], float | None] | None = None) -> None:
         """Run ``step`` every ``tick_seconds`` until ``stop``; a store failure backs off. On stop
         a poll in progress is abandoned at once (nothing of it is written); a dispatch step is
-        given ``STOP_GRACE_SECONDS`` to finish its send, then abandoned safely."""
+        given ``STOP_GRACE_SECONDS`` to finish its send, then abandoned safely. ``wake`` set
+        runs the next step at once; ``until()`` (seconds to the next known work) runs it
+        sooner than the tick (never within ``MIN_WAIT_SECONDS``: a clock that stands still
+        does not spin the loop)."""
         ticks = failures = 0
         while not stop.is_set():
             wait = tick_seconds
+            if wake is not None:
+                wake.clear()  # what rings during the step wakes the next one
             task = asyncio.ensure_future(step())
             stopper = asyncio.ensure_future(stop.wait())
             try:
@@ -226,10 +245,28 @@ class RunLoop:
             ticks += 1
             if max_ticks is not None and ticks >= max_ticks:
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=wait)
+            if not failures:
+                soon = until() if until is not None else None
+                if soon is not None:
+                    wait = min(wait, max(soon, MIN_WAIT_SECONDS))
+            await self._sleep(stop, wake, wait)
         if stop.is_set():
             self.dispatcher.stop_requested.set()
+
+
+    @staticmethod
+    async def _sleep(stop: asyncio.Event, wake: asyncio.Event | None, seconds: float) -> None:
+        """Wait ``seconds``, or until ``stop`` (or ``wake``) is set."""
+        if wake is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=seconds)
+            return
+        waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())}
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
 
 
 class StopEvent(asyncio.Event):

@@ -24,7 +24,7 @@ import contextlib
 import functools
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -45,19 +45,21 @@ from crisiscomms.domain.matching import (
     referenced_ids,
 )
 from crisiscomms.domain.models import (
+    Doorbell,
     Incident,
     NewAuditEvent,
     NewOutboxItem,
     PollResult,
+    PushStatus,
     RecordedUpdate,
     SourceState,
     Update,
 )
 from crisiscomms.domain.pacing import next_poll
-from crisiscomms.ports import Source, Store, UnitOfWork
+from crisiscomms.ports import PushListener, Source, Store, UnitOfWork
 from crisiscomms.retry import backoff_delay
 from crisiscomms.services.schedule import Schedule
-from crisiscomms.settings import PollingSettings
+from crisiscomms.settings import PollingSettings, PushSettings
 
 log = structlog.get_logger(__name__)
 
@@ -106,7 +108,8 @@ class Watcher:
 
     def __init__(self, *, store: Store, catalog: Catalog, sources: Sequence[Source],
                  settings: PollingSettings, rng: random.Random | None = None,
-                 owner: str = "watcher") -> None:
+                 owner: str = "watcher", push: PushSettings | None = None,
+                 listeners: Callable[[Catalog], Sequence[PushListener]] | None = None) -> None:
         self.store = store
         self.catalog = catalog
         self.sources = list(sources)
@@ -127,6 +130,18 @@ class Watcher:
         self._scheduled_for: tuple[frozenset[str], frozenset[str]] | None = None
         self._unsaved: dict[str, tuple[Source, SourceState, datetime]] = {}
         self._cycle_tasks: set[asyncio.Future[None]] = set()
+        # Push (``ring``): doorbells waiting for the next cycle, the pushed due times laid
+        # over the schedule until a poll starts after them, and the pushed posts a poll has
+        # not seen yet (polled again shortly: an index may lag its stream).
+        self.push = push or PushSettings()
+        self._make_listeners = listeners
+        self._listeners: dict[str, tuple[PushListener, asyncio.Future[None] | None]] = {}
+        self._pushing = False
+        self._bells: list[Doorbell] = []
+        self._pushed_at: dict[str, datetime] = {}
+        self._expect: dict[str, tuple[set[str], int]] = {}
+        self.wake = asyncio.Event()  # set by a doorbell: the poll loop need not wait its tick
+        self.queued = asyncio.Event()  # set when a cycle queued items: dispatch them now
 
     # -- following the playbooks ------------------------------------------------------
     def reconfigure(self, catalog: Catalog, added: Sequence[Source], dropped: set[str]) -> None:
@@ -161,12 +176,118 @@ class Watcher:
 
         log.info("watch.reconfigured", sources=[s.key for s in self.sources],
                  started=[s.key for s in added], stopped=sorted(dropped))
+        self._follow_listeners()
         for src in gone:
             task = self._running.get(src.key)
             if task is None:
                 await _close(src)
             else:  # its poll ends first (a poll is never cut short by a reload)
                 task.add_done_callback(functools.partial(_close_later, src))
+
+    # -- push -----------------------------------------------------------------------
+    def ring(self, bell: Doorbell) -> None:
+        """A push connection's news (never blocks): the sources it names are polled at the
+        next cycle, which the poll loop starts at once (``wake``). Applied in ``poll_cycle``:
+        only watched sources, never before a reset the source named, a failing source's
+        backoff or the publisher's floor; a source being polled is polled again after."""
+        self._bells.append(bell)
+        self.wake.set()
+
+    def start_push(self) -> None:
+        """Open the push connections (in the running event loop) until ``stop_push``."""
+        self._pushing = True
+        self._follow_listeners()
+
+    async def stop_push(self) -> None:
+        """Close every push connection."""
+        self._pushing = False
+        tasks = [t for _, t in self._listeners.values() if t is not None]
+        self._listeners.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def push_status(self) -> tuple[PushStatus, ...]:
+        """How each push connection is (the heartbeat carries it to ``status``)."""
+        return tuple(listener.status() for listener, _ in self._listeners.values())
+
+    def _follow_listeners(self) -> None:
+        """The connections the current catalogue asks for: unchanged ones (same key, same
+        sources) keep running; changed or gone ones close; new ones open."""
+        if not self._pushing or self._make_listeners is None:
+            return
+        try:
+            wanted = {lst.key: lst for lst in self._make_listeners(self.catalog)}
+        except Exception as exc:  # a push problem never stops polling
+            log.error("push.build_failed", error=str(exc)[:300],
+                      note="sources are polled only until the next reload")
+            wanted = {}
+        for key, (old, task) in list(self._listeners.items()):
+            new = wanted.get(key)
+            if new is not None and new.source_ids == old.source_ids:
+                wanted.pop(key)
+                continue
+            del self._listeners[key]
+            if task is not None:
+                task.cancel()
+        for key, listener in wanted.items():
+            task = asyncio.ensure_future(listener.run(self.ring))
+            task.add_done_callback(functools.partial(self._listener_ended, key))
+            self._listeners[key] = (listener, task)
+
+    def _listener_ended(self, key: str, task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("push.listener_crashed", connection=key, error=str(task.exception()),
+                      note="its sources are polled only")
+
+    def _apply_bells(self, now: datetime, watched: set[str]) -> None:
+        """Doorbells rung since the last cycle: each watched source named is due now (or as
+        soon as its reset, backoff and floor allow)."""
+        bells, self._bells = self._bells, []
+        if not bells:
+            return
+        assert self._states is not None
+        key_of = {sid: src for src in self.sources for sid in src.source_ids}
+        for bell in bells:
+            for sid in bell.source_ids:
+                src = key_of.get(sid)
+                if src is None or sid not in watched:
+                    continue
+                key = src.key
+                st = self._states.get(key) or SourceState(source_id=key)
+                at = now
+                if st.failures and st.next_poll_at is not None:
+                    at = max(at, st.next_poll_at)  # a failing source keeps its backoff
+                value = st.extra.get(NOT_BEFORE)
+                if value:
+                    at = max(at, datetime.fromisoformat(str(value)))
+                floor = self._floor(src)
+                if floor and st.last_polled_at is not None:
+                    at = max(at, st.last_polled_at + timedelta(seconds=floor))
+                if bell.reason == "pushed" and bell.expect_id:
+                    ids, tries = self._expect.get(key, (set(), 0))
+                    self._expect[key] = ({*ids, bell.expect_id}, tries)
+                earlier = self._pushed_at.get(key)
+                self._pushed_at[key] = at if earlier is None else min(earlier, at)
+                log.debug("push.rung", source=key, reason=bell.reason, via=bell.via)
+                if key in self._running or key in self._unsaved:
+                    continue  # polled again once this poll is recorded (the overlay stays)
+                due = self._schedule.due_at(key)
+                self._schedule.set(key, at if due is None else min(due, at))
+
+    def _after_push(self, key: str, result: PollResult, now: datetime) -> None:
+        """A pushed post this poll did not return is looked for again shortly (an AppView
+        lagging Jetstream), a few times, then left to ordinary polling."""
+        wanted = self._expect.get(key)
+        if wanted is None:
+            return
+        ids, tries = wanted
+        if {u.external_id for u in result.updates} & ids or tries >= self.push.expect_retries:
+            del self._expect[key]
+            return
+        self._expect[key] = (ids, tries + 1)
+        self._pushed_at[key] = now + timedelta(
+            seconds=self.push.expect_retry_seconds * 2 ** tries)
 
     # -- scheduling -----------------------------------------------------------------
     def incident_source_ids(self, incidents: Sequence[Incident]) -> set[str]:
@@ -221,6 +342,13 @@ class Watcher:
                   incident_ids: set[str]) -> datetime:
         """When ``src`` is due: its stored next poll, or sooner for a source newly in an
         incident (the fast path: it does not wait out its long normal interval)."""
+        pushed = self._pushed_at.get(src.key)
+        if pushed is not None:
+            return min(pushed, self._stored_due(src, st, now, incident_ids))
+        return self._stored_due(src, st, now, incident_ids)
+
+    def _stored_due(self, src: Source, st: SourceState, now: datetime,
+                    incident_ids: set[str]) -> datetime:
         if st.next_poll_at is None:
             return now
         due = st.next_poll_at
@@ -278,6 +406,7 @@ class Watcher:
             self._scheduled_for = None
         if self._scheduled_for != (frozenset(watched), frozenset(incident_ids)):
             self._reschedule(now, watched, incident_ids)
+        self._apply_bells(now, watched)
         by_key = {src.key: src for src in self.sources}
         due: list[tuple[Source, SourceState]] = []
         for key in self._schedule.pop_due(now):
@@ -321,6 +450,7 @@ class Watcher:
         tasks = []
         for src, st in due:
             self._states[src.key] = st
+            self._pushed_at.pop(src.key, None)  # this poll reads what was pushed before it
             task = asyncio.ensure_future(self._poll_and_record(
                 src, st, now, self._interval(src, incident_ids), incidents, stats, catalog,
                 in_crisis=any(sid in incident_ids for sid in src.source_ids),
@@ -472,6 +602,7 @@ class Watcher:
         wait = backoff_delay(failures, base=self.settings.interval_seconds,
                              cap=self.settings.max_backoff_seconds, rng=self.rng)
         next_at = now + timedelta(seconds=wait)
+        self._expect.pop(src.key, None)  # the backoff decides when it is polled again
         extra = {k: v for k, v in st.extra.items() if k != NOT_BEFORE}
         if exc.retry_at is not None:
             # The source named its reset: nothing goes to it before then.
@@ -506,6 +637,7 @@ class Watcher:
                         stats: CycleStats, catalog: Catalog | None = None, *,
                         in_crisis: bool = False, sharers: int = 1) -> None:
         catalog = catalog or self.catalog
+        self._after_push(src.key, result, now)
         spread = self.rng.random() if self.settings.jitter_seconds else 0.0
         pace = next_poll(now, normal_interval=interval, in_crisis=in_crisis,
                          floor_seconds=self._floor(src), hints=result.hints,
@@ -563,6 +695,8 @@ class Watcher:
             uow.commit()
         self._remember(src, new, now)
         stats.queued += len(items)
+        if items:
+            self.queued.set()
         stats.new_updates += len(recorded)
         if result.not_modified or not result.updates:
             stats.not_modified += int(result.not_modified)

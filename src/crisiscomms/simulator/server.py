@@ -102,7 +102,7 @@ class RunningSimulator:
             lifespan="off",
             access_log=False,
             http=_TransportH11,
-            ws="none",
+            ws="websockets-sansio",  # the simulated Jetstream is a WebSocket endpoint
             timeout_graceful_shutdown=3,
         )
         self._server = _ThreadServer(config)
@@ -143,8 +143,11 @@ class RunningSimulator:
         filtered by county ``source_id`` (unfiltered when empty). Platform kinds give the
         base a client library needs: ``x`` replaces ``https://api.twitter.com``, ``mastodon``
         is the instance base (API under /api/v1), ``bluesky`` replaces ``https://bsky.social``
-        (XRPC under /xrpc), ``facebook`` replaces ``https://graph.facebook.com``.
+        (XRPC under /xrpc), ``facebook`` replaces ``https://graph.facebook.com``;
+        ``jetstream`` is the WebSocket URL replacing Bluesky's public Jetstream.
         """
+        if kind == "jetstream":
+            return f"ws://{self.host}:{self.port}/jetstream/subscribe"
         sid = quote(source_id, safe="@.")
         if kind in ("rss", "atom", "cap"):
             return f"{self.base_url}/sources/{kind}/{sid}"

@@ -55,6 +55,7 @@ from crisiscomms.domain.models import SourceKind
 from crisiscomms.ports import Credentials, Source
 
 __all__ = [
+    "PUSH_KINDS",
     "BlueskySource",
     "CapSource",
     "EaFloodsSource",
@@ -63,7 +64,6 @@ __all__ = [
     "FetchResponse",
     "HttpFetcher",
     "MastodonSource",
-    "PUSH_KINDS",
     "ParsedFeed",
     "PushConnection",
     "PushContext",
