@@ -474,6 +474,22 @@ async def test_bluesky_author_feed(fetcher: HttpFetcher, mock: respx.MockRouter)
     assert result.extra[DID_KEY] == "did:plc:essexpolice"
 
 
+async def test_bluesky_account_pinned_by_did_reads_its_posts(
+        fetcher: HttpFetcher, mock: respx.MockRouter) -> None:
+    """``https://bsky.app/profile/did:plc:...`` (the account pinned by its DID, which no
+    handle change can move): its posts are matched by the author's DID, not its handle."""
+    route = mock.get(BSKY).mock(
+        return_value=httpx.Response(200, content=fixture_bytes("bluesky_feed.json")))
+    config = make_config(SourceKind.BLUESKY,
+                         account="https://bsky.app/profile/did:plc:essexpolice")
+    src = BlueskySource(config, fetcher)
+    result = await src.poll(state_for(src.key), NOW)
+    assert route.calls[0].request.url.params["actor"] == "did:plc:essexpolice"
+    assert [u.external_id for u in result.updates] == [
+        "at://did:plc:essexpolice/app.bsky.feed.post/3kabc0000002",
+        "at://did:plc:essexpolice/app.bsky.feed.post/3kabc0000001"]
+
+
 async def test_bluesky_identity_change_is_refused(
     fetcher: HttpFetcher, mock: respx.MockRouter
 ) -> None:

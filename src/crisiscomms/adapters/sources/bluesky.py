@@ -74,6 +74,7 @@ class BlueskySource:
         self.key = config.id
         self.source_ids: tuple[str, ...] = (config.id,)
         self.actor = parse_actor(config.account or config.url or "")
+        self.by_did = self.actor.startswith("did:")
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self._fetcher = fetcher
         self._max_bytes = max_bytes
@@ -108,7 +109,10 @@ class BlueskySource:
                     continue
                 post = as_dict(item.get("post"))
                 author = as_dict(post.get("author"))
-                if as_str(author.get("handle"), 300).lower() != self.actor:
+                # The account is named by its handle, or pinned by its DID (no handle change
+                # can move it then): its posts are the author's with that name.
+                named = as_str(author.get("did" if self.by_did else "handle"), 300)
+                if named.lower() != self.actor:
                     continue
                 author_did = as_str(author.get("did"), 300)
                 if did is None:
