@@ -368,3 +368,22 @@ async def test_the_secret_never_reaches_a_log_or_the_status(
     ours = [line for line in stream.getvalue().splitlines() if "HTTP Request:" not in line]
     ours += [r.getMessage() for r in caplog.records if not r.name.startswith("httpx")]
     assert not [line for line in ours if token in line]
+
+
+async def test_a_slow_feed_delays_connected_no_longer_than_the_wait_and_rings_later(
+    world: World, sim_server: RunningSimulator
+) -> None:
+    from crisiscomms.simulator import Faults
+
+    world.set_faults(Faults(slow_seconds=1.5, paths=("/websub/feeds/rss/slow",)))
+    conn = connection([feed("met", feed_url(sim_server.base_url, "rss", "met")),
+                       feed("slow", feed_url(sim_server.base_url, "rss", "slow"))])
+    conn.verify_wait_seconds = 0.3
+    async with running(conn) as bells:
+        await until(connected(conn))
+        assert conn._subs["slow"].state == "new"  # still discovering when connected() rang
+        first = bells[0]
+        assert first.reason == "connected" and "met" in first.source_ids
+        later = await until(lambda: [b for b in bells[1:] if b.source_ids == ("slow",)])
+        assert later[0].reason == "connected"  # its own catch-up, once push works for it
+        assert conn._subs["slow"].state == "active"

@@ -206,13 +206,23 @@ class WebSubConnection(PushConnection):
                                 self._allow_private or feed.allow_private_network,
                                 token=secrets.token_urlsafe(24), secret=secrets.token_hex(32))
             self._subs[feed.id], self._by_token[sub.token] = sub, sub
-        await self._run_due(client, fetcher)
+        # Discovery and the first subscriptions, then connected(): its catch-up ring comes
+        # once push works, so nothing falls between that poll and the first delivery. Slow
+        # feeds or hubs delay it by verify_wait_seconds at most (a later activation rings
+        # its own source).
+        deadline = time.monotonic() + self.verify_wait_seconds
+        first = asyncio.ensure_future(self._run_due(client, fetcher))
+        try:
+            await asyncio.wait({first}, timeout=self.verify_wait_seconds)
+            await self._await_verifications(deadline)
+            self.connected()
+            self._announced = True
+            await first
+        finally:
+            first.cancel()
         with_hub = [s for s in self._subs.values() if s.hub]
         log.info("push.websub_discovered", connection=self.key, with_hub=len(with_hub),
                  without_hub=len(self._subs) - len(with_hub))
-        await self._await_verifications()
-        self.connected()
-        self._announced = True
         while True:
             if serving.done():
                 raise RuntimeError("the callback server stopped")
@@ -224,9 +234,8 @@ class WebSubConnection(PushConnection):
                     await asyncio.wait_for(self._wake.wait(), min(wait, 3600.0))
             await self._run_due(client, fetcher)
 
-    async def _await_verifications(self) -> None:
-        deadline = time.monotonic() + self.verify_wait_seconds
-        while any(s.state == "pending" for s in self._subs.values()):
+    async def _await_verifications(self, deadline: float) -> None:
+        while any(s.state in ("new", "pending") for s in self._subs.values()):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -257,6 +266,8 @@ class WebSubConnection(PushConnection):
                 await self._establish(sub, client, fetcher)
         except Exception as exc:  # one feed's trouble never ends the others' subscriptions
             self._failed(sub, describe(exc))
+        finally:
+            self._wake.set()  # whoever waits on the states looks again
 
     async def _establish(self, sub: _Subscription, client: httpx.AsyncClient,
                          fetcher: HttpFetcher) -> None:
