@@ -8,6 +8,7 @@ import shutil
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,36 @@ async def test_an_untrusted_certificate_is_refused(server: tuple[int, list[int]]
     finally:
         await client.aclose()
     assert info.value.error_class == "tls"
+
+
+@pytest.mark.parametrize("closing", ["async with", "aclose"])
+async def test_closing_the_client_closes_every_pooled_connection(closing: str) -> None:
+    # ``async with client`` ends in httpx's ``__aexit__``, which knew only the global pool: a
+    # source allowed private addresses kept its socket open (a ResourceWarning).
+    closed = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 304 Not Modified\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            closed.set()
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        client = make_async_client(timeout=5.0)
+        async with AsyncExitStack() as stack:
+            if closing == "async with":
+                await stack.enter_async_context(client)
+            else:
+                stack.push_async_callback(client.aclose)
+            await HttpFetcher(client).fetch(f"http://127.0.0.1:{port}/feed", source_id="s",
+                                            allow_private=True)
+        await asyncio.wait_for(closed.wait(), 5)
+    finally:
+        srv.close()

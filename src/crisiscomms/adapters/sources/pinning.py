@@ -21,6 +21,7 @@ a third of httpcore's CPU per request (``make bench``'s idle-GET row).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 import ssl
@@ -28,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import httpcore
@@ -116,6 +118,7 @@ class _Protocol(asyncio.Protocol):
         self.drain_waiter: asyncio.Future[None] | None = None
         self.write_paused = False
         self.read_paused = False
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -139,6 +142,7 @@ class _Protocol(asyncio.Protocol):
         self._wake_reader()
         self.write_paused = False
         self._wake(self.drain_waiter)
+        self._wake(self.closed)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -210,7 +214,18 @@ class PinnedStream(httpcore.AsyncNetworkStream):
                 raise httpcore.WriteError("connection lost") from proto.error
 
     async def aclose(self) -> None:
-        self._transport.close()
+        transport = self._transport
+        if transport.get_extra_info("ssl_object") is not None:
+            transport.abort()  # no waiting for the server's close_notify (as httpcore's anyio)
+        else:
+            transport.close()
+        # The socket is closed on the loop's next turn: wait for it, so a loop that ends
+        # right after ``client.aclose()`` leaves no socket open.
+        closed = self._protocol.closed
+        if not closed.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await asyncio.shield(closed)
 
     async def start_tls(
         self,
@@ -365,5 +380,17 @@ class LeanTransport(httpx.AsyncHTTPTransport):
 
     async def aclose(self) -> None:
         await super().aclose()
+        await self._close_private()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None = None,
+                        exc_value: BaseException | None = None,
+                        traceback: TracebackType | None = None) -> None:
+        # ``async with client`` ends here, not in ``aclose``: httpx's own ``__aexit__`` only
+        # closes the pool it knows about.
+        await super().__aexit__(exc_type, exc_value, traceback)
+        await self._close_private()
+
+    async def _close_private(self) -> None:
         if self._private is not None:
-            await self._private.aclose()
+            private, self._private = self._private, None
+            await private.aclose()
