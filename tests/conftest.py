@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,10 +135,18 @@ def essex_drill(tmp_path_factory: pytest.TempPathFactory) -> Any:
         structlog.reset_defaults()
 
 
+@pytest.fixture(scope="session")
+def _pinned_playbooks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled playbooks with the X ids pinned, made once per worker (a YAML round trip:
+    about 10 ms, and hundreds of tests start from it)."""
+    return pinned_playbooks(REPO / "playbooks", tmp_path_factory.mktemp("pinned") / "playbooks")
+
+
 @pytest.fixture
-def playbooks_dir(tmp_path: Path) -> Path:
-    """A copy of the bundled playbooks with the X ids pinned (they are empty in the repo)."""
-    return pinned_playbooks(REPO / "playbooks", tmp_path / "playbooks")
+def playbooks_dir(tmp_path: Path, _pinned_playbooks: Path) -> Path:
+    """A copy of the bundled playbooks with the X ids pinned (they are empty in the repo);
+    the test's own, to edit as it likes."""
+    return Path(shutil.copytree(_pinned_playbooks, tmp_path / "playbooks"))
 
 
 @pytest.fixture
