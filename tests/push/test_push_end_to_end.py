@@ -1,9 +1,9 @@
-"""Push end to end (issue 14, item 1): the real watch loop (``App.run_loop``: what ``watch`` runs) on the real
-clock against the simulator's Mastodon streaming API and Jetstream, with polling slowed to
-every 10 minutes so that only push can relay in time: a status and a post by the incident's
-sources are relayed within seconds, once each; ``status``'s heartbeat names both connections;
-a dropped stream is reconnected and what was published while it was down is caught up by the
-reconnect's poll."""
+"""Push end to end (issue 14, item 1): the real watch loop (``App.run_loop``, what ``watch``
+runs) on the real clock against the simulator's Mastodon streaming API and Jetstream, with
+polling slowed to every 10 minutes so that only push can relay in time: a status and a post
+by the incident's sources are relayed within seconds, once each; ``status``'s heartbeat names
+both connections; a dropped stream is reconnected and what was published while it was down
+is caught up by the reconnect's poll."""
 
 from __future__ import annotations
 
