@@ -44,8 +44,7 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from functools import cache, lru_cache
 from typing import Any
 
@@ -56,7 +55,15 @@ import tldextract
 from pydantic import SecretStr
 
 from crisiscomms.adapters.sources.base import SourceRateLimitedError
+from crisiscomms.adapters.sources.bodies import BodyDecoder as _BodyDecoder
 from crisiscomms.adapters.sources.dns import DnsCache
+from crisiscomms.adapters.sources.hints import (  # re-exported: adapters import them here
+    freshness,
+    poll_hints,
+    rate_limit_reset,
+    read_budgets,
+)
+from crisiscomms.adapters.sources.hints import retry_at as _retry_at
 from crisiscomms.adapters.sources.pinning import (
     LeanTransport,
     Pin,
@@ -65,11 +72,32 @@ from crisiscomms.adapters.sources.pinning import (
     pinned,
     private_address_error,
 )
-from crisiscomms.domain.clock import parse_instant
 from crisiscomms.domain.errors import FeedTooLargeError, PermanentSourceError, TransientSourceError
-from crisiscomms.domain.models import PollHints, ReadBudget
+from crisiscomms.domain.models import PollHints
 
 log = structlog.get_logger(__name__)
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "MAX_REDIRECTS",
+    "MOVED_TO",
+    "USER_AGENT",
+    "FetchClient",
+    "FetchLimits",
+    "FetchResponse",
+    "HttpFetcher",
+    "Resolver",
+    "freshness",
+    "make_async_client",
+    "poll_hints",
+    "rate_limit_reset",
+    "read_budgets",
+    "record_move",
+    "registrable_domain",
+    "same_site",
+    "system_resolver",
+    "translate_httpx_errors",
+]
 
 DEFAULT_MAX_BYTES = 5_000_000
 MAX_REDIRECTS = 5
@@ -283,138 +311,6 @@ def _network_error_class(exc: BaseException) -> str:
             return "tls"
         seen = seen.__cause__ or seen.__context__
     return "connect" if isinstance(exc, httpx.ConnectError | httpcore.ConnectError) else "network"
-
-
-def _retry_at(headers: Mapping[str, str], now: datetime | None) -> datetime | None:
-    """When the server says to come back: ``Retry-After`` (seconds need ``now``, or an
-    HTTP date), else a rate-limit reset header (Mastodon's ISO ``X-RateLimit-Reset``)."""
-    value = headers.get("retry-after", "").strip()
-    if value.isdigit():
-        return None if now is None else now + timedelta(seconds=min(int(value), 86_400))
-    if value:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-    return rate_limit_reset(headers)
-
-
-def _http_date(value: str) -> datetime | None:
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-
-
-def _seconds(value: str) -> float | None:
-    value = value.strip().strip('"')
-    return float(min(int(value), 86_400)) if value.isdigit() else None
-
-
-def freshness(headers: Mapping[str, str], now: datetime | None) -> float | None:
-    """How many more seconds the answer stays fresh (RFC 9111 for a private cache):
-    ``Cache-Control: max-age`` less ``Age``, else ``Expires`` less ``Date`` (or ``now``); 0 for
-    ``no-cache``/``no-store``; ``None`` when the answer says nothing."""
-    directives: dict[str, str] = {}
-    for part in headers.get("cache-control", "").lower().split(","):
-        name, _, value = part.strip().partition("=")
-        if name:
-            directives[name] = value
-    if "no-store" in directives or "no-cache" in directives:
-        return 0.0
-    age = _seconds(headers.get("age", "")) or 0.0
-    max_age = _seconds(directives.get("max-age", ""))
-    if max_age is not None:
-        return max(0.0, max_age - age)
-    expires = headers.get("expires", "").strip()
-    if not expires:
-        return None
-    until = _http_date(expires)
-    base = _http_date(headers.get("date", "")) or now
-    if until is None or base is None:
-        return 0.0  # an invalid Expires means "already expired" (RFC 9111 5.3)
-    return max(0.0, min((until - base).total_seconds(), 86_400.0))
-
-
-def read_budgets(headers: Mapping[str, str]) -> tuple[ReadBudget, ...]:
-    """The read-limit window an answer names (``X-RateLimit-Remaining``/``-Reset``, as
-    Mastodon sends on every API answer), if any."""
-    remaining = headers.get("x-ratelimit-remaining", "").strip()
-    reset = rate_limit_reset(headers)
-    if not remaining.isdigit() or reset is None:
-        return ()
-    return (ReadBudget(int(remaining), reset),)
-
-
-def poll_hints(headers: Mapping[str, str], now: datetime | None, *,
-               requests: int = 1) -> PollHints:
-    """What an answer's headers say about when to ask again."""
-    retry = headers.get("retry-after", "").strip()
-    retry_at = None
-    if retry:
-        secs = _seconds(retry)
-        retry_at = (now + timedelta(seconds=secs) if secs is not None and now is not None
-                    else None if secs is not None else _http_date(retry))
-    return PollHints(max_age_seconds=freshness(headers, now), retry_after=retry_at,
-                     budgets=read_budgets(headers), requests=requests)
-
-
-def rate_limit_reset(headers: Mapping[str, str]) -> datetime | None:
-    """``X-RateLimit-Reset`` as aware UTC: an ISO instant (Mastodon) or epoch seconds."""
-    value = headers.get("x-ratelimit-reset", headers.get("x-rate-limit-reset", "")).strip()
-    if not value or len(value) > 64:
-        return None
-    try:
-        if value.isdigit():
-            return datetime.fromtimestamp(int(value), UTC)
-        return parse_instant(value)
-    except (ValueError, OverflowError, OSError):
-        return None
-
-
-class _BodyDecoder:
-    """Incremental identity/gzip/deflate decoder with a hard output cap.
-
-    httpx's own decoders inflate a whole network chunk at once (a 64 KiB chunk of a gzip
-    bomb is ~64 MiB); ``zlib`` with ``max_length`` lets us stop at the cap instead.
-    """
-
-    def __init__(self, encoding: str) -> None:
-        enc = encoding.strip().lower()
-        self._mode = enc
-        self._zlib: zlib._Decompress | None = None
-        if enc in ("gzip", "x-gzip"):
-            self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif enc == "deflate":
-            self._zlib = None  # decided on the first chunk: zlib-wrapped or raw
-        elif enc not in ("", "identity"):
-            raise ValueError(enc)
-        self._first = True
-
-    def decode(self, data: bytes, room: int) -> bytes:
-        """Decode ``data``, producing at most ``room + 1`` bytes (one more means "over")."""
-        if self._mode in ("", "identity"):
-            return data[: room + 1]
-        if self._zlib is None:
-            # RFC 7230 "deflate" is zlib-wrapped; some servers send raw deflate.
-            wrapped = len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
-            raw = not wrapped
-            self._zlib = zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
-        out = bytearray()
-        pending = data
-        while pending and len(out) <= room:
-            out += self._zlib.decompress(pending, room + 1 - len(out))
-            if self._zlib.eof:
-                rest = self._zlib.unused_data
-                if rest and self._mode != "deflate":  # concatenated gzip members
-                    self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                    pending = rest
-                    continue
-                break
-            pending = self._zlib.unconsumed_tail
-        return bytes(out)
 
 
 _is_public = is_public
