@@ -15,7 +15,10 @@ For every post the simulator accepts that relays one of them:
 * **internal pipeline** = the accept instant - the update's ``fetched_at`` (the poll that saw
   it), which includes the first update after start (parser workers and connections cold).
 
-Sources are split into polled and pushed; no source is pushed yet (``pushed`` says so).
+Pushed sources are measured apart (``run_pushed``): the fediverse drill's Mastodon and Bluesky
+sources, with the watcher's push connections open on the simulator's Mastodon streaming API
+and Jetstream, the default polling settings beside them (push only rings; each update is still
+read by a poll, at once), and ``--updates`` posts spread over 30 s.
 Which channels relay an update is the bundled policy's choice (not every update goes to all
 four); the run stops once every item had a poll after it and nothing was accepted for 10 s
 (or after ``--timeout`` seconds).
@@ -38,6 +41,7 @@ from typing import Any
 from benchmarks.common import REPO, percentile, quiet_logging, summary, write_result
 
 SCENARIO = REPO / "playbooks" / "drills" / "essex-flood.yaml"
+PUSH_SCENARIO = REPO / "playbooks" / "drills" / "fediverse.yaml"
 
 
 def _push_kinds() -> list[str]:
@@ -182,6 +186,104 @@ def run_once(updates: int, seed: int, timeout: float,
             "first_update_pipeline_s": max(first) if first else float("nan")}
 
 
+def run_pushed(updates: int, seed: int, timeout: float) -> dict[str, Any]:
+    """Time to amplify for sources that push: publication in the simulator -> its accept."""
+    from pydantic import SecretStr
+
+    from crisiscomms.adapters.playbooks import load_catalog
+    from crisiscomms.bootstrap import App, run_watch
+    from crisiscomms.domain.clock import SystemClock, parse_instant
+    from crisiscomms.drill.practice import practice_playbooks
+    from crisiscomms.drill.runner import add_x_accounts, drill_catalog, drill_credentials
+    from crisiscomms.drill.scenario import load_scenario
+    from crisiscomms.services import incidents
+    from crisiscomms.settings import PushSettings, Settings
+    from crisiscomms.simulator import World, serve
+    from crisiscomms.simulator.records import SimPost
+
+    scenario = load_scenario(PUSH_SCENARIO)
+    activation = next(e.activate for e in scenario.events if e.activate)
+    accounts = [("essex-police-masto", "essexpolice@social.example", "mastodon", "content"),
+                ("eeast-bsky", "eeast.bsky.social", "bluesky", "text")]
+    with tempfile.TemporaryDirectory(prefix="crisiscomms-bench-push-") as t:
+        home = Path(t) / "home"
+        home.mkdir(mode=0o700)
+        playbooks_dir = practice_playbooks(
+            (PUSH_SCENARIO.parent / scenario.playbooks_dir).resolve(), home / "playbooks",
+            scenario.pin_x_ids)
+        base = load_catalog(playbooks_dir)
+        clock = SystemClock()
+        world = World(clock)
+        add_x_accounts(world, base, scenario.pin_x_ids)
+        earlier = clock.now() - timedelta(hours=1)
+        for _, sim_id, kind, field in accounts:  # the accounts exist, with a post each
+            world.add_item(sim_id, kind, earlier, {field: "Earlier."})
+        accepted: dict[str, datetime] = {}
+        last_accept = [time.monotonic()]
+
+        def hook(post: SimPost) -> None:
+            accepted[post.post_id] = post.received_at
+            last_accept[0] = time.monotonic()
+
+        with serve(world, port=0) as sim:
+            catalog = drill_catalog(base, scenario, sim, PUSH_SCENARIO)
+            settings = Settings(
+                home=home, database_url=f"sqlite:///{home / 'crisiscomms.db'}",
+                playbooks_dir=playbooks_dir, allow_private_sources=True,
+                x_bearer_token=SecretStr("bench-bearer-token"),
+                source_base_urls={"x": sim.url_for("x"), "mastodon": sim.url_for("mastodon"),
+                                  "bluesky": sim.url_for("bluesky"),
+                                  "jetstream": sim.url_for("jetstream")},
+                mastodon_stream_token=SecretStr("bench-reader-token"),
+                push=PushSettings(mastodon_stream_base=sim.url_for("mastodon")),
+                worker_id="bench", notify_urls=None, audit_key=None)
+            app = App(settings=settings, clock=clock, given_catalog=catalog, push=True,
+                      credential_source=drill_credentials(catalog, world.accounts.x_me.id),
+                      rng=random.Random(seed))
+            try:
+                incidents.activate(app.store, catalog, clock, playbook=activation.playbook,
+                                   reason="benchmark", operator=activation.operator,
+                                   hashtags=activation.hashtags, lead=activation.lead)
+                rng = random.Random(seed)
+                start = clock.now() + timedelta(seconds=5)  # connections up, baselines in
+                for k in range(updates):
+                    _, sim_id, kind, field = accounts[k % len(accounts)]
+                    world.add_item(sim_id, kind, start + timedelta(seconds=rng.uniform(0, 30)),
+                                   {field: f"Update {k} of run {seed}: roads closed."})
+                world.set_accept_hook(hook)
+                quiet_from = time.monotonic() + 5 + 30 + 5
+
+                def stopper() -> None:
+                    t_end = time.monotonic() + timeout
+                    while time.monotonic() < t_end:
+                        now = time.monotonic()
+                        if now > quiet_from and now - last_accept[0] > 5:
+                            break
+                        time.sleep(0.25)
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+                threading.Thread(target=stopper, daemon=True).start()
+                asyncio.run(run_watch(app, once=False, dry_run=False, tick_seconds=2.0,
+                                      max_ticks=int(timeout / 2) + 30))
+                rows = app.store.query(  # type: ignore[attr-defined]
+                    "SELECT o.platform_post_id, u.published_at, u.source_id FROM outbox o "
+                    "JOIN updates u ON u.id = o.update_id WHERE o.state = 'published' AND "
+                    "u.baseline = 0")
+            finally:
+                world.set_accept_hook(None)
+                app.close()
+    by_source: dict[str, list[float]] = {}
+    for r in rows:
+        if str(r["platform_post_id"]) in accepted:
+            by_source.setdefault(str(r["source_id"]), []).append(
+                (accepted[str(r["platform_post_id"])] - parse_instant(r["published_at"]))
+                .total_seconds())
+    tta = [x for xs in by_source.values() for x in xs]
+    return {"updates": updates, "relayed_posts": len(tta), "tta_by_source_s": by_source,
+            "relayed_updates": len({(r["source_id"], r["published_at"]) for r in rows}),
+            "sources": [a[0] for a in accounts], "tta_s": tta}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="time-to-amplify benchmark")
     p.add_argument("--updates", type=int, default=20)
@@ -193,9 +295,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     sink = quiet_logging()
     runs = []
+    pushed_runs = []
     try:
-        for k in range(args.runs):
+        for k in range(args.runs):  # interleaved: polled, pushed, polled, pushed, ...
             runs.append(run_once(args.updates, 100 + k, args.timeout, args.poll_interval))
+            if _push_kinds():
+                pushed_runs.append(run_pushed(args.updates, 200 + k, args.timeout))
     finally:
         sink.close()
 
@@ -204,8 +309,17 @@ def main(argv: list[str] | None = None) -> None:
                 for r in runs]
         return summary(vals)
 
+    def pushed(q: float | None) -> dict[str, float]:
+        return summary([(percentile(r["tta_s"], q) if q is not None
+                         else max(r["tta_s"], default=float("nan"))) for r in pushed_runs])
+
     result = {
         "runs": runs, "updates": args.updates, "push_kinds": _push_kinds(),
+        "pushed_runs": pushed_runs,
+        "pushed": {"p50": pushed(50), "p95": pushed(95), "max": pushed(None),
+                   "relayed_posts": [r["relayed_posts"] for r in pushed_runs],
+                   "relayed_updates": [r["relayed_updates"] for r in pushed_runs]}
+        if pushed_runs else None,
         "polled": {"p50": per_run("tta_s", 50), "p95": per_run("tta_s", 95),
                    "max": per_run("tta_s", None)},
         "pipeline": {"p95": per_run("pipeline_s", 95), "p99": per_run("pipeline_s", 99),

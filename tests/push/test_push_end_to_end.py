@@ -30,6 +30,7 @@ from crisiscomms.simulator import World, serve
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIO = REPO / "playbooks" / "drills" / "fediverse.yaml"
+MASTO = "essexpolice@social.example"  # the simulator's id of the drill's Mastodon source
 SLOW = 600.0  # every poll interval: nothing in this test can be relayed by polling in time
 
 
@@ -75,7 +76,7 @@ def test_pushed_updates_are_relayed_in_seconds_once_each_and_a_gap_is_caught_up(
                   credential_source=drill_credentials(catalog, world.accounts.x_me.id),
                   rng=random.Random(1))
         earlier = clock.now() - timedelta(hours=1)  # the accounts exist, with a post each
-        world.add_item("essexpolice", "mastodon", earlier, {"content": "<p>Earlier.</p>"})
+        world.add_item(MASTO, "mastodon", earlier, {"content": "<p>Earlier.</p>"})
         world.add_item("eeast.bsky.social", "bluesky", earlier, {"text": "Earlier."})
         incidents.activate(app.store, catalog, clock, playbook="fediverse-incident",
                            reason="test", operator="on-call")
@@ -114,7 +115,7 @@ def test_pushed_updates_are_relayed_in_seconds_once_each_and_a_gap_is_caught_up(
                                      if s.baseline_done} >= {"essex-police-masto",
                                                              "eeast-bsky"})
             t0 = clock.now() + timedelta(seconds=0.2)
-            world.add_item("essexpolice", "mastodon", t0,
+            world.add_item(MASTO, "mastodon", t0,
                            {"content": "<p>Roads around the estate are closed.</p>"})
             world.add_item("eeast.bsky.social", "bluesky", t0,
                            {"text": "If smoke affects your breathing call NHS 111."})
@@ -125,7 +126,7 @@ def test_pushed_updates_are_relayed_in_seconds_once_each_and_a_gap_is_caught_up(
             # poll the reconnect rings (not by the 10-minute interval).
             drop_mastodon_streams(world)
             drop_jetstream(world)
-            world.add_item("essexpolice", "mastodon", clock.now(),
+            world.add_item(MASTO, "mastodon", clock.now(),
                            {"content": "<p>The fire is under control.</p>"})
             assert wait_for(lambda: sum(r["source_id"] == "essex-police-masto"
                                         for r in published()) >= 2 * 2), published()

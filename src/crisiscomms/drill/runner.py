@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -87,7 +88,11 @@ def sim_source_id(source: Any, pins: dict[str, str]) -> str:
     if source.kind is SourceKind.X:
         return pins.get(source.id) or source.x_user_id or source.id
     if source.kind is SourceKind.MASTODON:
-        return (source.account or "").rstrip("/").rsplit("/", 1)[-1].lstrip("@")
+        # name@host, as another instance (the reader account's) knows the account: its
+        # statuses then carry the account's own URL and acct, as the real ones do.
+        url = urlsplit(source.account or source.url or "")
+        name = url.path.rstrip("/").rsplit("/", 1)[-1].lstrip("@")
+        return f"{name}@{url.hostname}" if url.hostname else name
     if source.kind is SourceKind.BLUESKY:
         return (source.account or "").rstrip("/").rsplit("/", 1)[-1]
     return str(source.id)
@@ -231,7 +236,7 @@ class Drill:
                     self._apply(app, e)
                     progress.events_done += 1
                     progress.last_event = e.note or e.kind
-                cycle, stats = await loop.tick(now)
+                cycle, stats = await loop.tick(now, dispatch_inline=True)
                 self.ticks += 1
                 progress.now = now
                 progress.seen += cycle.new_updates

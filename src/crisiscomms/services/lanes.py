@@ -44,10 +44,16 @@ class LeaseKeeper:
         self._guard = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=name)
+        self._entered = self._started = False
 
     def hold(self, item: OutboxItem) -> None:
         with self._guard:
             self._items[item.id] = item
+            # Started by the first item held: a channel tick that claims nothing (the items
+            # it decides only stay held) starts no thread.
+            if self._entered and not self._started:
+                self._started = True
+                self._thread.start()
 
     def drop(self, item: OutboxItem) -> None:
         with self._guard:
@@ -77,12 +83,20 @@ class LeaseKeeper:
                     log.error("outbox.lease_lost", item=item.id, token=item.fence)
 
     def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
+        with self._guard:
+            self._entered = True
+            if self._items:
+                self._started = True
+                self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        with self._guard:
+            self._entered = False
+            started = self._started
+        if started:
+            self._thread.join()
 
 
 def each_channel(channel_ids: Sequence[str], run: Callable[[str], None], *,

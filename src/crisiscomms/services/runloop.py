@@ -101,12 +101,21 @@ class RunLoop:
             uow.commit()
         self._last_beat = now
 
-    async def tick(self, now: datetime | None = None) -> tuple[CycleStats, DispatchStats]:
-        """One iteration: heartbeat, poll the due sources, dispatch."""
+    async def tick(self, now: datetime | None = None, *, dispatch_inline: bool = False
+                   ) -> tuple[CycleStats, DispatchStats]:
+        """One iteration: heartbeat, poll the due sources, dispatch. ``dispatch_inline`` (the
+        drills) runs the dispatch step on this thread: a drill's tick waits for it at once and
+        runs nothing else meanwhile, and a thread started for every one of its thousands of
+        ticks costs a start and two hand-overs of the GIL each time. Otherwise the step runs
+        in a daemon thread, so an interrupted ``watch --once`` abandons a hanging send."""
         now = now or self.clock.now()
         self.heartbeat(now)
         cycle = await self.watcher.poll_cycle(now)
-        dispatched = await in_daemon_thread(lambda: self.dispatcher.tick(self.clock.now()))
+        if dispatch_inline:
+            dispatched = self.dispatcher.tick(self.clock.now())
+        else:
+            dispatched = await in_daemon_thread(
+                lambda: self.dispatcher.tick(self.clock.now()))
         for chore in self.chores:
             await self._run_chore(chore)
         return cycle, dispatched
