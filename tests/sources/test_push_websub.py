@@ -240,7 +240,7 @@ async def test_verification_gets_for_unknown_topics_tokens_or_modes_get_404(
             denied = await client.get(sub.callback, params={
                 "hub.mode": "denied", "hub.topic": topic, "hub.reason": "no"})
         assert (other.status_code, token.status_code, mode.status_code) == (404, 404, 404)
-        assert denied.status_code == 200 and "denied" in conn.status().last_error
+        assert denied.status_code == 200 and "denied" in conn.status().note
         assert other.text == token.text == mode.text == ""
         assert (good.status_code, good.text) == (200, "c1")
         assert forged.status_code == 404
@@ -293,7 +293,7 @@ async def test_a_feed_without_a_hub_is_left_out_and_polled(
         assert conn.source_ids == ("met",)
         status = conn.status()
         assert status.source_ids == ("met",)
-        assert "plain" in status.last_error and "no hub" in status.last_error
+        assert "plain" in status.note and "no hub" in status.note
         assert bells[0].source_ids == ("met",)
         assert [s.topic for s in hub_subscriptions(world)] == [
             feed_url(sim_server.base_url, "rss", "met")]
@@ -333,8 +333,8 @@ async def test_a_hub_that_refuses_is_retried_and_said_in_the_status(
         async with running(conn) as bells:
             await until(connected(conn, world))
             status = conn.status()
-            assert status.connected and "HTTP 400" in status.last_error
-            assert "polled meanwhile" in status.last_error
+            assert status.connected and "HTTP 400" in status.note
+            assert "polled meanwhile" in status.note
             assert bells[0].source_ids == ("met",)
 
 

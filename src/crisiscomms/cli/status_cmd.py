@@ -24,7 +24,7 @@ def push_json(p: PushStatus) -> dict[str, object]:
             "connected": p.connected, "since": isoformat(p.since) if p.since else None,
             "failures": p.failures, "last_error": p.last_error or None,
             "last_event_at": isoformat(p.last_event_at) if p.last_event_at else None,
-            "events": p.events}
+            "events": p.events, "note": p.note or None}
 
 
 def push_line(p: PushStatus, tz: tzinfo) -> str:
@@ -34,7 +34,8 @@ def push_line(p: PushStatus, tz: tzinfo) -> str:
     since = f" since {shown(p.since, tz)}" if p.since else ""
     if p.connected:
         last = f", last {shown(p.last_event_at, tz, seconds=True)}" if p.last_event_at else ""
-        return f"{what}: connected{since}, {p.events} event(s){last}"
+        note = f" ({p.note})" if p.note else ""
+        return f"{what}: connected{since}, {p.events} event(s){last}{note}"
     why = f": {p.last_error}" if p.last_error else ""
     tries = f" after {p.failures} attempt(s)" if p.failures else ""
     return (f"{what}: DOWN{since}{tries}{why}; its sources are polled meanwhile and caught "

@@ -517,3 +517,4 @@ class PushStatus:
     last_error: str = ""
     last_event_at: datetime | None = None
     events: int = 0
+    note: str = ""  # not an error: e.g. sources it cannot push for (polled only), and why

@@ -135,7 +135,8 @@ class Watcher:
         # not seen yet (polled again shortly: an index may lag its stream).
         self.push = push or PushSettings()
         self._make_listeners = listeners
-        self._listeners: dict[str, tuple[PushListener, asyncio.Future[None] | None]] = {}
+        self._listeners: dict[str, tuple[PushListener, asyncio.Future[None] | None,
+                                         tuple[str, ...]]] = {}
         self._pushing = False
         self._bells: list[Doorbell] = []
         self._pushed_at: dict[str, datetime] = {}
@@ -201,7 +202,7 @@ class Watcher:
     async def stop_push(self) -> None:
         """Close every push connection."""
         self._pushing = False
-        tasks = [t for _, t in self._listeners.values() if t is not None]
+        tasks = [t for _, t, _ in self._listeners.values() if t is not None]
         self._listeners.clear()
         for task in tasks:
             task.cancel()
@@ -209,7 +210,7 @@ class Watcher:
 
     def push_status(self) -> tuple[PushStatus, ...]:
         """How each push connection is (the heartbeat carries it to ``status``)."""
-        return tuple(listener.status() for listener, _ in self._listeners.values())
+        return tuple(listener.status() for listener, _, _ in self._listeners.values())
 
     def _follow_listeners(self) -> None:
         """The connections the current catalogue asks for: unchanged ones (same key, same
@@ -222,9 +223,11 @@ class Watcher:
             log.error("push.build_failed", error=str(exc)[:300],
                       note="sources are polled only until the next reload")
             wanted = {}
-        for key, (old, task) in list(self._listeners.items()):
+        for key, (_old, task, built_for) in list(self._listeners.items()):
             new = wanted.get(key)
-            if new is not None and new.source_ids == old.source_ids:
+            # Compared with the sources it was built for (a connection may narrow its own
+            # set once running: WebSub keeps only the feeds that advertise a hub).
+            if new is not None and new.source_ids == built_for:
                 wanted.pop(key)
                 continue
             del self._listeners[key]
@@ -233,7 +236,7 @@ class Watcher:
         for key, listener in wanted.items():
             task = asyncio.ensure_future(listener.run(self.ring))
             task.add_done_callback(functools.partial(self._listener_ended, key))
-            self._listeners[key] = (listener, task)
+            self._listeners[key] = (listener, task, tuple(listener.source_ids))
 
     def _listener_ended(self, key: str, task: asyncio.Future[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

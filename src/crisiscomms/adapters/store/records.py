@@ -138,7 +138,8 @@ def push_to_json(statuses: tuple[PushStatus, ...]) -> str | None:
     return json.dumps([{"key": p.key, "kind": p.kind, "source_ids": list(p.source_ids),
                         "connected": p.connected, "since": ts(p.since),
                         "failures": p.failures, "last_error": p.last_error[:300],
-                        "last_event_at": ts(p.last_event_at), "events": p.events}
+                        "last_event_at": ts(p.last_event_at), "events": p.events,
+                        "note": p.note[:300]}
                        for p in statuses], separators=(",", ":"))
 
 
@@ -158,7 +159,8 @@ def push_from_json(text: str | None) -> tuple[PushStatus, ...]:
                 source_ids=tuple(str(s) for s in r.get("source_ids", [])),
                 connected=bool(r.get("connected")), since=dt(r.get("since")),
                 failures=int(r.get("failures", 0)), last_error=str(r.get("last_error", "")),
-                last_event_at=dt(r.get("last_event_at")), events=int(r.get("events", 0))))
+                last_event_at=dt(r.get("last_event_at")), events=int(r.get("events", 0)),
+                note=str(r.get("note", ""))))
         except (KeyError, TypeError, ValueError):
             continue
     return tuple(out)

@@ -63,7 +63,8 @@ class PushConnection:
                                last_error="")
         log.info("push.connected", connection=self.key, kind=self.kind,
                  sources=len(self.source_ids))
-        self._send(Doorbell(self.source_ids, reason="connected", via=self.key))
+        if self.source_ids:  # a connection with nothing to push for rings no one
+            self._send(Doorbell(self.source_ids, reason="connected", via=self.key))
 
     def pushed(self, source_ids: tuple[str, ...], expect_id: str | None = None) -> None:
         """An event for these sources arrived: ring them."""
@@ -73,6 +74,11 @@ class PushConnection:
         self._status = replace(self._status, last_event_at=datetime.now(UTC),
                                events=self._status.events + 1)
         self._send(Doorbell(ids, reason="pushed", expect_id=expect_id, via=self.key))
+
+    def note(self, text: str) -> None:
+        """Say something about the connection that is not an error (shown by ``status``:
+        e.g. which sources it cannot push for and why)."""
+        self._status = replace(self._status, note=text[:300])
 
     def idle(self) -> float:
         """Seconds a session waits for the stream's next bytes before taking it as dead."""

@@ -166,7 +166,7 @@ class WebSubConnection(PushConnection):
     # -- status ----------------------------------------------------------------------------
     def status(self) -> PushStatus:
         st = super().status()
-        notes = [st.last_error] if st.last_error else []
+        notes = [st.note] if st.note else []
         nohub = sorted(s.source_id for s in self._subs.values() if s.state == "nohub")
         if nohub:
             more = f" and {len(nohub) - 10} more" if len(nohub) > 10 else ""
@@ -174,7 +174,7 @@ class WebSubConnection(PushConnection):
         for s in sorted(self._subs.values(), key=lambda s: s.source_id):
             if s.problem and s.state != "active":
                 notes.append(f"{s.source_id}: {s.problem} (polled meanwhile)")
-        return replace(st, source_ids=self.source_ids, last_error="; ".join(notes)[:1000])
+        return replace(st, source_ids=self.source_ids, note="; ".join(notes)[:1000])
 
     # -- the session -----------------------------------------------------------------------
     async def session(self) -> None:
