@@ -31,7 +31,7 @@ from crisiscomms.drill.runner import (
     sim_source_id,
 )
 from crisiscomms.drill.scenario import load_scenario
-from crisiscomms.settings import DispatchSettings, PollingSettings, Settings
+from crisiscomms.settings import DispatchSettings, PollingSettings, PushSettings, Settings
 from crisiscomms.simulator import World, serve
 
 
@@ -116,12 +116,17 @@ def run_practice(scenario_path: Path, home: Path, *, every_seconds: float = 20.0
             dispatch=DispatchSettings(timeout_seconds=10),
             x_bearer_token=SecretStr("practice-bearer-token"),
             source_base_urls={"x": sim.url_for("x"), "mastodon": sim.url_for("mastodon"),
-                              "bluesky": sim.url_for("bluesky")},
+                              "bluesky": sim.url_for("bluesky"),
+                              "jetstream": sim.url_for("jetstream")},
+            # Push as the service does it, against the simulator's streaming API and Jetstream
+            # (never the real ones); WebSub needs a public callback URL: not in a rehearsal.
+            mastodon_stream_token=SecretStr("practice-reader-token"),
+            push=PushSettings(mastodon_stream_base=sim.url_for("mastodon")),
             worker_id="practice",
             # A rehearsal never pages the real on-call team nor signs with the real audit key,
             # whatever the environment or .env holds (init arguments win over both).
             notify_urls=None, audit_key=None)
-        app = App(settings=settings, clock=clock, given_catalog=catalog,
+        app = App(settings=settings, clock=clock, given_catalog=catalog, push=True,
                   credential_source=drill_credentials(catalog, world.accounts.x_me.id),
                   rng=random.Random(scenario.seed))
         if on_ready is not None:
