@@ -14,9 +14,12 @@ Four measurements, each repeated ``--runs`` times (min/median/max are reported):
   polls answered.
 * **idle conditional GET** (row 4): one feed answering 304, requested ``--gets`` times per
   round by three clients on the same loopback server, interleaved round by round: the
-  crisiscomms source path (``RssSource.poll`` with the stored ETag: fetcher, limits, checks),
-  a bare ``httpx.AsyncClient`` loop, and raw asyncio sockets (one keep-alive connection, the
-  request written and the 304 head read by hand). CPU per GET = ``process_time`` delta / GETs.
+  crisiscomms source path (``RssSource.poll`` with the stored ETag: fetcher, limits, checks,
+  sent through ``make_async_client``'s pinned httpcore pool on asyncio sockets), the same path
+  through a plain ``httpx.AsyncHTTPTransport`` client (``crisiscomms_httpx``: what the
+  fetcher cost when it went through httpx's client layer and anyio), a bare
+  ``httpx.AsyncClient`` loop, and raw asyncio sockets (one keep-alive connection, the request
+  written and the 304 head read by hand). CPU per GET = ``process_time`` delta / GETs.
 * **CLI start-up** (row 7): ``crisiscomms --help`` and ``crisiscomms status`` (a fresh
   interpreter each time, an empty data dir), CPU from ``RUSAGE_CHILDREN``; the minimum of
   three per run ("cold" = a new process; the page cache is warm).
@@ -175,20 +178,28 @@ async def _idle_gets(server: FeedServer, gets: int, rounds: int) -> dict[str, li
     config = SourceConfig(id="bench-0000", agency="Bench", kind=SourceKind.RSS, watch="always",
                           url=url, allow_private_network=True)
     client = make_async_client(timeout=20.0)
+    via_httpx = make_async_client(timeout=20.0, transport=httpx.AsyncHTTPTransport())
     parser = FeedParserPool()
     bare = httpx.AsyncClient(timeout=20.0)
     host, port = server.hosts[0], server.port
     reader, writer = await asyncio.open_connection(host, port)
     request = (f"GET /feed/0.xml HTTP/1.1\r\nHost: {host}:{port}\r\n"
                f"If-None-Match: {tag}\r\nAccept: */*\r\n\r\n").encode()
-    out: dict[str, list[float]] = {"crisiscomms": [], "httpx": [], "sockets": []}
+    out: dict[str, list[float]] = {"crisiscomms": [], "crisiscomms_httpx": [], "httpx": [],
+                                   "sockets": []}
     try:
         (source,) = build_sources([config], client=client, parser=parser,
                                   limits=FetchLimits(per_host=2, total=20))
+        (layered,) = build_sources([config], client=via_httpx, parser=parser,
+                                   limits=FetchLimits(per_host=2, total=20))
         state = SourceState(source_id=config.id, etag=tag, baseline_done=True)
 
         async def ours() -> None:
             result = await source.poll(state, datetime.now(UTC))
+            assert result.not_modified, "expected a 304"
+
+        async def ours_httpx() -> None:
+            result = await layered.poll(state, datetime.now(UTC))
             assert result.not_modified, "expected a 304"
 
         async def plain() -> None:
@@ -200,7 +211,8 @@ async def _idle_gets(server: FeedServer, gets: int, rounds: int) -> dict[str, li
             head = await reader.readuntil(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 304"), head[:40]
 
-        calls = {"crisiscomms": ours, "httpx": plain, "sockets": raw}
+        calls = {"crisiscomms": ours, "crisiscomms_httpx": ours_httpx, "httpx": plain,
+                 "sockets": raw}
         for fn in calls.values():  # warm up (connections, caches)
             for _ in range(20):
                 await fn()
@@ -211,10 +223,12 @@ async def _idle_gets(server: FeedServer, gets: int, rounds: int) -> dict[str, li
                     await fn()
                 out[name].append((time.process_time() - c0) / gets * 1000.0)
         await source.aclose()
+        await layered.aclose()
     finally:
         writer.close()
         await bare.aclose()
         await client.aclose()
+        await via_httpx.aclose()
         parser.close()
     return out
 
