@@ -245,13 +245,13 @@ def run_pushed(updates: int, seed: int, timeout: float) -> dict[str, Any]:
                                    reason="benchmark", operator=activation.operator,
                                    hashtags=activation.hashtags, lead=activation.lead)
                 rng = random.Random(seed)
-                start = clock.now() + timedelta(seconds=5)  # connections up, baselines in
+                start = clock.now() + timedelta(seconds=10)  # connections up, baselines in
                 for k in range(updates):
                     _, sim_id, kind, field = accounts[k % len(accounts)]
                     world.add_item(sim_id, kind, start + timedelta(seconds=rng.uniform(0, 30)),
                                    {field: f"Update {k} of run {seed}: roads closed."})
                 world.set_accept_hook(hook)
-                quiet_from = time.monotonic() + 5 + 30 + 5
+                quiet_from = time.monotonic() + 10 + 30 + 5
 
                 def stopper() -> None:
                     t_end = time.monotonic() + timeout
