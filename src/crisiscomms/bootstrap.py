@@ -398,6 +398,9 @@ class App:
                 from crisiscomms.services.audit_seal import AuditSealer
 
                 loop.chores.append(AuditSealer(self.store, owner=self.worker_id))
+            from crisiscomms.domain.posttext import warm_up
+
+            warm_up()  # a long-running watcher imports now what its first relay needs
             if folder is not None:
                 loop.chores.insert(0, self._reloader(folder, running, dry_run, closers,
                                                      reload_seconds))

@@ -122,6 +122,12 @@ def _by_url_spans(text: str, measure: Callable[[str], int]) -> int:
     return total + measure(text[pos:])
 
 
+def warm_up() -> None:
+    """Import what composing a post needs now (the watcher calls it at start-up: the first
+    update after a start does not pay twitter-text's 0.2 s import inside its relay)."""
+    import twitter_text  # type: ignore[import-untyped]  # noqa: F401
+
+
 @functools.lru_cache(maxsize=8192)
 def _x_word_weight(word: str) -> int:
     """One whitespace-free word as X counts it (twitter-text v3; see the module docstring)."""
