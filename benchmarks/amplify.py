@@ -186,7 +186,8 @@ def run_once(updates: int, seed: int, timeout: float,
             "first_update_pipeline_s": max(first) if first else float("nan")}
 
 
-def run_pushed(updates: int, seed: int, timeout: float) -> dict[str, Any]:
+def run_pushed(updates: int, seed: int, timeout: float,
+               spread: float = 30.0) -> dict[str, Any]:
     """Time to amplify for sources that push: publication in the simulator -> its accept."""
     from pydantic import SecretStr
 
@@ -248,10 +249,11 @@ def run_pushed(updates: int, seed: int, timeout: float) -> dict[str, Any]:
                 start = clock.now() + timedelta(seconds=10)  # connections up, baselines in
                 for k in range(updates):
                     _, sim_id, kind, field = accounts[k % len(accounts)]
-                    world.add_item(sim_id, kind, start + timedelta(seconds=rng.uniform(0, 30)),
+                    world.add_item(sim_id, kind,
+                                   start + timedelta(seconds=rng.uniform(0, spread)),
                                    {field: f"Update {k} of run {seed}: roads closed."})
                 world.set_accept_hook(hook)
-                quiet_from = time.monotonic() + 10 + 30 + 5
+                quiet_from = time.monotonic() + 10 + spread + 5
 
                 def stopper() -> None:
                     t_end = time.monotonic() + timeout
@@ -291,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--poll-interval", type=float,
                    help="override the polling intervals (default: the settings' defaults)")
+    p.add_argument("--push-spread", type=float, default=30.0,
+                   help="seconds over which the pushed updates appear (default 30)")
     p.add_argument("--json-out")
     args = p.parse_args(argv)
     sink = quiet_logging()
@@ -300,7 +304,8 @@ def main(argv: list[str] | None = None) -> None:
         for k in range(args.runs):  # interleaved: polled, pushed, polled, pushed, ...
             runs.append(run_once(args.updates, 100 + k, args.timeout, args.poll_interval))
             if _push_kinds():
-                pushed_runs.append(run_pushed(args.updates, 200 + k, args.timeout))
+                pushed_runs.append(run_pushed(args.updates, 200 + k, args.timeout,
+                                              args.push_spread))
     finally:
         sink.close()
 

@@ -363,7 +363,8 @@ BENCHES = [
     Bench("drill-tta", "benchmarks.drill_tta", [], None, drill_rows),
     # Issue 14's rows: the real watch path on the real clock, the watch process, the HTTP path.
     Bench("amplify", "benchmarks.amplify", ["--updates", "20", "--runs", "3"],
-          ["--updates", "2", "--runs", "1", "--poll-interval", "2", "--timeout", "40"],
+          ["--updates", "2", "--runs", "1", "--poll-interval", "2", "--timeout", "40",
+           "--push-spread", "2"],
           amplify_rows),
     Bench("watch-loop", "benchmarks.loop",
           ["--feeds", "1000", "--cycles", "1", "--interval", "30", "--runs", "3"],

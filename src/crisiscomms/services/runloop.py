@@ -220,6 +220,7 @@ class RunLoop:
         sooner than the tick (never within ``MIN_WAIT_SECONDS``: a clock that stands still
         does not spin the loop)."""
         ticks = failures = 0
+        early = False  # this step was started before its tick (woken, or work due sooner)
         while not stop.is_set():
             wait = tick_seconds
             if wake is not None:
@@ -251,31 +252,36 @@ class RunLoop:
                           failures=failures, retry_in_s=round(wait, 1))
             finally:
                 stopper.cancel()
-            ticks += 1
+            # max_ticks bounds the loop's time (ticks of tick_seconds): a step started early
+            # is extra work within a tick, not a tick.
+            ticks += 0 if early else 1
             if max_ticks is not None and ticks >= max_ticks:
                 break
+            early = False
             if not failures:
                 soon = until() if until is not None else None
-                if soon is not None:
-                    wait = min(wait, max(soon, MIN_WAIT_SECONDS))
-            await self._sleep(stop, wake, wait)
+                if soon is not None and soon < wait:
+                    wait, early = max(soon, MIN_WAIT_SECONDS), True
+            woken = await self._sleep(stop, wake, wait)
+            early = early or woken
         if stop.is_set():
             self.dispatcher.stop_requested.set()
 
 
     @staticmethod
-    async def _sleep(stop: asyncio.Event, wake: asyncio.Event | None, seconds: float) -> None:
-        """Wait ``seconds``, or until ``stop`` (or ``wake``) is set."""
+    async def _sleep(stop: asyncio.Event, wake: asyncio.Event | None, seconds: float) -> bool:
+        """Wait ``seconds``, or until ``stop`` (or ``wake``) is set; True if woken."""
         if wake is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=seconds)
-            return
+            return False
         waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())}
         try:
             await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waiters:
                 w.cancel()
+        return wake.is_set() and not stop.is_set()
 
 
 class StopEvent(asyncio.Event):
