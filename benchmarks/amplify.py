@@ -246,24 +246,46 @@ def run_pushed(updates: int, seed: int, timeout: float,
                                    reason="benchmark", operator=activation.operator,
                                    hashtags=activation.hashtags, lead=activation.lead)
                 rng = random.Random(seed)
-                start = clock.now() + timedelta(seconds=10)  # connections up, baselines in
-                for k in range(updates):
-                    _, sim_id, kind, field = accounts[k % len(accounts)]
-                    world.add_item(sim_id, kind,
-                                   start + timedelta(seconds=rng.uniform(0, spread)),
-                                   {field: f"Update {k} of run {seed}: roads closed."})
                 world.set_accept_hook(hook)
-                quiet_from = time.monotonic() + 10 + spread + 5
+                quiet_from = [float("inf")]
+
+                def publisher() -> None:
+                    # The updates appear once the watcher is up: both sources baselined and
+                    # both connections open (its own store connection: this is a thread).
+                    from crisiscomms.adapters.store import open_store
+
+                    own = open_store(str(settings.database_url))
+                    try:
+                        t_end = time.monotonic() + timeout / 2
+                        while time.monotonic() < t_end:
+                            done = {s.source_id for s in own.source_states()
+                                    if s.baseline_done}
+                            up = {p.kind for w in own.watchers() for p in w.push
+                                  if p.connected}
+                            if done >= {a[0] for a in accounts} and \
+                                    up >= {"mastodon", "jetstream"}:
+                                break
+                            time.sleep(0.1)
+                    finally:
+                        own.close()
+                    start = clock.now()
+                    for k in range(updates):
+                        _, sim_id, kind, field = accounts[k % len(accounts)]
+                        world.add_item(sim_id, kind,
+                                       start + timedelta(seconds=rng.uniform(0, spread)),
+                                       {field: f"Update {k} of run {seed}: roads closed."})
+                    quiet_from[0] = time.monotonic() + spread + 3
 
                 def stopper() -> None:
                     t_end = time.monotonic() + timeout
                     while time.monotonic() < t_end:
                         now = time.monotonic()
-                        if now > quiet_from and now - last_accept[0] > 5:
+                        if now > quiet_from[0] and now - last_accept[0] > 5:
                             break
                         time.sleep(0.25)
                     os.kill(os.getpid(), signal.SIGTERM)
 
+                threading.Thread(target=publisher, daemon=True).start()
                 threading.Thread(target=stopper, daemon=True).start()
                 asyncio.run(run_watch(app, once=False, dry_run=False, tick_seconds=2.0,
                                       max_ticks=int(timeout / 2) + 30))
