@@ -341,3 +341,10 @@ def test_facebook_keeps_paragraph_breaks():
                    Platform.FACEBOOK)
     assert text == ("EA: Flood warning\n\nMove valuables upstairs.\n\nCall Floodline.\n\n"
                     "https://check-for-flooding.service.gov.uk/x")
+
+
+def test_x_links_an_accented_domain_after_a_space_as_twitter_text_does() -> None:
+    """Hypothesis found it: after whitespace twitter-text links ``égov.uk`` whole (23), at the
+    start of a text only ``gov.uk`` (1 + 23); each word is counted in its context."""
+    for text in (" égov.uk", "Flooding: égov.uk", "égov.uk", "égov.uk égov.uk"):
+        assert weighted_length(text, Platform.X) == parse_tweet(text).weightedLength, text

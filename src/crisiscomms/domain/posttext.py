@@ -129,13 +129,18 @@ def warm_up() -> None:
 
 
 @functools.lru_cache(maxsize=8192)
-def _x_word_weight(word: str) -> int:
-    """One whitespace-free word as X counts it (twitter-text v3; see the module docstring)."""
+def _x_word_weight(word: str, first: bool = True) -> int:
+    """One whitespace-free word as X counts it (twitter-text v3; see the module docstring).
+    ``first``: it opens the text. After whitespace twitter-text links more than at the start
+    (``" égov.uk"`` links ``égov.uk``, ``"égov.uk"`` only ``gov.uk``): a later word is
+    measured after a space, whose weight (1) is taken off again."""
     if len(word) > _X_MAX_WORD:
         return _by_url_spans(word, _x_weight)
     from twitter_text import parse_tweet  # type: ignore[import-untyped]  # 0.2 s: lazily
 
-    return int(parse_tweet(word).weightedLength)
+    if first:
+        return int(parse_tweet(word).weightedLength)
+    return int(parse_tweet(" " + word).weightedLength) - 1
 
 
 def _x_space_weight(space: str) -> int:
@@ -147,7 +152,8 @@ def _x_length(text: str) -> int:
     total = 0
     for match in _X_WORD_OR_SPACE.finditer(text):
         piece = match.group()
-        total += _x_space_weight(piece) if piece[0].isspace() else _x_word_weight(piece)
+        total += _x_space_weight(piece) if piece[0].isspace() else \
+            _x_word_weight(piece, match.start() == 0)
     return total
 
 
@@ -171,8 +177,9 @@ def x_link_spans(text: str) -> list[tuple[int, int]]:
         if len(word) > _X_MAX_WORD:
             found = [(s, e) for s, e in url_spans(word) if _shortened_by_platform(word[s:e])]
         else:
-            found = [(int(u["indices"][0]), int(u["indices"][1]))
-                     for u in _extract_urls(word)]
+            lead = 0 if match.start() == 0 else 1  # after whitespace, as in _x_word_weight
+            found = [(int(u["indices"][0]) - lead, int(u["indices"][1]) - lead)
+                     for u in _extract_urls(" " * lead + word)]
         spans += [(match.start() + s, match.start() + e) for s, e in found]
     return spans
 
