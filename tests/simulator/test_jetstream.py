@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -38,20 +37,8 @@ POST = "app.bsky.feed.post"
 
 @contextlib.contextmanager
 def ws_simulator(world: World) -> Iterator[RunningSimulator]:
-    """``serve(world)`` with uvicorn's WebSocket protocol on: ``simulator/server.py`` passes
-    ``ws="none"`` (see ``test_serve_speaks_websocket_unpatched``), so the upgrade is
-    switched on here until it does."""
-    real = uvicorn.Config
-
-    def config(*args: Any, **kwargs: Any) -> uvicorn.Config:
-        if kwargs.get("ws") == "none":
-            kwargs["ws"] = "websockets-sansio"
-        return real(*args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(uvicorn, "Config", config)
-        sim = serve(world)
-    with sim:
+    """``serve(world)``: the simulator speaks WebSocket (uvicorn ``websockets-sansio``)."""
+    with serve(world) as sim:
         yield sim
 
 

@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import uvicorn
 from structlog.testing import capture_logs
 
 from crisiscomms.adapters.sources import push
@@ -58,19 +57,8 @@ FIRE = source("essex-fire", BOB)
 
 @contextlib.contextmanager
 def ws_simulator(world: World) -> Iterator[RunningSimulator]:
-    """``serve(world)`` with uvicorn's WebSocket protocol on (``simulator/server.py`` passes
-    ``ws="none"``; see ``tests/simulator/test_jetstream.py``)."""
-    real = uvicorn.Config
-
-    def config(*args: Any, **kwargs: Any) -> uvicorn.Config:
-        if kwargs.get("ws") == "none":
-            kwargs["ws"] = "websockets-sansio"
-        return real(*args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(uvicorn, "Config", config)
-        sim = serve(world)
-    with sim:
+    """``serve(world)``: the simulator speaks WebSocket (uvicorn ``websockets-sansio``)."""
+    with serve(world) as sim:
         yield sim
 
 

@@ -45,7 +45,8 @@ def push_line(p: PushStatus, tz: tzinfo) -> str:
 def status(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show the crisis flag, active incidents, queue counts and failing sources."""
+    """Show the crisis flag, active incidents, the live watchers and their push connections,
+    queue counts and failing sources."""
     from crisiscomms.cli.incident_cmd import incident_json
     from crisiscomms.services.notices import status_data, status_lines
     from crisiscomms.services.reload import reload_states

@@ -1,4 +1,5 @@
-"""Simulated Mastodon streaming API (server-sent events) under ``/mastodon``.
+"""Simulated Mastodon streaming API (server-sent events) under ``/mastodon``, as
+docs.joinmastodon.org/methods/streaming describes it.
 
 * ``GET /mastodon/api/v2/instance``: the instance, as Mastodon 4 answers it (the fields a
   client needs), with ``configuration.urls.streaming`` pointing back at this simulator

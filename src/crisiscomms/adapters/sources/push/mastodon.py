@@ -1,5 +1,11 @@
 """Push from Mastodon: the streaming API's home timeline of a reader account.
 
+Follows Mastodon's documentation of the streaming API (docs.joinmastodon.org/methods/
+streaming: ``GET /api/v1/streaming/user``, server-sent events ``update``/``status.update``/
+``delete``, ``:thump`` heartbeats) and of ``/api/v2/instance`` (``configuration.urls.
+streaming``). No recording of a stream is in ``shared/recorded``; the Status entity it parses
+is the one ``shared/recorded/mastodon`` holds (tests/conformance).
+
 One connection per deployment. The officer follows every Mastodon source account from one
 *reader* account (any account on any instance: it only reads); its home timeline then
 carries each new status of those accounts within a second, and this connection rings the
