@@ -10,6 +10,7 @@ import pwd
 import random
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -27,6 +28,7 @@ from crisiscomms.ports import Clock, Credentials, Publisher, PushListener, Sourc
 from crisiscomms.services.reload import RELOAD_SECONDS
 
 if TYPE_CHECKING:
+    import ssl
     from pathlib import Path
 
     from crisiscomms.domain.config import Catalog
@@ -211,6 +213,15 @@ class App:
     def worker_id(self) -> str:
         return self.settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
 
+    @cached_property
+    def tls_context(self) -> ssl.SSLContext:
+        """The certificate store the HTTP clients verify against, loaded once (each load of
+        the CA bundle costs 20-40 ms of CPU, and a watcher has several clients): httpx's
+        own default, ignoring ``SSL_CERT_FILE``/``SSL_CERT_DIR`` as the source client does."""
+        import httpx
+
+        return httpx.create_ssl_context(trust_env=False)
+
     def close(self) -> None:
         for closer in reversed(self._closers):
             with contextlib.suppress(Exception):
@@ -247,8 +258,12 @@ class App:
         from crisiscomms.adapters.publishers.unavailable import UnavailablePublisher
         from crisiscomms.logs import register_secrets
 
+        # The publishers' client honours SSL_CERT_FILE/SSL_CERT_DIR (httpx's trust_env); only
+        # when neither is set is its certificate store the shared one (then it is the same).
+        env_store = os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR")
         client = httpx.Client(timeout=self.settings.dispatch.timeout_seconds,
-                              follow_redirects=False)
+                              follow_redirects=False,
+                              verify=True if env_store else self.tls_context)
         self._closers.append(client.close)
         publishers: dict[str, Publisher] = {}
         catalog = catalog or self.catalog
@@ -276,18 +291,18 @@ class App:
         return publishers
 
     def build_sources(self, *, catalog: Catalog | None = None,
-                      base_urls: dict[str, str] | None = None) -> tuple[list[Source], Any]:
-        """The source adapters and a closer for the resources they share."""
-        from crisiscomms.adapters.sources import (
-            FeedParserPool,
-            FetchLimits,
-            build_sources,
-            make_async_client,
-        )
+                      base_urls: dict[str, str] | None = None,
+                      start_parsers: bool = True) -> tuple[list[Source], Any]:
+        """The source adapters and a closer for the resources they share. ``start_parsers``
+        boots the feed parser workers now (a long-running watcher: its first update is parsed
+        without waiting for one); otherwise a worker starts at the first body to parse."""
+        from crisiscomms.adapters.sources import build_sources
+        from crisiscomms.adapters.sources.http import FetchLimits, make_async_client
+        from crisiscomms.adapters.sources.parsing import FeedParserPool
 
         catalog = catalog or self.catalog
         polling = self.settings.polling
-        client = make_async_client(timeout=polling.timeout_seconds)
+        client = make_async_client(timeout=polling.timeout_seconds, verify=self.tls_context)
         parser = FeedParserPool()
         configs = list(catalog.sources.values())
         if self.settings.allow_private_sources:
@@ -316,7 +331,7 @@ class App:
                 limits=FetchLimits(per_host=polling.per_host, total=polling.concurrency),
                 base_urls=base_urls or self.settings.source_base_urls,
                 credentials=self.credential_source, x_backfill=x_backfill(catalog),
-                x_cap_reset_day=self.settings.x_cap_reset_day)
+                x_cap_reset_day=self.settings.x_cap_reset_day, start_parsers=start_parsers)
         except BaseException:
             parser.close()
             raise
@@ -363,11 +378,17 @@ class App:
                           rng=self.rng, sleep=self.sleep, clock=self.clock)
 
     @contextlib.asynccontextmanager
-    async def run_loop(self, *, dry_run: bool,
-                       reload_seconds: float = RELOAD_SECONDS) -> AsyncIterator[RunLoop]:
+    async def run_loop(self, *, dry_run: bool, reload_seconds: float = RELOAD_SECONDS,
+                       once: bool = False) -> AsyncIterator[RunLoop]:
         """The watcher's run loop with every adapter it needs; closes them afterwards. Unless
         the catalogue was given (a drill), the loop follows its playbooks folder (its files
-        looked at every ``reload_seconds``)."""
+        looked at every ``reload_seconds``).
+
+        A long-running loop gets ready for its first update at start (the parser workers
+        booted, twitter-text imported: issue 14's latency includes the first update). A
+        ``once`` loop (``watch --once``, a cron-style single cycle) pays only for what its one
+        cycle uses: a parser worker starts when a feed body must be parsed (none when every
+        feed answers 304), twitter-text is imported when a post is composed."""
         from crisiscomms.services.runloop import RunLoop
 
         folder = None
@@ -378,7 +399,7 @@ class App:
             folder = PlaybookFiles(self.settings.playbooks_dir)
             running = folder.digests()  # read before the load: a change meanwhile is seen
         self.strict_catalog()  # a watcher runs on a wholly valid catalogue
-        sources, closer = self.build_sources()
+        sources, closer = self.build_sources(start_parsers=not once)
         closers = [closer]
         loop: RunLoop | None = None
         try:
@@ -398,9 +419,10 @@ class App:
                 from crisiscomms.services.audit_seal import AuditSealer
 
                 loop.chores.append(AuditSealer(self.store, owner=self.worker_id))
-            from crisiscomms.domain.posttext import warm_up
+            if not once:
+                from crisiscomms.domain.posttext import warm_up
 
-            warm_up()  # a long-running watcher imports now what its first relay needs
+                warm_up()  # a long-running watcher imports now what its first relay needs
             if folder is not None:
                 loop.chores.insert(0, self._reloader(folder, running, dry_run, closers,
                                                      reload_seconds))
@@ -462,8 +484,19 @@ class MissingCredentialSource:
         return None
 
 
+def skip_httpx_cli() -> None:
+    """``import httpx`` also loads httpx's own command-line client (``httpx._main``: click,
+    rich and pygments, about 0.08 CPU-s, more than the rest of httpx) whenever they are
+    installed, as they are here for our own CLI. No process of ours runs httpx's client, so
+    httpx is told the extra is absent before anything imports it: its own fallback, an
+    ``httpx.main`` that asks for ``httpx[cli]``. Nothing else of httpx changes."""
+    if "httpx" not in sys.modules:
+        sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+
 def build_app(settings: Settings | None = None, clock: Clock | None = None) -> App:
     """Build the application from settings (environment, .env, YAML file)."""
+    skip_httpx_cli()
     if settings is None:
         from crisiscomms.settings import Settings
 
@@ -476,7 +509,7 @@ async def run_watch(app: App, *, once: bool, dry_run: bool, tick_seconds: float 
     """The long-running job: poll due sources, then dispatch, until stopped."""
     from crisiscomms.services.runloop import stop_on_signals
 
-    async with app.run_loop(dry_run=dry_run,
+    async with app.run_loop(dry_run=dry_run, once=once,
                             reload_seconds=min(tick_seconds, RELOAD_SECONDS)) as loop:
         with stop_on_signals() as stop:
             chain = app.store.verify_audit()

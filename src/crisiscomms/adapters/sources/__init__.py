@@ -20,39 +20,42 @@ redaction before any request is made.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
-import httpx
-import requests
-from pydantic import SecretStr
-
-from crisiscomms.adapters.sources.base import SourceRateLimitedError
-from crisiscomms.adapters.sources.bluesky import BlueskySource
-from crisiscomms.adapters.sources.cap import CapSource
-from crisiscomms.adapters.sources.ea_floods import EaFloodsSource
-from crisiscomms.adapters.sources.http import (
-    FetchLimits,
-    FetchResponse,
-    HttpFetcher,
-    Resolver,
-    make_async_client,
-)
-from crisiscomms.adapters.sources.mastodon import MastodonSource
-from crisiscomms.adapters.sources.parsing import FeedParserPool, ParsedFeed
-from crisiscomms.adapters.sources.push import (
-    PUSH_KINDS,
-    PushConnection,
-    PushContext,
-    build_push_listeners,
-)
-from crisiscomms.adapters.sources.rss import RssSource
-from crisiscomms.adapters.sources.x import DEFAULT_BACKFILL, XSearchClient, XSource
-from crisiscomms.adapters.xhttp import mount_base_url
-from crisiscomms.domain.config import SourceConfig
 from crisiscomms.domain.errors import ConfigError
 from crisiscomms.domain.models import SourceKind
-from crisiscomms.ports import Credentials, Source
+
+if TYPE_CHECKING:
+    import httpx
+    from pydantic import SecretStr
+
+    from crisiscomms.adapters.sources.base import SourceRateLimitedError
+    from crisiscomms.adapters.sources.bluesky import BlueskySource
+    from crisiscomms.adapters.sources.cap import CapSource
+    from crisiscomms.adapters.sources.ea_floods import EaFloodsSource
+    from crisiscomms.adapters.sources.http import (
+        FetchLimits,
+        FetchResponse,
+        HttpFetcher,
+        Resolver,
+        make_async_client,
+    )
+    from crisiscomms.adapters.sources.mastodon import MastodonSource
+    from crisiscomms.adapters.sources.parsing import FeedParserPool, ParsedFeed
+    from crisiscomms.adapters.sources.push import (
+        PUSH_KINDS,
+        PushConnection,
+        PushContext,
+        build_push_listeners,
+    )
+    from crisiscomms.adapters.sources.rss import RssSource
+    from crisiscomms.adapters.sources.x import XSearchClient, XSource
+    from crisiscomms.adapters.xhttp import mount_base_url
+    from crisiscomms.domain.config import SourceConfig
+    from crisiscomms.ports import Credentials, Source
 
 __all__ = [
     "PUSH_KINDS",
@@ -76,6 +79,46 @@ __all__ = [
     "mount_base_url",
 ]
 
+# Each name above is imported from its module on first use (PEP 562), not with the package: a
+# watcher of RSS feeds never loads tweepy, requests or the Bluesky and Mastodon adapters, and
+# `watch --once` (a cron-style single cycle) pays only for the kinds its playbooks list.
+_LAZY = {
+    "SourceRateLimitedError": "base",
+    "BlueskySource": "bluesky",
+    "CapSource": "cap",
+    "EaFloodsSource": "ea_floods",
+    "FetchLimits": "http",
+    "FetchResponse": "http",
+    "HttpFetcher": "http",
+    "make_async_client": "http",
+    "MastodonSource": "mastodon",
+    "FeedParserPool": "parsing",
+    "ParsedFeed": "parsing",
+    "PUSH_KINDS": "push",
+    "PushConnection": "push",
+    "PushContext": "push",
+    "build_push_listeners": "push",
+    "RssSource": "rss",
+    "XSource": "x",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "mount_base_url":
+        from crisiscomms.adapters.xhttp import mount_base_url
+
+        return mount_base_url
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 def build_sources(
     catalog_sources: Sequence[SourceConfig],
@@ -89,6 +132,7 @@ def build_sources(
     credentials: Credentials | None = None,
     x_backfill: timedelta | None = None,
     x_cap_reset_day: int = 1,
+    start_parsers: bool = True,
 ) -> list[Source]:
     """Build one adapter per catalogue source, and one ``XSource`` for all X sources.
 
@@ -98,11 +142,15 @@ def build_sources(
     names of source tokens (default: ``crisiscomms.settings.channel_secret``, the same
     lookup as channel credentials). When ``parser`` is omitted a
     ``FeedParserPool`` is created and shared; it stops when the sources are dropped.
+    ``start_parsers`` (the long-running watcher) boots the parser workers now; without it
+    (``watch --once``) a worker starts only when a feed body must be parsed (a 304 never is).
     Raises ``ConfigError`` if X sources are listed but no ``x_client_factory`` is given,
     or an account locator is malformed. ``x_backfill`` bounds how far back an X poll whose
     cursor is too old for recent search reads (the playbooks' backfill window);
     ``x_cap_reset_day`` is the day of the month X's usage cap resets.
     """
+    from crisiscomms.adapters.sources.http import FetchLimits, HttpFetcher
+
     overrides = dict(base_urls or {})
     fetcher = HttpFetcher(client, limits or FetchLimits(), resolver=resolver)
     pool: FeedParserPool | None = parser
@@ -119,32 +167,60 @@ def build_sources(
                 raise ConfigError(
                     f"sources.yaml: X source {config.id!r} listed but no X client is configured"
                 )
-            x_client = x_client_factory()
-            session = getattr(x_client, "session", None)
-            if isinstance(session, requests.Session):
-                mount_base_url(session, overrides.get("x"))
-            sources.append(XSource(x_configs, x_client, backfill=x_backfill or DEFAULT_BACKFILL,
-                                   cap_reset_day=x_cap_reset_day))
-        elif kind in (SourceKind.RSS, SourceKind.CAP):
-            if pool is None:
-                pool = FeedParserPool()
-            cls = RssSource if kind is SourceKind.RSS else CapSource
-            sources.append(cls(config, fetcher, pool))
+            sources.append(_x_source(x_configs, x_client_factory(), overrides.get("x"),
+                                     x_backfill, x_cap_reset_day))
+        elif kind is SourceKind.RSS:
+            from crisiscomms.adapters.sources.rss import RssSource
+
+            pool = pool or _new_pool()
+            sources.append(RssSource(config, fetcher, pool))
+        elif kind is SourceKind.CAP:
+            from crisiscomms.adapters.sources.cap import CapSource
+
+            pool = pool or _new_pool()
+            sources.append(CapSource(config, fetcher, pool))
         elif kind is SourceKind.MASTODON:
+            from crisiscomms.adapters.sources.mastodon import MastodonSource
+
             sources.append(MastodonSource(config, fetcher, api_base=overrides.get("mastodon"),
                                           token=_source_token(config, credentials)))
         elif kind is SourceKind.BLUESKY:
+            from crisiscomms.adapters.sources.bluesky import BlueskySource
+
             sources.append(BlueskySource(config, fetcher, base_url=overrides.get("bluesky")))
         elif kind is SourceKind.EA_FLOODS:
+            from crisiscomms.adapters.sources.ea_floods import EaFloodsSource
+
             sources.append(EaFloodsSource(config, fetcher))
         else:  # pragma: no cover - a new SourceKind without an adapter
             raise ConfigError(f"sources.yaml: no adapter for kind {kind!r} ({config.id})")
-    if pool is not None and any(c.kind in (SourceKind.RSS, SourceKind.CAP)
-                                for c in catalog_sources):
+    if start_parsers and pool is not None and any(
+            c.kind in (SourceKind.RSS, SourceKind.CAP) for c in catalog_sources):
         # Every parser worker boots now, in the pool's threads (not on the event loop): the
         # first update after start-up is parsed as fast as the others.
         pool.start()
     return sources
+
+
+def _new_pool() -> FeedParserPool:
+    from crisiscomms.adapters.sources.parsing import FeedParserPool
+
+    return FeedParserPool()
+
+
+def _x_source(configs: list[SourceConfig], x_client: XSearchClient, base_url: str | None,
+              backfill: timedelta | None, cap_reset_day: int) -> Source:
+    """The one ``XSource`` of every X source; its requests session mounted on ``base_url``."""
+    import requests
+
+    from crisiscomms.adapters.sources.x import DEFAULT_BACKFILL, XSource
+    from crisiscomms.adapters.xhttp import mount_base_url
+
+    session = getattr(x_client, "session", None)
+    if isinstance(session, requests.Session):
+        mount_base_url(session, base_url)
+    return XSource(configs, x_client, backfill=backfill or DEFAULT_BACKFILL,
+                   cap_reset_day=cap_reset_day)
 
 
 def _source_token(config: SourceConfig, credentials: Credentials | None) -> SecretStr | None:

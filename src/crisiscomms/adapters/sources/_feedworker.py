@@ -18,8 +18,6 @@ import struct
 import sys
 from typing import Any, BinaryIO
 
-import feedparser
-
 from crisiscomms.adapters.sources.text import html_to_text, tidy
 
 MAX_ENTRIES = 1_000  # more than any official feed carries; bounds the reply size
@@ -92,6 +90,8 @@ def _entry(entry: Any) -> dict[str, Any]:
 
 def parse(body: bytes, headers: dict[str, str]) -> dict[str, Any]:
     """Run feedparser on ``body`` and return plain JSON-able data."""
+    import feedparser  # here, not at the top: the parent imports this module for its frames
+
     parsed = feedparser.parse(io.BytesIO(body), response_headers=headers)
     exc = parsed.get("bozo_exception")
     reason = type(exc).__name__ if exc is not None else ""
@@ -132,6 +132,8 @@ def main() -> None:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     stdin = sys.stdin.buffer
+    import feedparser  # noqa: F401 - loaded before the cap is measured, never under it
+
     limit_memory(memory)
     _send(out, "ready", None)
     while True:
