@@ -26,6 +26,16 @@ Two comparisons, each ``--runs`` times, interleaved (feed2toot, then crisiscomms
   own: cron starts it once per cycle). The feed2toot run happens inside the window (the
   watcher is mostly asleep; 2 cores).
 
+Both programs run from compiled bytecode, as installed programs do (pip compiles a package's
+``.pyc`` files when it installs it; feed2toot's venv has them): crisiscomms's own package is
+compiled first (``compileall``), since a working tree run with ``PYTHONDONTWRITEBYTECODE`` (or
+just edited) would otherwise compile some forty modules from source in every run, about 0.15
+CPU-s that no installed watcher pays.
+
+The floor under any Python watcher is reported beside it, from the same interpreter and
+environment: ``python -c pass`` (the interpreter alone) and ``python -c "import httpx"`` (one
+HTTP library; crisiscomms also needs pydantic, typer, structlog, SQLite and the adapters).
+
 Last, one feed2toot run after 2 feeds publish a new entry checks that the
 fake Mastodon really receives its posts (so the measured runs were doing real work).
 """
@@ -33,6 +43,7 @@ fake Mastodon really receives its posts (so the measured runs were doing real wo
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import subprocess
 import sys
@@ -146,6 +157,21 @@ def _watch_once(env: dict[str, str], tmp: Path) -> tuple[float, float]:
     return children_cpu_seconds() - c0, wall
 
 
+def _python_cpu(env: dict[str, str], tmp: Path, code: str) -> float:
+    """CPU of one ``python -c CODE`` in the benchmark's interpreter and environment."""
+    c0 = children_cpu_seconds()
+    subprocess.run([sys.executable, "-c", code], cwd=tmp, env=env, check=True,  # noqa: S603
+                   capture_output=True, timeout=120)
+    return children_cpu_seconds() - c0
+
+
+def compile_package() -> None:
+    """Compile crisiscomms's bytecode as an install does (see the module docstring)."""
+    import crisiscomms
+
+    compileall.compile_dir(Path(crisiscomms.__file__).parent, quiet=1)
+
+
 def _polls(server: FeedServer) -> tuple[int, int]:
     s = server.control("stats")
     return int(s.get("304", 0)), int(s.get("200", 0))
@@ -167,7 +193,10 @@ def run(feeds: int, runs: int, interval: float, *, install: bool = True) -> dict
         home.mkdir()
         # Every source due at every run: a 1 s interval, no jitter, runs > 1 s apart.
         once_env = watch_env(home, playbooks, 1.0, jitter=0.0)
+        compile_package()
         startup = [run_f2t(exe, ["--version"], tmp)[:2] for _ in range(3)]
+        floor_python = [_python_cpu(once_env, tmp, "pass") for _ in range(3)]
+        floor_httpx = [_python_cpu(once_env, tmp, "import httpx") for _ in range(3)]
         run_f2t(exe, ["-c", str(ini), "--populate-cache"], tmp)
         _watch_once(once_env, tmp)  # the baseline: every feed 200, nothing queued
         # 1. Whole process against whole process, interleaved: one cron-style feed2toot run,
@@ -219,6 +248,8 @@ def run(feeds: int, runs: int, interval: float, *, install: bool = True) -> dict
         "feeds": feeds, "runs": runs, "interval_s": interval,
         "feed2toot_version": F2T_VERSION,
         "feed2toot_startup_cpu_s": summary([c for c, _ in startup]),
+        "floor_python_cpu_s": summary(floor_python),
+        "floor_import_httpx_cpu_s": summary(floor_httpx),
         "whole_feed2toot_cpu_s": summary([c for c, _ in f2t]),
         "whole_feed2toot_wall_s": summary([w for _, w in f2t]),
         "whole_crisiscomms_cpu_s": summary([c for c, _ in ours]),
