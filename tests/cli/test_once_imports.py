@@ -48,6 +48,8 @@ with open(os.environ["ONCE_OUT"], "w") as f:
 NOT_FOR_RSS = ("crisiscomms.adapters.sources.x", "crisiscomms.adapters.sources.bluesky",
                "crisiscomms.adapters.sources.mastodon", "crisiscomms.adapters.sources.cap",
                "crisiscomms.adapters.sources.push", "websockets", "httpx_sse",
+               # CAP's XML reader: these feeds carry no CAP fields
+               "crisiscomms.adapters.sources.capxml", "defusedxml",
                # structlog is loaded without rich (crisiscomms.logs), nothing else wants it
                "rich")
 # ... nor, when nothing is new, the parser (it runs in the workers) or the post text rules.

@@ -21,7 +21,6 @@ from datetime import datetime
 import structlog
 
 from crisiscomms.adapters.sources.base import looks_like_json, source_boundary
-from crisiscomms.adapters.sources.capxml import cap_from_flat
 from crisiscomms.adapters.sources.http import (
     DEFAULT_MAX_BYTES,
     FetchResponse,
@@ -145,6 +144,10 @@ def entry_update(
     title = entry.title or title_from_text(text) or "(untitled)"
     published = entry.published or entry.updated or now
     if entry.cap:
+        # CAP's XML reader (defusedxml) only for feeds that carry CAP fields: a cycle of 304s,
+        # or of plain RSS, never loads it.
+        from crisiscomms.adapters.sources.capxml import cap_from_flat
+
         cap: CapInfo | None = cap_from_flat(
             entry.cap, identifier=entry.external_id, sent=entry.published
         )
