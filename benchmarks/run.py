@@ -15,11 +15,12 @@ row (``ISSUE14``) with this run's figures: min / median / max of three runs (eac
 repeats itself, ``watch-10k`` is run three times), the verdict on the median. Targets are shown
 with a verdict, never enforced: benchmarks on a shared machine are noisy. The exit status is
 non-zero only when a benchmark could not run or a correctness check failed (an item published
-twice, or not at all, in ``claim-contention-pg``).
+twice, or not at all, in ``claim-contention-pg``; a changed feed's entry recorded twice, or not
+at all, in ``shared-pg``).
 
-The PostgreSQL benchmarks (``dispatch-10k-pg``, ``claim-contention-pg``) each start a
-throw-away cluster (``tests.pgserver.PgCluster``) and stop it; where PostgreSQL cannot run they
-print one "skipped" row with the reason and the run goes on.
+The PostgreSQL benchmarks (``dispatch-10k-pg``, ``claim-contention-pg``, ``shared-pg``) each
+start a throw-away cluster (``tests.pgserver.PgCluster``) and stop it; where PostgreSQL cannot
+run they print one "skipped" row with the reason and the run goes on.
 """
 
 from __future__ import annotations
@@ -311,8 +312,87 @@ def scale_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         ("peak RSS (watcher + parsers)", _mmm(rss, 0, "MB"), "<= 400 MB",
          _verdict(_ok_max(rss, 400.0))),
         ("changes missed", str(missed), "0", _verdict(missed == 0)),
-        ("two watchers on PostgreSQL, 20,000", "not measured yet", "share 20,000", ""),
     ]
+
+
+def _slash(values: list[Any], digits: int = 0, unit: str = "") -> str:
+    return " / ".join(_f(float(v), digits) for v in values) + (f" {unit}" if unit else "")
+
+
+def _events(counts: dict[str, int], prefix: str) -> int:
+    """Log events whose ``level:event[:error_class]`` name starts with ``prefix``."""
+    return sum(n for k, n in counts.items() if k == prefix or k.startswith(f"{prefix}:"))
+
+
+def shared_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    if "skipped" in r:
+        return skipped_row(r)
+    n, w, interval, jitter = r["sources"], r["watchers"], r["interval_s"], r["jitter_s"]
+    expected = r["expected_polls_per_30s"]
+    most = n * 30.0 / interval  # every source once per interval, never more often
+    shares = r["per_watcher_share"]
+    fair = 1.0 / w
+    once = r["exactly_once"]
+    first = r["log_events_first_cycle"]
+    window = r["log_events_window"]
+    start = r["store_at_window_start"]
+    converged = bool(r["baseline_converged"])
+    took = (f"in {_f(r['first_cycle_wall_s'], 0)} s" if converged
+            else f"after {_f(r['baseline_timeout_s'], 0)} s (the window started anyway)")
+    rows = [
+        ("sources x watchers",
+         f"{n:,} sources, {w} `crisiscomms watch` processes on one PostgreSQL database, "
+         f"interval {interval:g} s + jitter 0-{jitter:g} s, {r['cycles']} interval(s) "
+         f"measured, 99 % 304", "", ""),
+        ("first cycle (every feed 200)",
+         f"{start['baselined']:,} of {n:,} sources baselined {took}; 200s by watcher "
+         f"{_slash(r['baseline_200s_per_watcher'])}; {start['claims']:,} claims; polls failed "
+         f"{_slash([_events(e, 'warning:source.failed') for e in first])}, overtaken "
+         f"{_slash([_events(e, 'warning:source.poll_overtaken') for e in first])}",
+         "all baselined", _verdict(converged)),
+        ("polls per 30 s (all watchers)",
+         f"{_f(r['polls_per_30s'], 0)} ({r['polls']:,} in {_f(r['window_s'], 0)} s; each "
+         f"source once per {interval:g}-{interval + jitter:g} s is {_f(expected, 0)}); store "
+         f"claims {r['store_claims']:,}",
+         f"{_f(0.97 * expected, 0)}-{_f(most, 0)} (interval kept)",
+         _verdict(0.97 * expected <= r["polls_per_30s"] <= most)),
+        ("polls per watcher per 30 s (share)",
+         " / ".join(f"{_f(x, 0)} ({100 * s:.0f} %)"
+                    for x, s in zip(r["per_watcher_polls_per_30s"], shares, strict=True))
+         + "; per interval " + ", ".join(_slash(i["per_watcher"]) for i in r["per_interval"])
+         + f"; {100 * r['handover_share']:.0f} % of polls by another watcher than the "
+         f"previous one; {r['unattributed_polls']} unattributed",
+         f"each >= {100 * fair / 2:.0f} %", _verdict(min(shares) >= fair / 2)),
+        ("duplicate polls (< half an interval apart)",
+         f"{r['duplicates']} ({r['sources_with_duplicates']} sources)", "0",
+         _verdict(r["duplicates"] == 0)),
+        ("sources late (gap > interval + jitter + 2 ticks + 1 s)",
+         f"{r['sources_late']} ({r['late']} gaps); gap p50 / p99 / max "
+         f"{_f(r['gap_p50_s'], 1)} / {_f(r['gap_p99_s'], 1)} / {_f(r['gap_max_s'], 1)} s",
+         "0", _verdict(r["sources_late"] == 0)),
+        ("polls failed / overtaken in the window",
+         f"failed {_slash([_events(e, 'warning:source.failed') for e in window])}, overtaken "
+         f"{_slash([_events(e, 'warning:source.poll_overtaken') for e in window])} (by "
+         "watcher)", "0", _verdict(not any(
+             _events(e, "warning:source.failed") + _events(e, "warning:source.poll_overtaken")
+             for e in window))),
+        ("watcher CPU per 30 s (process tree)", _slash(r["cpu_per_30s"], 2, "CPU-s"), "", ""),
+        ("watcher peak RSS (process tree)", _slash(r["peak_rss_mb"], 0, "MB"),
+         "<= 400 MB each", _verdict(max(r["peak_rss_mb"]) <= 400)),
+        ("PostgreSQL CPU per 30 s",
+         f"{_f(r['postgres_cpu_per_30s'])} CPU-s (feed server "
+         f"{_f(r['feed_server_cpu_per_30s'])})", "", ""),
+        ("new entries recorded exactly once",
+         f"{once['recorded']} of {once['expected']} recorded, {once['recorded_twice']} twice, "
+         f"{once['missing']} missing; {once['outbox_items']} outbox items, "
+         f"{once['outbox_items_twice']} twice; {once['audit_poll_overtaken']} polls overtaken",
+         "exactly once", _verdict(bool(once["ok"]))),
+    ]
+    return rows
+
+
+def shared_ok(r: dict[str, Any]) -> bool:
+    return "skipped" in r or bool(r["exactly_once"]["ok"])
 
 
 def demo_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -372,6 +452,11 @@ BENCHES = [
            "--gets", "50"], loop_rows),
     Bench("watch-10k", "benchmarks.watch", ["--feeds", "10000", "--cycles", "1"], None,
           scale_rows, repeat=3),
+    # Two real watchers on one PostgreSQL database share 20,000 sources (issue 14).
+    Bench("shared-pg", "benchmarks.shared_pg",
+          ["--feeds", "20000", "--watchers", "2", "--cycles", "3", "--interval", "30"],
+          ["--feeds", "400", "--watchers", "2", "--cycles", "2", "--interval", "5",
+           "--jitter", "0.5"], shared_rows, check=shared_ok),
     Bench("feed2toot", "benchmarks.feed2toot_cmp", ["--feeds", "200", "--runs", "3"],
           ["--feeds", "20", "--runs", "1", "--interval", "3", "--no-install"], f2t_rows),
     Bench("demo", "benchmarks.demo", ["--runs", "3"], None, demo_rows),
@@ -396,8 +481,13 @@ ISSUE14 = [
     ("connections", [("watch-loop", "new connections per 1,000 polls"),
                      ("watch-1000", "new connections over the steady polls")]),
     ("10,000 sources", [("watch-10k", "steady cycle wall (min/med/max)"),
-                        ("watch-10k", "peak RSS (watcher + parsers)"),
-                        ("watch-10k", "two watchers on PostgreSQL, 20,000")]),
+                        ("watch-10k", "peak RSS (watcher + parsers)")]),
+    ("two watchers on PostgreSQL, 20,000 sources",
+     [("shared-pg", "first cycle (every feed 200)"),
+      ("shared-pg", "polls per 30 s (all watchers)"),
+      ("shared-pg", "polls per watcher per 30 s (share)"),
+      ("shared-pg", "duplicate polls (< half an interval apart)"),
+      ("shared-pg", "watcher peak RSS (process tree)")]),
     ("CLI start-up", [("watch-loop", "`crisiscomms --help` CPU (min of 3)"),
                       ("watch-loop", "`crisiscomms status` CPU (min of 3)")]),
     ("feed2toot, 200 unchanged feeds", [("feed2toot", "whole process ratio feed2toot/ours"),

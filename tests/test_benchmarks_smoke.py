@@ -2,8 +2,10 @@
 
 No timing is asserted: the machine is shared and benchmarks are noisy. This only proves that
 ``make bench`` still works after a change (loopback feed server, real watcher, dispatcher, and
-the PostgreSQL rows on a throw-away cluster, or their "skipped" row where PostgreSQL cannot run)
-and that 1, 2 and 4 concurrent dispatchers on PostgreSQL published every item exactly once.
+the PostgreSQL rows on a throw-away cluster, or their "skipped" row where PostgreSQL cannot run,
+which fails under ``CI=true``), that 1, 2 and 4 concurrent dispatchers on PostgreSQL published
+every item exactly once, and that two real watchers sharing one PostgreSQL database recorded
+each changed feed's new entry exactly once.
 """
 
 from __future__ import annotations
@@ -36,7 +38,16 @@ CONTENTION_METRICS = [
     "queue per run", "1 worker", "2 workers", "2 workers: published each, lost claims",
     "4 workers", "4 workers: published each, lost claims", "published exactly once",
 ]
-PG_BENCHES = {"dispatch-10k-pg": DISPATCH_PG_METRICS, "claim-contention-pg": CONTENTION_METRICS}
+SHARED_METRICS = [
+    "sources x watchers", "first cycle (every feed 200)", "polls per 30 s (all watchers)",
+    "polls per watcher per 30 s (share)", "duplicate polls (< half an interval apart)",
+    "sources late (gap > interval + jitter + 2 ticks + 1 s)",
+    "polls failed / overtaken in the window",
+    "watcher CPU per 30 s (process tree)", "watcher peak RSS (process tree)",
+    "PostgreSQL CPU per 30 s", "new entries recorded exactly once",
+]
+PG_BENCHES = {"dispatch-10k-pg": DISPATCH_PG_METRICS, "claim-contention-pg": CONTENTION_METRICS,
+              "shared-pg": SHARED_METRICS}
 AMPLIFY_METRICS = [
     "updates x channels, crisis active", "TTA polled p50 (min/med/max)",
     "TTA polled p95 (min/med/max)", "TTA polled max (min/med/max)", "TTA pushed p95",
@@ -62,7 +73,7 @@ F2T_METRICS = [
 # still runs once, through the same harness (`--only` is `make bench`'s own loop over a subset).
 # amplify stays in the first half, after the CPU-heavy ones: it ends its run after a short
 # quiet spell with no accept, which a busier machine could cut short.
-SECOND_HALF = ("watch-loop", "feed2toot")
+SECOND_HALF = ("watch-loop", "feed2toot", "shared-pg")
 
 
 def _merged(runs: list[dict]) -> dict:
@@ -166,13 +177,16 @@ def test_quick_benchmarks_print_every_row(tmp_path: Path) -> None:
         assert f2t["whole_crisiscomms_304"] == [f2t["feeds"]]  # every feed polled, all 304
     # Every row of issue 14's table is printed, with a value (or why it was not measured).
     whats = {r["what"] for r in data["issue14"]}
-    assert len(whats) == 11
+    assert len(whats) == 12
     assert all(r["value"] for r in data["issue14"])
 
     for name, metrics in PG_BENCHES.items():
         result = data["results"][name]
         if "skipped" in result:  # PostgreSQL cannot run here: one row says why
             assert result["skipped"] and result["skipped"] != "--quick"
+            # ... which CI must not accept (as tests.pgserver.skip_or_fail).
+            assert os.environ.get("CI", "").strip().lower() not in ("true", "1"), \
+                f"{name} skipped under CI: {result['skipped']}"
             assert (name, "skipped") in rows, name
             continue
         for metric in metrics:
@@ -197,3 +211,16 @@ def test_quick_benchmarks_print_every_row(tmp_path: Path) -> None:
         verdicts = {r["metric"]: r["verdict"] for r in data["table"]
                     if r["benchmark"] == "claim-contention-pg"}
         assert verdicts["published exactly once"] == "ok"
+    shared = data["results"]["shared-pg"]
+    if "skipped" not in shared:
+        # Two real watchers on one database: every feed request attributed to one of them,
+        # the store's claims beside the polls, each changed feed's entry recorded once.
+        assert shared["watchers"] == 2 and shared["sources"] == 400
+        assert shared["polls"] > 0 and shared["unattributed_polls"] == 0
+        assert sum(shared["per_watcher_polls"]) == shared["polls"]
+        assert shared["store_claims"] > 0
+        assert shared["exit_codes"] == [0, 0]
+        once = shared["exactly_once"]
+        assert once["expected"] > 0 and once["ok"], once
+        assert all(x > 0 for x in shared["peak_rss_mb"])
+        assert shared["postgres_cpu_per_30s"] > 0
