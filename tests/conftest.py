@@ -30,7 +30,6 @@ PINNED = SIMULATED_X_IDS
 SLOW_TESTS = {
     "tests/chaos/test_crash.py::test_watch_survives_random_sigkills": 60,
     "tests/report/test_drill_report.py::test_essex_drill_report_agrees_with_the_drill": 55,
-    "tests/drill/test_drills.py::test_bundled_essex_flood_drill": 55,
     "tests/test_benchmarks_smoke.py::test_quick_benchmarks_print_every_row": 40,
     "tests/chaos/test_several_watchers.py::test_several_watchers_publish_everything_exactly_once"
     "[postgres-3]": 45,
@@ -51,6 +50,13 @@ SLOW_TESTS = {
     "tests/test_reload.py::test_a_running_watcher_follows_sources_yaml": 6,
     "tests/drill/test_drills.py::test_small_drills_pass_and_are_reproducible[x-reactivation]": 6,
 }
+# Tests that share a session fixture with a test above (one run per worker): dealt to that
+# test's worker, right behind it, so the fixture is built once in the whole run, not once on
+# each worker. {follower: the test it follows}.
+SAME_WORKER = {
+    "tests/drill/test_drills.py::test_bundled_essex_flood_drill":  # the ``essex_drill``
+    "tests/report/test_drill_report.py::test_essex_drill_report_agrees_with_the_drill",
+}
 
 
 def _xdist_workers(config: pytest.Config) -> int:
@@ -60,16 +66,28 @@ def _xdist_workers(config: pytest.Config) -> int:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deal the slowest tests out over the workers' first chunks (see ``SLOW_TESTS``); the
-    same deterministic order on every worker, as xdist requires."""
+    """Deal the slowest tests out over the workers' first chunks (see ``SLOW_TESTS``), each
+    with the tests that follow it (``SAME_WORKER``); the same deterministic order on every
+    worker, as xdist requires."""
+    present = {it.nodeid for it in items}
+    followers: dict[str, list[pytest.Item]] = {}
+    for it in items:
+        leader = SAME_WORKER.get(it.nodeid)
+        if leader in present and leader in SLOW_TESTS:
+            followers.setdefault(leader, []).append(it)
+    moved = {it.nodeid for group in followers.values() for it in group}
     slow = sorted((it for it in items if it.nodeid in SLOW_TESTS),
                   key=lambda it: (-SLOW_TESTS[it.nodeid], it.nodeid))
     if not slow:
         return
     workers = _xdist_workers(config)
-    rest = [it for it in items if it.nodeid not in SLOW_TESTS]
+    rest = [it for it in items if it.nodeid not in SLOW_TESTS and it.nodeid not in moved]
+
+    def with_followers(group: list[pytest.Item]) -> list[pytest.Item]:
+        return [x for it in group for x in (it, *followers.get(it.nodeid, ()))]
+
     if workers == 1:
-        items[:] = slow + rest
+        items[:] = with_followers(slow) + rest
         return
     # xdist's LoadScheduling: with at least 2 tests a worker, worker i is first sent the
     # collection's [i*chunk, (i+1)*chunk); with fewer, tests go round robin.
@@ -79,10 +97,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     load = [0.0] * workers
     for it in slow:
         i = min(range(workers), key=lambda w: (load[w], w))
-        lanes[i].append(it)
+        lanes[i] += with_followers([it])
         load[i] += SLOW_TESTS[it.nodeid]
     if len(items) < 2 * workers or any(len(lane) > chunk for lane in lanes):
-        items[:] = slow + rest
+        items[:] = with_followers(slow) + rest
         return
     ordered: list[pytest.Item] = []
     fill = iter(rest)

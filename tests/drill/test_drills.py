@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -39,9 +40,9 @@ def test_jumping_skips_quiet_steps_only(tmp_path: Path):
     assert result.ticks < steps / 3, (result.ticks, steps)
 
 
-def test_bundled_essex_flood_drill(tmp_path: Path):
-    report = tmp_path / "out" / "essex-flood.html"
-    result = run_drill(DRILLS / "essex-flood.yaml", home=tmp_path / "home", report_path=report)
+def test_bundled_essex_flood_drill(essex_drill: Any):
+    result = essex_drill  # tests/conftest.py: one run per worker, shared with other tests
+    report = Path(result.report_path)
     failed = [f"{o.name}: {o.detail}" for o in result.outcomes if not o.ok]
     assert not failed
     assert {o.name for o in result.outcomes} >= {

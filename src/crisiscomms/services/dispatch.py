@@ -108,11 +108,22 @@ class DispatchStats:
 def channel_counters(store: Store, catalog: Catalog, channel_id: str,
                      now: datetime) -> ChannelCounters:
     """A channel's counters for the policy week and local day containing ``now``."""
+    with store.reader() as r:
+        return counters_in(r, catalog, channel_id, now)
+
+
+def counters_in(uow: UnitOfWork, catalog: Catalog, channel_id: str,
+                now: datetime) -> ChannelCounters:
+    """``channel_counters`` read in a unit of work the caller holds."""
     policy = catalog.policy
     day_start = local(now, policy).replace(hour=0, minute=0, second=0, microsecond=0)
-    with store.reader() as r:
-        return r.outbox.counters(channel_id, now=now, week_start=week_start(now, policy),
-                                 day_start=day_start)
+    return uow.outbox.counters(channel_id, now=now, week_start=week_start(now, policy),
+                               day_start=day_start)
+
+
+def _due(item: OutboxItem, now: datetime) -> bool:
+    """Whether ``next_due`` at ``now`` would return this pending item (its ``not_before``)."""
+    return item.state in outbox.PENDING and (item.not_before is None or item.not_before <= now)
 
 
 def _bump(counters: ChannelCounters, item: OutboxItem, by: int) -> ChannelCounters:
@@ -225,11 +236,20 @@ class Dispatcher:
         if not self._problems:  # first tick: say which channels cannot post at all
             for channel_id, publisher in sorted(self.publishers.items()):
                 self._channel_problem(channel_id, getattr(publisher, "unavailable", None))
-        self.recover(now, stats)
+        # One read for the tick when no lease has expired (the usual case): what expired,
+        # then what the channels decide with.
         with self.store.reader() as r:
-            incidents = r.incidents.list()
-            windows = r.windows.list()
-            channel_ids = r.outbox.due_channels(now)
+            expired = r.outbox.expired(now)
+            if not expired:
+                incidents = r.incidents.list()
+                windows = r.windows.list()
+                channel_ids = r.outbox.due_channels(now)
+        if expired:
+            self._take_up(expired, now, stats)
+            with self.store.reader() as r:
+                incidents = r.incidents.list()
+                windows = r.windows.list()
+                channel_ids = r.outbox.due_channels(now)
         lanes = {cid: _Lane(cid, now, incidents, windows, DispatchStats()) for cid in channel_ids}
         try:
             each_channel(channel_ids, lambda cid: self._channel_tick(lanes[cid]),
@@ -305,14 +325,15 @@ class Dispatcher:
             problem = getattr(lane.publisher, "unavailable", None)
             self._channel_problem(channel_id, problem)
             lane.problem = str(problem) if problem else None
-            lane.counters = self.counters(channel_id, lane.now)
+        if self._unchanged(lane):
+            return  # every due item keeps the decision it has: nothing to write
         keeper = LeaseKeeper(self.store, self.lease, lambda: self._now(lane.now),
                              name=f"lease-{channel_id}")
         with keeper:
             after: OutboxItem | None = None
             size = self.page_size
             while not self.stop_requested.is_set():
-                claimed, last = self._claim_page(lane, after, size)
+                claimed, last, drained = self._claim_page(lane, after, size)
                 if last is None:
                     return  # nothing more is due on this channel
                 after = last
@@ -322,23 +343,64 @@ class Dispatcher:
                 for c in claimed:
                     keeper.hold(c.item)
                 self._send_page(lane, claimed, keeper)
+                if drained:
+                    return  # the page held the channel's last due items
+
+    def _unchanged(self, lane: _Lane) -> bool:
+        """Read the channel's counters and, when every due item would keep the decision it
+        already has (held, or awaiting approval, for the same reason), count them decided and
+        say so: most ticks of a quiet channel then read once and write nothing, instead of
+        deciding the same items again under the writer's lock. Anything else (an item that
+        may go, or whose decision changes) is left to the claim, which decides it again
+        under its lock. The counters are set on the lane either way."""
+        stats, now, channel_id = lane.stats, lane.now, lane.channel_id
+        configured = lane.channel is not None and lane.publisher is not None
+        with self.store.reader() as r:
+            if configured:
+                lane.counters = counters_in(r, self.catalog, channel_id, now)
+            due = [i for i in r.outbox.list(states=sorted(outbox.PENDING),
+                                            channel_id=channel_id) if _due(i, now)]
+        times: list[float] = []
+        held = 0
+        for item in due:
+            if lane.channel is None or lane.publisher is None:
+                state, reason = ItemState.HELD, f"channel {channel_id!r} is not configured"
+            else:
+                t0 = time.perf_counter() if self.measure else 0.0
+                decision = decide(item, lane.channel, now, lane.counters, self.catalog.policy,
+                                  lane.incidents, self.catalog.playbooks, lane.windows)
+                if self.measure:
+                    times.append(time.perf_counter() - t0)
+                if decision.action not in (DecisionAction.HOLD, DecisionAction.NEEDS_APPROVAL):
+                    return False
+                state, reason = _STATE_FOR[decision.action], decision.reason
+                held += decision.action is DecisionAction.HOLD
+            if item.state is not state or item.reason != reason:
+                return False
+        stats.decided += len(due)
+        stats.held += held
+        stats.decision_seconds.extend(times)
+        return True
 
     def _claim_page(self, lane: _Lane, after: OutboxItem | None, size: int,
-                    ) -> tuple[list[_Claimed], OutboxItem | None]:
+                    ) -> tuple[list[_Claimed], OutboxItem | None, bool]:
         """Decide the next page of due items in one unit of work: the policy's holds are
-        recorded, what may go is leased to this worker. Returns the claimed items and the last
-        item decided (None: nothing was due)."""
+        recorded, what may go is leased to this worker. Returns the claimed items, the last
+        item decided (None: nothing was due) and whether that was the channel's last due item
+        (a page shorter than asked for, every item of it decided)."""
         claimed: list[_Claimed] = []
         updates: set[int] = set()
         last: OutboxItem | None = None
         with self.store.unit_of_work() as uow:
             page = uow.outbox.next_due(lane.channel_id, now=lane.now, after=after, limit=size)
+            drained = len(page) < max(1, size)
             for item in page:
                 if len(claimed) >= self.page_size or \
                         item.reply_to_item in {c.item.id for c in claimed} or \
                         (item.update_id is not None and item.update_id in updates):
                     # Enough claimed for one page; or it waits for an item of this page to go
                     # out first: the next page begins with it.
+                    drained = False
                     break
                 last = item
                 leased = self._claim_one(uow, lane, item, updates)
@@ -346,7 +408,7 @@ class Dispatcher:
                     claimed.append(leased)
                     lane.counters = _bump(lane.counters, item, 1)
             uow.commit()
-        return claimed, last
+        return claimed, last, drained
 
     def _claim_one(self, uow: UnitOfWork, lane: _Lane, item: OutboxItem,
                    updates: set[int]) -> _Claimed | None:
@@ -708,6 +770,13 @@ class Dispatcher:
         stats = stats or DispatchStats()
         with self.store.reader() as r:
             expired = r.outbox.expired(now)
+        if expired:
+            self._take_up(expired, now, stats)
+
+    def _take_up(self, expired: Sequence[OutboxItem], now: datetime,
+                 stats: DispatchStats) -> None:
+        """``recover``'s work on the items found expired."""
+        with self.store.reader() as r:
             paused = {cid for cid, st in r.channels.list().items()
                       if st.paused_until is not None and st.paused_until > now}
         for item in expired:

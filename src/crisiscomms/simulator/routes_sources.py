@@ -8,6 +8,7 @@ feed moves host or path (``www.metoffice.gov.uk`` -> ``weather.metoffice.gov.uk`
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
@@ -22,6 +23,27 @@ from crisiscomms.simulator.common import Endpoint, conditional, limited, world_o
 from crisiscomms.simulator.world import VisibleItem, World
 
 _REDIRECTS = "sources.redirects"
+_RENDERED = "sources.rendered"
+_RENDERED_MAX = 256
+
+
+def _rendered(world: World, kind: str, source_id: str, url: str,
+              render_body: Callable[[datetime | None], bytes]) -> tuple[bytes, datetime | None]:
+    """A feed's body and last change, rendered again only when what the source shows may have
+    changed (a scripted item added, edited or removed; or one's time came): a drill polls each
+    feed every simulated minute and almost always gets the same document (and a 304)."""
+    changed = world.last_changed(kind, source_id)
+    key = (kind, source_id, url, world.items_version(), changed)
+    with world.lock:
+        cache: dict[tuple[Any, ...], bytes] = world.state.setdefault(_RENDERED, {})
+        body = cache.get(key)
+    if body is None:
+        body = render_body(changed)
+        with world.lock:
+            if len(cache) >= _RENDERED_MAX:
+                cache.clear()
+            cache[key] = body
+    return body, changed
 
 
 def redirect_source(world: World, path: str, location: str | None, status: int = 301) -> None:
@@ -43,7 +65,9 @@ def _movable(endpoint: Endpoint) -> Endpoint:
     @functools.wraps(endpoint)
     async def handler(request: Request) -> Response:
         moves = world_of(request).state.get(_REDIRECTS) or {}
-        move = moves.get(request.url.path)
+        # The path as ``request.url.path`` has it, without building the whole URL.
+        move = moves.get(request.scope.get("root_path", "") + request.scope["path"]) \
+            if moves else None
         if move is not None:
             status, location = move
             return Response(status_code=status, headers={"Location": location})
@@ -76,11 +100,10 @@ async def rss_feed(request: Request) -> Response:
     """GET /sources/rss/{source_id}: RSS 2.0, newest first."""
     world = world_of(request)
     source_id = request.path_params["source_id"]
-    items = _by_published(world.visible_items("rss", source_id), "pubDate")
-    changed = world.last_changed("rss", source_id)
-    body = render.rss_document(
-        source_id, f"{_base(request)}/sources/rss/{source_id}", items, changed
-    )
+    url = f"{_base(request)}/sources/rss/{source_id}"
+    body, changed = _rendered(world, "rss", source_id, url, lambda changed: render.rss_document(
+        source_id, url, _by_published(world.visible_items("rss", source_id), "pubDate"),
+        changed))
     return conditional(request, body, "application/rss+xml", changed)
 
 
@@ -90,11 +113,10 @@ async def atom_feed(request: Request) -> Response:
     """GET /sources/atom/{source_id}: the same items as Atom."""
     world = world_of(request)
     source_id = request.path_params["source_id"]
-    items = _by_published(world.visible_items("rss", source_id), "pubDate")
-    changed = world.last_changed("rss", source_id)
-    body = render.atom_document(
-        source_id, f"{_base(request)}/sources/atom/{source_id}", items, changed
-    )
+    url = f"{_base(request)}/sources/atom/{source_id}"
+    body, changed = _rendered(world, "atom", source_id, url, lambda changed: render.atom_document(
+        source_id, url, _by_published(world.visible_items("rss", source_id), "pubDate"),
+        changed))
     return conditional(request, body, "application/atom+xml", changed)
 
 
@@ -104,10 +126,10 @@ async def cap_index(request: Request) -> Response:
     """GET /sources/cap/{source_id}: Atom index linking to each alert's CAP document."""
     world = world_of(request)
     source_id = request.path_params["source_id"]
-    items = _by_published(world.visible_items("cap", source_id), "sent")
-    changed = world.last_changed("cap", source_id)
     url = f"{_base(request)}/sources/cap/{source_id}"
-    body = render.cap_index(source_id, url, url, items, changed)
+    body, changed = _rendered(world, "cap", source_id, url, lambda changed: render.cap_index(
+        source_id, url, url, _by_published(world.visible_items("cap", source_id), "sent"),
+        changed))
     return conditional(request, body, "application/atom+xml", changed)
 
 

@@ -115,6 +115,7 @@ class World:
         self._burst_history: list[tuple[str, datetime, datetime]] = []
         self._rng = random.Random(0)
         self._seq = 0
+        self._items_version = 0  # bumped by every add, edit and removal of a scripted item
         self._valid_tokens: dict[str, frozenset[str]] = {}
 
     # -- time and sequence ----------------------------------------------------------------
@@ -152,6 +153,7 @@ class World:
             key = _item_key(kind, data)
             versions = self._items.setdefault((kind, source_id), {}).setdefault(key, [])
             versions.append(_Version(at, seq, data))
+            self._items_version += 1
             versions.sort(key=lambda v: (v.at, v.seq))
             return key
 
@@ -171,6 +173,7 @@ class World:
             base = next((v.item for v in reversed(versions) if v.item is not None), {})
             merged = {**base, **changes}
             versions.append(_Version(utc(at) if at else self.now(), self.next_seq(), merged))
+            self._items_version += 1
             versions.sort(key=lambda v: (v.at, v.seq))
 
     def remove_item(
@@ -181,6 +184,7 @@ class World:
         with self.lock:
             versions = self._versions(source_id, kind, key)
             versions.append(_Version(utc(at) if at else self.now(), self.next_seq(), None))
+            self._items_version += 1
             versions.sort(key=lambda v: (v.at, v.seq))
 
     def _versions(self, source_id: str, kind: str, key: str) -> list[_Version]:
@@ -205,6 +209,13 @@ class World:
                         out.append(VisibleItem(sid, kind, key, dict(item), first_at, changed_at))
         out.sort(key=lambda v: (v.first_at, v.key), reverse=True)
         return out
+
+    def items_version(self) -> int:
+        """A number that changes whenever a scripted item is added, edited or removed: with
+        ``last_changed``, what a source shows now is the same as before while both are (a
+        feed's rendering may be kept)."""
+        with self.lock:
+            return self._items_version
 
     def last_changed(self, kind: str, source_id: str) -> datetime | None:
         """The latest simulated instant (<= now) at which anything on this source changed."""
