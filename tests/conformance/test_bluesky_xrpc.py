@@ -213,7 +213,7 @@ async def _poll(body: dict[str, Any]) -> Any:
     async def resolve(host: str, port: int) -> list[str]:
         return ["93.184.216.34"]
 
-    client = make_async_client(timeout=5.0)
+    client = make_async_client(timeout=5.0, wire=False)
     try:
         with respx.mock() as router:
             route = router.get("https://public.api.bsky.app/xrpc/" + GET_AUTHOR_FEED).respond(

@@ -64,7 +64,7 @@ def served(rec: Interaction, **header_changes: str) -> httpx.Response:
 def _poll(account: str, router: respx.MockRouter, state: SourceState | None = None
           ) -> PollResult:
     async def run() -> PollResult:
-        async with make_async_client(timeout=5) as client:
+        async with make_async_client(timeout=5, wire=False) as client:
             fetcher = HttpFetcher(client, FetchLimits(), resolver=FakeResolver())
             config = SourceConfig(id="recorded-mastodon", agency="Recorded",
                                   kind=SourceKind.MASTODON, account=account)

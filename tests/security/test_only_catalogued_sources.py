@@ -102,7 +102,7 @@ REDIRECTS = {
 @pytest.mark.parametrize("name", sorted(REDIRECTS))
 def test_redirects_off_the_catalogued_host_are_refused(name: str) -> None:
     async def run() -> None:
-        async with make_async_client(timeout=5) as client:
+        async with make_async_client(timeout=5, wire=False) as client:
             with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:
                 router.get(FEED).mock(return_value=httpx.Response(
                     302, headers={"location": REDIRECTS[name]}))
@@ -119,7 +119,7 @@ def test_redirects_off_the_catalogued_host_are_refused(name: str) -> None:
 
 def test_same_host_https_redirect_is_followed() -> None:
     async def run() -> int:
-        async with make_async_client(timeout=5) as client:
+        async with make_async_client(timeout=5, wire=False) as client:
             with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:
                 router.get(FEED).mock(return_value=httpx.Response(
                     301, headers={"location": "/public/data/moved.xml"}))
@@ -137,7 +137,7 @@ def test_redirect_between_hosts_of_the_met_office_is_followed_and_checked() -> N
     old = FEED.replace("weather.", "www.")
 
     async def run(answers: dict[str, list[str]]) -> int | str:
-        async with make_async_client(timeout=5) as client:
+        async with make_async_client(timeout=5, wire=False) as client:
             with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:
                 router.get(old).mock(return_value=httpx.Response(301, headers={"location": FEED}))
                 router.get(FEED).mock(return_value=_feed_ok())
@@ -180,7 +180,7 @@ def test_private_addresses_are_refused_unless_allowed(name: str) -> None:
     async def run() -> None:
         resolver = FakeResolver()
         resolver.answers[host] = PRIVATE_ANSWERS[name]
-        async with make_async_client(timeout=5) as client:
+        async with make_async_client(timeout=5, wire=False) as client:
             with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:
                 route = router.get(url).mock(side_effect=lambda _r: _feed_ok())
                 fetcher = HttpFetcher(client, resolver=resolver)
@@ -200,7 +200,7 @@ def test_private_addresses_are_refused_unless_allowed(name: str) -> None:
                                      "http://10.0.0.1/feed", "http://2130706433/feed"])
 def test_ip_literal_urls_are_refused(literal: str) -> None:
     async def run() -> str:
-        async with make_async_client(timeout=5) as client:
+        async with make_async_client(timeout=5, wire=False) as client:
             with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:
                 router.route().mock(side_effect=lambda _r: _feed_ok())
                 # The system resolver: getaddrinfo turns "2130706433" into 127.0.0.1
@@ -220,7 +220,7 @@ def test_dns_failure_is_transient_not_a_refusal() -> None:
     async def run() -> SourceError:
         resolver = FakeResolver()
         resolver.answers["gone.example.gov.uk"] = socket.gaierror(socket.EAI_NONAME, "no")
-        async with make_async_client(timeout=5) as client:
+        async with make_async_client(timeout=5, wire=False) as client:
             fetcher = HttpFetcher(client, resolver=resolver)
             with pytest.raises(SourceError) as info:
                 await fetcher.fetch("https://gone.example.gov.uk/f", source_id="g")
@@ -287,7 +287,7 @@ def test_refusals_are_recorded_in_source_state_and_audited_when_persistent(
         if case == "private_address":
             resolver.answers["weather.metoffice.gov.uk"] = ["169.254.169.254"]
         classes = []
-        async with make_async_client(timeout=5) as client:
+        async with make_async_client(timeout=5, wire=False) as client:
             with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:
                 target = REDIRECTS.get(case, "")
                 router.get(FEED).mock(return_value=httpx.Response(

@@ -268,7 +268,7 @@ def test_source_error_messages_never_carry_a_query_string_key(
     from tests.sources.sources_helpers import FakeResolver
 
     async def run() -> str:
-        async with make_async_client(timeout=5) as client:
+        async with make_async_client(timeout=5, wire=False) as client:
             with respx.mock() as router:
                 router.route().mock(return_value=httpx.Response(401, text=f"bad key {MARK}"))
                 fetcher = HttpFetcher(client, resolver=FakeResolver())

@@ -26,7 +26,7 @@ def resolver() -> FakeResolver:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    c = make_async_client(timeout=5.0)
+    c = make_async_client(timeout=5.0, wire=False)  # respx mocks httpcore, not the wire path
     try:
         yield c
     finally:

@@ -215,7 +215,7 @@ async def test_a_new_connection_goes_to_the_checked_addresses_without_asking_aga
     client = make_async_client(timeout=2.0)
     assert client.lean is not None  # type: ignore[attr-defined]
     backend = RecordingBackend()
-    client.lean.pool._network_backend = backend  # type: ignore[attr-defined]
+    client.lean.wire.backend = backend  # type: ignore[attr-defined]
     try:
         fetcher = HttpFetcher(client, resolver=rebinding)
         with pytest.raises(SourceError) as info:

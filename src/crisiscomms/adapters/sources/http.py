@@ -72,6 +72,7 @@ from crisiscomms.adapters.sources.pinning import (
     pinned,
     private_address_error,
 )
+from crisiscomms.adapters.sources.wire import MAX_ORIGINS
 from crisiscomms.domain.errors import FeedTooLargeError, PermanentSourceError, TransientSourceError
 from crisiscomms.domain.models import PollHints
 
@@ -138,6 +139,8 @@ def make_async_client(
     verify: bool | ssl.SSLContext = True,
     trust_env: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
+    max_origins: int = MAX_ORIGINS,
+    wire: bool = True,
 ) -> httpx.AsyncClient:
     """Build the ``httpx.AsyncClient`` the composition root owns (and must ``aclose``).
 
@@ -147,7 +150,10 @@ def make_async_client(
     default is 5 s), longer than the polling interval, so the next cycle's poll of the same
     host reuses it; a server that closed it meanwhile is noticed and connected again.
     Without ``transport`` the client's transport is a ``LeanTransport`` (connections pinned
-    to checked addresses, asyncio sockets), which ``HttpFetcher`` uses directly.
+    to checked addresses, asyncio sockets), and ``HttpFetcher`` sends its GETs through the
+    transport's ``wire`` path (idle connections per origin, at most ``max_origins`` kept).
+    ``wire=False`` makes the fetcher send through httpx's client and httpcore on the same
+    pinned transport instead: that is what respx mocks, and the adapters' tests use it.
     """
     limits = httpx.Limits(
         max_connections=max_connections,
@@ -156,7 +162,8 @@ def make_async_client(
     )
     lean = None
     if transport is None:
-        transport = lean = LeanTransport(verify=verify, limits=limits, trust_env=trust_env)
+        transport = lean = LeanTransport(verify=verify, limits=limits, trust_env=trust_env,
+                                         max_origins=max_origins)
     client = FetchClient(
         timeout=httpx.Timeout(timeout, connect=connect_timeout),
         limits=limits,
@@ -166,7 +173,7 @@ def make_async_client(
         trust_env=trust_env,
         transport=transport,
     )
-    client.lean = lean
+    client.lean = lean if wire else None
     return client
 
 
@@ -452,12 +459,8 @@ class HttpFetcher:
         sent = [(b"Host", url.netloc)]
         sent += [kv for k, kv in base.items() if k not in _lower_keys(headers)]
         sent += [(k.encode("ascii"), _encode(v)) for k, v in headers.items()]
-        request = httpcore.Request(
-            b"GET",
-            httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port,
-                         target=url.raw_path),
-            headers=sent, extensions={"timeout": self._timeouts})
-        response = await self._lean.pool_for(allow_private).handle_async_request(request)
+        key = (allow_private, url.raw_scheme, url.raw_host, _port(url))
+        response = await self._lean.wire.get(key, url.raw_path, sent, self._timeouts)
         try:
             yield _Answer(response.status, _header_dict(response.headers), url,
                           response.aiter_stream)

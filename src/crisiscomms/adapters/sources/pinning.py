@@ -15,7 +15,8 @@ before each reuse; here a read is a buffer and a future, and "readable" is "the 
 data or the peer closed", which the protocol already knows. On a loopback 304 this is about
 a third of httpcore's CPU per request (``make bench``'s idle-GET row).
 
-``LeanTransport`` is ``httpx.AsyncHTTPTransport`` with this backend in its httpcore pool.
+``LeanTransport`` is ``httpx.AsyncHTTPTransport`` with this backend in its httpcore pool, and
+the fetcher's own GET path (``wire``) on the same backend.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any
 import httpcore
 import httpx
 
+from crisiscomms.adapters.sources.wire import MAX_ORIGINS, WirePool
 from crisiscomms.domain.errors import PermanentSourceError
 
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
@@ -227,6 +229,13 @@ class PinnedStream(httpcore.AsyncNetworkStream):
                 async with asyncio.timeout(1.0):
                     await asyncio.shield(closed)
 
+    def close_now(self) -> None:
+        """Close without waiting (an idle connection the pool lets go)."""
+        if self._transport.get_extra_info("ssl_object") is not None:
+            self._transport.abort()
+        else:
+            self._transport.close()
+
     async def start_tls(
         self,
         ssl_context: ssl.SSLContext,
@@ -342,45 +351,35 @@ class PinnedBackend(httpcore.AsyncNetworkBackend):
 
 
 class LeanTransport(httpx.AsyncHTTPTransport):
-    """``httpx.AsyncHTTPTransport`` whose httpcore pools use ``PinnedBackend``.
+    """``httpx.AsyncHTTPTransport`` whose httpcore pool uses ``PinnedBackend``, plus the
+    fetcher's own GET path on the same backend (``wire.WirePool``).
 
-    ``pool`` serves the sources that must stay on global addresses, ``private_pool`` (made on
-    first use) those allowed private ones: a connection opened under one policy is never
-    reused under the other. httpx itself (``client.get``) goes through ``pool``.
+    httpx itself (``client.get``) goes through ``pool``; ``HttpFetcher`` sends through
+    ``wire``, which keeps idle connections per origin and policy (a connection opened for a
+    source allowed private addresses is never reused for one that is not).
     """
 
     def __init__(self, *, verify: bool | ssl.SSLContext, limits: httpx.Limits,
-                 trust_env: bool = False) -> None:
+                 trust_env: bool = False, max_origins: int = MAX_ORIGINS) -> None:
         super().__init__(verify=verify, limits=limits, trust_env=trust_env)
-        self._ssl = (verify if isinstance(verify, ssl.SSLContext)
-                     else httpx.create_ssl_context(verify=verify, trust_env=trust_env))
-        self._limits = limits
+        ctx = (verify if isinstance(verify, ssl.SSLContext)
+               else httpx.create_ssl_context(verify=verify, trust_env=trust_env))
         self.backend = PinnedBackend()
-        self.pool = self._new_pool()
-        self._pool = self.pool  # what httpx's handle_async_request and aclose use
-        self._private: httpcore.AsyncConnectionPool | None = None
-
-    def _new_pool(self) -> httpcore.AsyncConnectionPool:
-        return httpcore.AsyncConnectionPool(
-            ssl_context=self._ssl,
-            max_connections=self._limits.max_connections,
-            max_keepalive_connections=self._limits.max_keepalive_connections,
-            keepalive_expiry=self._limits.keepalive_expiry,
+        self.pool = httpcore.AsyncConnectionPool(
+            ssl_context=ctx,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
             http1=True, http2=False,
             network_backend=self.backend,
         )
-
-    def pool_for(self, allow_private: bool) -> httpcore.AsyncConnectionPool:
-        """The pool for a request under that policy."""
-        if not allow_private:
-            return self.pool
-        if self._private is None:
-            self._private = self._new_pool()
-        return self._private
+        self._pool = self.pool  # what httpx's handle_async_request and aclose use
+        self.wire = WirePool(self.backend, ctx, keepalive_expiry=limits.keepalive_expiry,
+                             max_origins=max_origins)
 
     async def aclose(self) -> None:
         await super().aclose()
-        await self._close_private()
+        await self.wire.aclose()
 
     async def __aexit__(self, exc_type: type[BaseException] | None = None,
                         exc_value: BaseException | None = None,
@@ -388,9 +387,4 @@ class LeanTransport(httpx.AsyncHTTPTransport):
         # ``async with client`` ends here, not in ``aclose``: httpx's own ``__aexit__`` only
         # closes the pool it knows about.
         await super().__aexit__(exc_type, exc_value, traceback)
-        await self._close_private()
-
-    async def _close_private(self) -> None:
-        if self._private is not None:
-            private, self._private = self._private, None
-            await private.aclose()
+        await self.wire.aclose()
