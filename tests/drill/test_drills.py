@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,24 @@ from .compare import differences
 DRILLS = Path(__file__).resolve().parents[2] / "playbooks" / "drills"
 
 
+@pytest.fixture(scope="module")
+def jumped(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Any]:
+    """A small drill's jumping run, made once per module: two tests check it."""
+    runs: dict[str, Any] = {}
+
+    def run(name: str) -> Any:
+        if name not in runs:
+            home = tmp_path_factory.mktemp(f"drill-{name}") / "a"
+            runs[name] = run_drill(DRILLS / f"{name}.yaml", home=home)
+        return runs[name]
+
+    return run
+
+
 @pytest.mark.parametrize("name", ["fediverse", "cap-alerts", "x-reactivation"])
-def test_small_drills_pass_and_are_reproducible(name: str, tmp_path: Path):
-    first = run_drill(DRILLS / f"{name}.yaml", home=tmp_path / "a")
+def test_small_drills_pass_and_are_reproducible(name: str, tmp_path: Path,
+                                                jumped: Callable[[str], Any]):
+    first = jumped(name)
     assert first.ok, [o for o in first.outcomes if not o.ok]
     # The second run steps through every instant instead of jumping over the quiet ones:
     # the same run all the same (store, published set, outcomes, report).
@@ -31,9 +47,9 @@ def test_small_drills_pass_and_are_reproducible(name: str, tmp_path: Path):
     assert first.ticks < second.ticks
 
 
-def test_jumping_skips_quiet_steps_only(tmp_path: Path):
+def test_jumping_skips_quiet_steps_only(jumped: Callable[[str], Any]):
     """A step with a scenario event, a source due or an item to decide is always ticked."""
-    result = run_drill(DRILLS / "x-reactivation.yaml", home=tmp_path / "h")
+    result = jumped("x-reactivation")
     scenario = result.scenario
     steps = int((scenario.end - scenario.start).total_seconds() // scenario.step_seconds) + 1
     # Ten days between two incidents, polled hourly on 10-minute steps: most steps are quiet.
