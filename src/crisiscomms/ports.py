@@ -156,9 +156,9 @@ class SourceStateRepository(Protocol):
 
     def claim(self, seen: Mapping[str, SourceState], *, owner: str, now: datetime,
               lease: timedelta) -> dict[str, SourceState]:
-        """Lease the sources whose state is still as ``seen`` (same fence) and whose lease is
-        free or expired; skip any another watcher holds. Returns the claimed states, each with
-        its new fencing token."""
+        """Lease the sources whose state is still as ``seen`` (same fence, same last poll) and
+        whose lease is free or expired; skip any another watcher holds. Returns the claimed
+        states, each with its new fencing token."""
 
     def save(self, state: SourceState, *, owner: str | None = None) -> None:
         """Store a source's state and release its lease. With ``owner``, only if that owner

@@ -11,9 +11,8 @@ lease succeeds, and the source is polled again, although the store says it is no
 source whose interval is longer than the lease (the Environment Agency's, at most every
 300 s, against a 90 s lease), one poll in 90 s instead of one in 300 s.
 
-Marked ``xfail(strict=True)`` until that is fixed (today b polls EA 90 s after a did): the
-suite stays green, and the fix makes it pass, which strict turns into a failure until the
-mark is removed.
+Before the fix b polled EA 90 s after a did; a claim now also requires that no poll was
+recorded since the copy was read (``SourceRepository.claim``).
 """
 
 from __future__ import annotations
@@ -23,8 +22,6 @@ import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-
-import pytest
 
 from crisiscomms.adapters.playbooks import load_catalog
 from crisiscomms.adapters.store import open_store
@@ -66,9 +63,6 @@ async def _settle(w: Watcher) -> None:
     w.flush()
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a claim checks the fence, which a poll does not "
-                   "move; the fix (src/crisiscomms/adapters/store/sql.py claim, or the watcher's "
-                   "reschedule after a failed claim) removes this mark")
 def test_a_source_another_watcher_polled_while_we_looked_is_not_polled_again_early(
         pg_url: Callable[[], str], playbooks_dir: Path) -> None:
     catalog = load_catalog(playbooks_dir)

@@ -175,6 +175,32 @@ def test_source_state_claim_save_and_fencing(backend: Backend):
     assert [s.source_id for s in a.source_states()] == ["ea"]
 
 
+def test_a_state_read_during_another_watchers_poll_is_stale_once_it_is_recorded(
+        backend: Backend):
+    # Found by benchmarks/shared_pg.py: w2 looked while w1's lease was held (so it saw w1's
+    # fence); w1 then recorded its poll, which does not move the fence. The copy w2 read must
+    # not claim the source when the lease is over: it was polled since w2 looked.
+    a, b = backend.open(), backend.open()
+    with a.unit_of_work() as uow:
+        mine = uow.sources.claim({"ea": a.source_state("ea")}, owner="w1", now=NOW,
+                                 lease=LEASE)["ea"]
+        uow.commit()
+    during = b.source_state("ea")  # w2's look: leased to w1
+    assert during.lease_owner == "w1"
+    with a.unit_of_work() as uow:
+        uow.sources.save(replace(mine, last_polled_at=NOW, lease_owner=None, lease_until=None,
+                                 next_poll_at=NOW + timedelta(seconds=300)), owner="w1")
+        uow.commit()
+    later = NOW + LEASE + timedelta(seconds=1)
+    with b.unit_of_work() as uow:
+        assert uow.sources.claim({"ea": during}, owner="w2", now=later, lease=LEASE) == {}
+        uow.commit()
+    with b.unit_of_work() as uow:  # read again, it can be claimed (when it is due)
+        assert "ea" in uow.sources.claim({"ea": b.source_state("ea")}, owner="w2",
+                                         now=later, lease=LEASE)
+        uow.commit()
+
+
 def test_two_watchers_racing_for_due_sources_split_them(backend: Backend):
     keys = [f"s{i:02d}" for i in range(20)]
     stores = [backend.open(), backend.open()]

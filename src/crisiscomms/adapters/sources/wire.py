@@ -195,13 +195,13 @@ class WirePool:
     async def _acquire(self, key: Key, connect_timeout: float | None) -> tuple[_Conn, bool]:
         now = time.monotonic()
         if now - self._swept > self._expiry / 4:
-            await self._sweep(now)
+            self._sweep(now)
         conns = self._idle.get(key)
         while conns:
             conn = conns.pop()
             if (now - conn.idle_since > self._expiry
                     or conn.stream.get_extra_info("is_readable")):
-                await conn.stream.aclose()
+                self._discard(conn)
                 continue
             return conn, True
         _, scheme, host, port = key
@@ -252,14 +252,15 @@ class WirePool:
         if close is not None:
             close()
 
-    async def _sweep(self, now: float) -> None:
+    def _sweep(self, now: float) -> None:
+        """Let the connections idle past their expiry go (the polls' path never waits on it)."""
         self._swept = now
         for key in list(self._idle):
             conns = self._idle[key]
             keep = [c for c in conns if now - c.idle_since <= self._expiry]
             for c in conns:
                 if c not in keep:
-                    await c.stream.aclose()
+                    self._discard(c)
             if keep:
                 self._idle[key] = keep
             else:

@@ -147,8 +147,8 @@ class MemSources(_Repo):
         out: dict[str, SourceState] = {}
         for key in sorted(seen):
             st = self.get(key)
-            if st.fence != seen[key].fence:
-                continue
+            if st.fence != seen[key].fence or st.last_polled_at != seen[key].last_polled_at:
+                continue  # claimed or polled by another watcher since we looked
             if st.lease_until is not None and st.lease_until >= now:
                 continue
             claimed = replace(st, lease_owner=owner, lease_until=now + lease, fence=st.fence + 1)
