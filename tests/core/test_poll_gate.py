@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from benchmarks.loop import bench_playbooks
+
 from crisiscomms.adapters.playbooks import load_catalog
 from crisiscomms.adapters.store import open_store
 from crisiscomms.domain.models import PollResult, SourceState
