@@ -41,9 +41,11 @@ class Scripted:
     heads: list[bytes] = field(default_factory=list)
     closed_by_client: int = 0
     port: int = 0
+    on_conn: list[tuple[int, int]] = field(default_factory=list)  # (connection, its n-th)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        conn, nth = self.connections, 0
         try:
             while True:
                 try:
@@ -52,6 +54,8 @@ class Scripted:
                     self.closed_by_client += 1
                     return
                 self.heads.append(head)
+                nth += 1
+                self.on_conn.append((conn, nth))
                 out = self.answer(self.requests, head)
                 self.requests += 1
                 if out is None:
@@ -303,3 +307,25 @@ def test_a_header_value_that_would_split_the_request_is_refused() -> None:
         _request(b"/feed", [(b"If-None-Match", b'"v1"\r\nX-Injected: 1')])
     with pytest.raises(httpcore.LocalProtocolError):
         _request(b"/feed HTTP/1.1\r\nX: y", [])
+
+
+async def test_the_second_try_goes_on_a_new_connection_even_with_others_kept(
+        fetcher: HttpFetcher) -> None:
+    # Two connections kept; the server then drops each one unanswered when it is used again
+    # (a restart): the GET is asked once more on a new connection, not on the other dead one.
+    srv: Scripted
+
+    def answer(n: int, head: bytes) -> bytes | None:
+        conn, nth = srv.on_conn[-1]
+        return CLOSE if conn in (1, 2) and nth > 1 else NOT_MODIFIED
+
+    srv, running = await serve(answer)
+    try:
+        first = asyncio.ensure_future(get(fetcher, srv))
+        second = asyncio.ensure_future(get(fetcher, srv))
+        assert await asyncio.gather(first, second) == [304, 304]  # two connections kept
+        assert srv.connections == 2
+        assert await get(fetcher, srv) == 304
+        assert srv.connections == 3 and srv.on_conn[-1] == (3, 1)
+    finally:
+        running.close()

@@ -173,7 +173,8 @@ class WirePool:
         """Send ``GET target`` to ``key``'s origin and return the response head."""
         request = _request(target, headers)
         for attempt in (0, 1):
-            conn, reused = await self._acquire(key, timeouts.get("connect"))
+            # Asked again: on a new connection (the others kept may be just as dead).
+            conn, reused = await self._acquire(key, timeouts.get("connect"), fresh=bool(attempt))
             try:
                 await conn.stream.write(request, timeouts.get("write"))
                 return await self._head(key, conn, reused, timeouts.get("read"))
@@ -192,11 +193,12 @@ class WirePool:
         for conn in idle:
             await conn.stream.aclose()
 
-    async def _acquire(self, key: Key, connect_timeout: float | None) -> tuple[_Conn, bool]:
+    async def _acquire(self, key: Key, connect_timeout: float | None, *,
+                       fresh: bool = False) -> tuple[_Conn, bool]:
         now = time.monotonic()
         if now - self._swept > self._expiry / 4:
             self._sweep(now)
-        conns = self._idle.get(key)
+        conns = None if fresh else self._idle.get(key)
         while conns:
             conn = conns.pop()
             if (now - conn.idle_since > self._expiry
