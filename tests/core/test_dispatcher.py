@@ -76,6 +76,38 @@ def test_normal_items_need_approval_and_staffed_hours(world):
     assert not any(i.out_of_hours for i in world.store.items())
 
 
+def test_a_tick_that_changes_no_decision_opens_no_unit_of_work(world, monkeypatch):
+    """Items that stay held for the same reason are decided again every tick, read once, and
+    nothing is written (not even an empty write transaction); the stats still count them."""
+    world.clock.set(FRI_EVENING)
+    world.poll()
+    world.clock.advance(timedelta(minutes=2))
+    world.sources["met-office-ee"].set_snapshot([update("met-office-ee", "rain1",
+                                                        at=world.clock.now())])
+    world.poll()
+    d = world.dispatcher()
+    d.tick(world.clock.now())
+    for i in world.store.items():
+        operations.approve(world.store, world.catalog, world.clock, i.id, "alice", "ok")
+    d.tick(world.clock.now())
+    held = world.store.items()
+    assert held and {str(i.state) for i in held} == {"held"}
+    opened: list[object] = []
+    real = world.store.unit_of_work
+
+    def counted():  # type: ignore[no-untyped-def]
+        opened.append(1)
+        return real()
+
+    monkeypatch.setattr(world.store, "unit_of_work", counted)
+    world.clock.advance(timedelta(seconds=1))  # the reasons name the minute: still the same
+    stats = d.tick(world.clock.now())
+    assert opened == []
+    assert stats.decided == len(held) and stats.held == len(held)
+    assert [(i.id, i.version, i.reason) for i in world.store.items()] == \
+        [(i.id, i.version, i.reason) for i in held]
+
+
 def test_normal_items_pause_during_a_crisis_and_resume_after(world):
     world.clock.set(WED_MORNING)
     item = NewOutboxItem(dedupe_key="normal:x:post:manual:1", channel_id="x",

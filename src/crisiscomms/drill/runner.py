@@ -14,7 +14,6 @@ The clock still only ever stands on the steps' grid.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import tempfile
 from collections.abc import Callable
@@ -48,7 +47,6 @@ from crisiscomms.services.dispatch import channel_counters
 from crisiscomms.services.runloop import RunLoop
 from crisiscomms.settings import DispatchSettings, PollingSettings, Settings
 from crisiscomms.simulator import Faults, World, serve
-from crisiscomms.simulator.server import LoopSimulator
 
 SIM_KIND = {SourceKind.RSS: "rss", SourceKind.CAP: "cap", SourceKind.X: "x",
             SourceKind.MASTODON: "mastodon", SourceKind.BLUESKY: "bluesky",
@@ -100,12 +98,8 @@ def sim_source_id(source: Any, pins: dict[str, str]) -> str:
     return str(source.id)
 
 
-def drill_catalog(base: Catalog, scenario: Scenario, sim: Any, path: Path, *,
-                  feeds: Any = None) -> Catalog:
-    """The playbooks as they are, pointed at the simulator (and with the drill's X pins); the
-    feeds (RSS, Atom, CAP, EA floods) at ``feeds`` when given (the simulator served on the
-    drill's own event loop: ``LoopSimulator``)."""
-    feeds = feeds or sim
+def drill_catalog(base: Catalog, scenario: Scenario, sim: Any, path: Path) -> Catalog:
+    """The playbooks as they are, pointed at the simulator (and with the drill's X pins)."""
     sources = dict(base.sources)
     for extra in scenario.extra_sources:
         sources[extra.id] = extra
@@ -127,9 +121,9 @@ def drill_catalog(base: Catalog, scenario: Scenario, sim: Any, path: Path, *,
         if s.kind is SourceKind.X:
             upd["x_user_id"] = scenario.pin_x_ids.get(sid) or s.x_user_id
         elif s.kind in (SourceKind.RSS, SourceKind.CAP):
-            upd["url"] = feeds.url_for(kind, sid)
+            upd["url"] = sim.url_for(kind, sid)
         elif s.kind is SourceKind.EA_FLOODS:
-            upd["url"] = feeds.url_for("ea-floods")
+            upd["url"] = sim.url_for("ea-floods")
         # Mastodon and Bluesky accounts keep their URLs: the API roots are redirected to the
         # simulator through Settings.source_base_urls.
         out[sid] = s.model_copy(update=upd)
@@ -185,11 +179,8 @@ class Drill:
             if sid not in base.sources:
                 raise ConfigError(f"{self.path}: pin_x_ids.{sid}: unknown source id")
         add_x_accounts(self.world, base, self.scenario.pin_x_ids)
-        with serve(self.world) as sim, contextlib.closing(sim.on_caller_loop()) as feeds:
-            # The feeds are fetched from the drill's event loop, so they are served on it;
-            # the platforms' clients (the dispatcher's, tweepy) block while they wait and go
-            # to the server thread.
-            catalog = drill_catalog(base, self.scenario, sim, self.path, feeds=feeds)
+        with serve(self.world) as sim:
+            catalog = drill_catalog(base, self.scenario, sim, self.path)
             self._check_events(catalog)
             settings = Settings(
                 home=self.home, database_url=f"sqlite:///{self.home / 'drill.db'}",
@@ -207,7 +198,7 @@ class Drill:
                       credential_source=drill_credentials(catalog, self.world.accounts.x_me.id),
                       rng=random.Random(self.scenario.seed), sleep=lambda _s: None)
             try:
-                asyncio.run(self._loop(app, feeds))
+                asyncio.run(self._loop(app))
                 outcomes = check_all(self.scenario, app.store, catalog, self.world)
                 report = self._report(app, catalog, report_path)
                 published = sorted((i.channel_id, str(i.action), i.dedupe_key)
@@ -229,7 +220,7 @@ class Drill:
             if e.post and e.post.channel not in catalog.channels:
                 raise ConfigError(f"{where}.post.channel: unknown channel {e.post.channel!r}")
 
-    async def _loop(self, app: App, feeds: LoopSimulator) -> None:
+    async def _loop(self, app: App) -> None:
         events = sorted(self.scenario.events, key=lambda e: e.at)
         progress = Progress(now=self.clock.now(), events_total=len(events))
         step = timedelta(seconds=self.scenario.step_seconds)
@@ -237,7 +228,7 @@ class Drill:
         for e in pending:
             if e.publish:
                 self._script_publish(app.catalog, e)
-        async with feeds, app.run_loop(dry_run=False) as loop:
+        async with app.run_loop(dry_run=False) as loop:
             while self.clock.now() <= self.scenario.end:
                 now = self.clock.now()
                 while pending and pending[0].at <= now:

@@ -1,6 +1,4 @@
-"""Run the simulator on 127.0.0.1 in a background thread (uvicorn), or in the foreground;
-``RunningSimulator.on_caller_loop`` serves the same app and world on the caller's event loop
-as well (a drill's feeds: see ``LoopSimulator``).
+"""Run the simulator on 127.0.0.1 in a background thread (uvicorn), or in the foreground.
 
 Only the loopback address is allowed: the simulator accepts any token and must never be
 reachable from another machine.
@@ -24,7 +22,6 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from crisiscomms.domain.errors import ConfigError
 from crisiscomms.simulator.app import TRANSPORT_EXTENSION, build_app
-from crisiscomms.simulator.lean import LeanServer
 from crisiscomms.simulator.world import World
 
 log = structlog.get_logger(__name__)
@@ -86,11 +83,28 @@ class RunningSimulator:
     def __init__(self, world: World, host: str = LOOPBACK, port: int = 0) -> None:
         host = check_loopback(host)
         self._app = build_app(world)
-        self._sock = _listening_socket(host, port)
+        # IPPROTO_TCP explicitly: asyncio only disables Nagle (TCP_NODELAY) on sockets whose
+        # proto says TCP, and without it every response stalls ~40 ms on delayed ACKs.
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._sock.bind((host, port))
+            self._sock.listen(128)
+        except OSError:
+            self._sock.close()
+            raise
         self.host = host
         self.port: int = self._sock.getsockname()[1]
         self.base_url = f"http://{host}:{self.port}"
-        config = _config(self._app)
+        config = uvicorn.Config(
+            self._app,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            http=_TransportH11,
+            ws="websockets-sansio",  # the simulated Jetstream is a WebSocket endpoint
+            timeout_graceful_shutdown=3,
+        )
         self._server = _ThreadServer(config)
         self._thread = threading.Thread(
             target=self._run, name=f"simulator-{self.port}", daemon=True
@@ -132,12 +146,17 @@ class RunningSimulator:
         (XRPC under /xrpc), ``facebook`` replaces ``https://graph.facebook.com``;
         ``jetstream`` is the WebSocket URL replacing Bluesky's public Jetstream.
         """
-        return _url_for(self.host, self.port, kind, source_id)
-
-    def on_caller_loop(self) -> LoopSimulator:
-        """The same app and world on a second loopback port, served on the event loop of
-        whoever enters it (``async with``); see ``LoopSimulator``."""
-        return LoopSimulator(self._app, self.host)
+        if kind == "jetstream":
+            return f"ws://{self.host}:{self.port}/jetstream/subscribe"
+        sid = quote(source_id, safe="@.")
+        if kind in ("rss", "atom", "cap"):
+            return f"{self.base_url}/sources/{kind}/{sid}"
+        if kind == "ea-floods":
+            url = f"{self.base_url}/ea/flood-monitoring/id/floods"
+            return f"{url}?county={quote(source_id)}" if source_id else url
+        if kind in ("x", "mastodon", "facebook", "bluesky"):
+            return f"{self.base_url}/{kind}"
+        raise ValueError(f"unknown kind {kind!r}")
 
     def stop(self) -> None:
         """Stop serving (idempotent): release hanging requests, shut uvicorn down, join."""
@@ -163,99 +182,6 @@ class RunningSimulator:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def _url_for(host: str, port: int, kind: str, source_id: str) -> str:
-    base_url = f"http://{host}:{port}"
-    if kind == "jetstream":
-        return f"ws://{host}:{port}/jetstream/subscribe"
-    sid = quote(source_id, safe="@.")
-    if kind in ("rss", "atom", "cap"):
-        return f"{base_url}/sources/{kind}/{sid}"
-    if kind == "ea-floods":
-        url = f"{base_url}/ea/flood-monitoring/id/floods"
-        return f"{url}?county={quote(source_id)}" if source_id else url
-    if kind in ("x", "mastodon", "facebook", "bluesky"):
-        return f"{base_url}/{kind}"
-    raise ValueError(f"unknown kind {kind!r}")
-
-
-def _listening_socket(host: str, port: int) -> socket.socket:
-    # IPPROTO_TCP explicitly: asyncio only disables Nagle (TCP_NODELAY) on sockets whose
-    # proto says TCP, and without it every response stalls ~40 ms on delayed ACKs.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _config(app: Any) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        log_level="warning",
-        lifespan="off",
-        access_log=False,
-        http=_TransportH11,
-        ws="websockets-sansio",  # the simulated Jetstream is a WebSocket endpoint
-        timeout_graceful_shutdown=3,
-    )
-
-
-class LoopSimulator:
-    """A running simulator's app and world, served on a loopback port of its own by the event
-    loop that enters it (``async with``), beside the server thread.
-
-    A drill fetches its feeds thousands of times (the Essex drill: about 12,000 requests); from
-    its own event loop to the server thread and back, each request costs two hand-overs
-    between threads, and on a busy machine each hand-over waits for the scheduler. Served on
-    the drill's loop, a request and its answer are handled by the one thread that waits for
-    them, by a lean HTTP/1.1 protocol rather than uvicorn's (``simulator.lean``: plain GETs
-    and bodies with a length, no WebSocket). The same app and World answer, with the same
-    faults, quotas and request log: a feed is fetched as before, over HTTP on loopback. Only
-    a client that never blocks this loop while it waits (an async one, on this loop) may use
-    it: the dispatcher's synchronous publishers and tweepy keep to the threaded server, or
-    nobody would answer them.
-
-    The port is bound when this is made, so URLs (``url_for``) are known before the loop
-    runs; requests wait in the backlog until it is entered. ``close`` releases the port of
-    one never entered."""
-
-    def __init__(self, app: Any, host: str = LOOPBACK) -> None:
-        self.host = check_loopback(host)
-        self._sock = _listening_socket(self.host, 0)
-        self.port: int = self._sock.getsockname()[1]
-        self.base_url = f"http://{self.host}:{self.port}"
-        self._app = app
-        self._server: LeanServer | None = None
-
-    def url_for(self, kind: str, source_id: str = "") -> str:
-        """As ``RunningSimulator.url_for``, on this port."""
-        return _url_for(self.host, self.port, kind, source_id)
-
-    async def __aenter__(self) -> LoopSimulator:
-        self._server = LeanServer(self._app)
-        await self._server.start(self._sock)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            await server.stop()
-        self.close()
-
-    def close(self) -> None:
-        """Release the port (idempotent)."""
-        self._sock.close()
 
 
 def serve(world: World, host: str = LOOPBACK, port: int = 0) -> RunningSimulator:
