@@ -103,6 +103,11 @@ class CycleStats:
     errors: dict[str, str] = field(default_factory=dict)
 
 
+GATE_SHIFT_SECONDS = 1.0
+"""A poll that waited at least this long for its turn (``polling.concurrency``) is recorded
+from when it ran, not from its cycle's start, so its next poll is an interval after it. Short
+waits are not shifted: a drill's simulated time is not moved by real milliseconds."""
+
 class Watcher:
     """Polls the sources that matter now and queues what they publish."""
 
@@ -518,7 +523,10 @@ class Watcher:
                                stats: CycleStats, catalog: Catalog, *,
                                in_crisis: bool = False, sharers: int = 1) -> None:
         try:
-            result = await self._poll(src, st, now)
+            result, waited = await self._poll(src, st, now)
+            if waited >= GATE_SHIFT_SECONDS:
+                # It waited its turn behind other polls: it ran (and is counted) from then.
+                now = now + timedelta(seconds=waited)
         except asyncio.CancelledError:
             # Abandoned (the watcher is stopping): give the lease back so the next watcher
             # need not wait for it to expire; nothing of this poll is recorded.
@@ -570,8 +578,11 @@ class Watcher:
             uow.commit()
         self._remember(src, theirs, now)  # the other watcher's state is the truth
 
-    async def _poll(self, src: Source, st: SourceState, now: datetime) -> PollResult | SourceError:
+    async def _poll(self, src: Source, st: SourceState,
+                    now: datetime) -> tuple[PollResult | SourceError, float]:
+        """The poll's result, and how many seconds it waited for its turn."""
         deadline = self.settings.deadline_seconds
+        waited = 0.0
         loop = asyncio.get_running_loop()
         if self._gate is None or self._gate[0] is not loop:
             self._gate = (loop, asyncio.Semaphore(self.settings.concurrency))
@@ -579,20 +590,24 @@ class Watcher:
             # At most ``concurrency`` polls run at a time (the fetcher's slots) and the
             # deadline starts when one does: queued behind others for a slot, a poll was
             # failed as "too slow" (``benchmarks/shared_pg.py``, 20,000 sources).
+            queued = loop.time()
             async with self._gate[1]:
-                return await asyncio.wait_for(src.poll(st, now), timeout=deadline)
+                waited = loop.time() - queued
+                if waited >= GATE_SHIFT_SECONDS:
+                    now = now + timedelta(seconds=waited)
+                return await asyncio.wait_for(src.poll(st, now), timeout=deadline), waited
         except TimeoutError:
             return TransientSourceError(
                 f"{src.key}: the poll did not finish within {deadline:g}s (a server answering "
                 "too slowly); abandoned, tried again later", source_id=src.key,
-                error_class="deadline")
+                error_class="deadline"), waited
         except SourceError as exc:
             exc.source_id = exc.source_id or src.key
-            return exc
+            return exc, waited
         except Exception as exc:
             log.exception("source.crashed", source=src.key)
             return SourceError(f"{src.key}: unexpected {type(exc).__name__}",
-                               source_id=src.key, error_class="internal")
+                               source_id=src.key, error_class="internal"), waited
 
     def _audit_refused(self, uow: UnitOfWork, src: Source, state: SourceState,
                        result: PollResult, now: datetime) -> None:
