@@ -201,6 +201,24 @@ def test_a_state_read_during_another_watchers_poll_is_stale_once_it_is_recorded(
         uow.commit()
 
 
+def test_an_update_another_watcher_recorded_meanwhile_is_a_stale_write(backend: Backend):
+    # Found by benchmarks/shared_pg.py: two watchers whose polls of one source overlapped (a
+    # lease run out while the poll queued) both recorded its new entries; the second insert
+    # escaped as the driver's unique violation and killed the poll's task unhandled. It is
+    # the other watcher's poll that counts: a StaleWriteError, nothing written.
+    a, b = backend.open(), backend.open()
+    with a.unit_of_work() as uow:
+        uow.updates.add(update("e9"), revision=1, baseline=False)
+        uow.commit()
+    with pytest.raises(StaleWriteError, match="another watcher"), b.unit_of_work() as uow:
+        uow.updates.add(update("e9"), revision=1, baseline=False)
+        uow.commit()
+    assert len(a.updates()) == 1
+    with b.unit_of_work() as uow:  # the store is usable afterwards
+        uow.updates.add(update("e10"), revision=1, baseline=False)
+        uow.commit()
+
+
 def test_two_watchers_racing_for_due_sources_split_them(backend: Backend):
     keys = [f"s{i:02d}" for i in range(20)]
     stores = [backend.open(), backend.open()]

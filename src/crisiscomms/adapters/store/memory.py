@@ -18,6 +18,7 @@ from typing import Self
 
 from crisiscomms.adapters.store.migrations import SQLITE_MIGRATIONS
 from crisiscomms.adapters.store.queries import StoreQueries
+from crisiscomms.adapters.store.records import recorded_meanwhile
 from crisiscomms.domain.audit import (
     GENESIS,
     ChainReport,
@@ -182,8 +183,7 @@ class MemUpdates(_Repo):
     def add(self, update: Update, *, revision: int, baseline: bool) -> Update:
         if any(u.source_id == update.source_id and u.external_id == update.external_id
                and u.revision == revision for u, _, _ in self.t.updates.values()):
-            raise StoreError(f"update {update.source_id}/{update.external_id} revision "
-                             f"{revision} exists")
+            raise StaleWriteError(recorded_meanwhile(update, revision))
         stored = replace(update, id=self.t.next_id("updates"), revision=revision)
         self.t.updates[stored.id or 0] = (stored, "", baseline)
         return stored

@@ -86,6 +86,12 @@ def native_from_json(text: str | None) -> NativeRef | None:
     return NativeRef(**d)
 
 
+def recorded_meanwhile(update: Update, revision: int) -> str:
+    """Why an update's insert was refused: another watcher's poll recorded it first."""
+    return (f"update {update.source_id}/{update.external_id} revision {revision} was recorded "
+            "by another watcher meanwhile; this poll's result was not written")
+
+
 def update_from_row(r: Row) -> Update:
     return Update(
         id=r["id"], source_id=r["source_id"], agency=r["agency"], kind=SourceKind(r["kind"]),

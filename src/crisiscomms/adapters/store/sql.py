@@ -26,6 +26,7 @@ from crisiscomms.adapters.store.records import (
     native_to_json,
     push_from_json,
     push_to_json,
+    recorded_meanwhile,
     state_from_row,
     update_from_row,
 )
@@ -236,13 +237,18 @@ class SqlUpdates:
 
     def add(self, update: Update, *, revision: int, baseline: bool) -> Update:
         u, ts = update, self.ts
-        (row,) = self.tx.rows(
-            "INSERT INTO updates (source_id, external_id, revision, content_hash, kind, agency, "
-            "url, title, text, published_at, fetched_at, cap, native, baseline) VALUES "
-            "(?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
-            (u.source_id, u.external_id, revision, u.content_hash, str(u.kind), u.agency, u.url,
-             u.title, u.text, ts(u.published_at), ts(u.fetched_at), cap_to_json(u.cap),
-             native_to_json(u.native), int(baseline)))
+        try:
+            (row,) = self.tx.rows(
+                "INSERT INTO updates (source_id, external_id, revision, content_hash, kind, "
+                "agency, url, title, text, published_at, fetched_at, cap, native, baseline) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
+                (u.source_id, u.external_id, revision, u.content_hash, str(u.kind), u.agency,
+                 u.url, u.title, u.text, ts(u.published_at), ts(u.fetched_at),
+                 cap_to_json(u.cap), native_to_json(u.native), int(baseline)))
+        except Exception as exc:
+            if self.tx.is_unique_violation(exc):  # the transaction is given up: nothing written
+                raise StaleWriteError(recorded_meanwhile(u, revision)) from None
+            raise
         return replace(u, id=int(row["id"]), revision=revision)
 
     def set_disposition(self, update_id: int, disposition: str) -> None:
