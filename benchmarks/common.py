@@ -111,8 +111,16 @@ class FeedServer:
 def feed_server(feeds: int, *, hosts: int = 10, seed: int = 1,
                 entries: int = 10) -> Iterator[FeedServer]:
     """Start the feed server in its own process (its CPU is not the watcher's) and stop it."""
-    cmd = [sys.executable, "-m", "benchmarks.feedserver", "--feeds", str(feeds),
-           "--hosts", str(hosts), "--seed", str(seed), "--entries", str(entries)]
+    with served(["benchmarks.feedserver", "--feeds", str(feeds), "--hosts", str(hosts),
+                 "--seed", str(seed), "--entries", str(entries)]) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def served(module_args: list[str]) -> Iterator[FeedServer]:
+    """Run ``python -m <module_args>``, a feed server whose first stdout line is its
+    ``{"port": ..., "hosts": [...]}``, and stop it at the end."""
+    cmd = [sys.executable, "-m", *module_args]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE,  # noqa: S603
                             stderr=None, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
@@ -128,6 +136,8 @@ def feed_server(feeds: int, *, hosts: int = 10, seed: int = 1,
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if proc.stdout is not None:
+            proc.stdout.close()
             proc.wait(5)
         if proc.stdout is not None:
             proc.stdout.close()

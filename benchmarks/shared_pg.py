@@ -70,12 +70,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
-    REPO,
     FeedServer,
     PgServer,
     percentile,
     pg_server,
     proc_tree_cpu_seconds,
+    served,
     stop_process,
     write_result,
 )
@@ -168,21 +168,9 @@ def serve(feeds: int, hosts: int, seed: int, entries: int) -> None:
 @contextlib.contextmanager
 def noting_feed_server(feeds: int, hosts: int) -> Iterator[FeedServer]:
     """The noting feed server in its own process (its CPU is not the watchers')."""
-    cmd = [sys.executable, "-m", "benchmarks.shared_pg", "--serve", "--feeds", str(feeds),
-           "--hosts", str(hosts)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE,  # noqa: S603
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("feed server did not start")
-        hello = json.loads(line)
-        yield FeedServer(proc, int(hello["port"]), list(hello["hosts"]))
-    finally:
-        stop_process(proc)
-        if proc.stdout is not None:
-            proc.stdout.close()
+    with served(["benchmarks.shared_pg", "--serve", "--feeds", str(feeds),
+                 "--hosts", str(hosts)]) as server:
+        yield server
 
 
 # -- which watcher holds which connection -------------------------------------------------

@@ -53,14 +53,19 @@ def test_crisis_items_go_out_of_hours_and_are_flagged(world):
     assert len(published) == 8 and published[0].details["out_of_hours"] is True
 
 
-def test_normal_items_need_approval_and_staffed_hours(world):
+def _rain_warning_queued_on_friday_evening(world):
+    """A Met Office update seen on Friday at 18:02 (outside staffed hours), and a dispatcher."""
     world.clock.set(FRI_EVENING)
     world.poll()
     world.clock.advance(timedelta(minutes=2))
     world.sources["met-office-ee"].set_snapshot([update("met-office-ee", "rain1",
                                                         at=world.clock.now())])
     world.poll()
-    d = world.dispatcher()
+    return world.dispatcher()
+
+
+def test_normal_items_need_approval_and_staffed_hours(world):
+    d = _rain_warning_queued_on_friday_evening(world)
     d.tick(world.clock.now())
     items = world.store.items()
     assert {str(i.state) for i in items} == {"needs_approval"}
@@ -79,13 +84,7 @@ def test_normal_items_need_approval_and_staffed_hours(world):
 def test_a_tick_that_changes_no_decision_opens_no_unit_of_work(world, monkeypatch):
     """Items that stay held for the same reason are decided again every tick, read once, and
     nothing is written (not even an empty write transaction); the stats still count them."""
-    world.clock.set(FRI_EVENING)
-    world.poll()
-    world.clock.advance(timedelta(minutes=2))
-    world.sources["met-office-ee"].set_snapshot([update("met-office-ee", "rain1",
-                                                        at=world.clock.now())])
-    world.poll()
-    d = world.dispatcher()
+    d = _rain_warning_queued_on_friday_evening(world)
     d.tick(world.clock.now())
     for i in world.store.items():
         operations.approve(world.store, world.catalog, world.clock, i.id, "alice", "ok")

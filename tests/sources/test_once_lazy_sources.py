@@ -11,15 +11,10 @@ import pytest
 
 import crisiscomms.adapters.sources as sources
 from crisiscomms.adapters.sources import FeedParserPool, build_sources
-from crisiscomms.domain.config import SourceConfig
-from crisiscomms.domain.models import SourceKind
+
+from .test_parser_eager import rss_config as _rss
 
 pytestmark = pytest.mark.anyio
-
-
-def _rss(i: int) -> SourceConfig:
-    return SourceConfig(id=f"feed-{i}", agency="Agency", kind=SourceKind.RSS,
-                        url=f"https://feeds.example.gov.uk/{i}.xml", watch="always")
 
 
 async def test_without_start_parsers_a_worker_starts_at_the_first_parse() -> None:

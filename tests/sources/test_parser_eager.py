@@ -13,7 +13,7 @@ from crisiscomms.domain.models import SourceKind
 pytestmark = pytest.mark.anyio
 
 
-def _rss(i: int) -> SourceConfig:
+def rss_config(i: int) -> SourceConfig:
     return SourceConfig(id=f"feed-{i}", agency="Agency", kind=SourceKind.RSS,
                         url=f"https://feeds.example.gov.uk/{i}.xml", watch="always")
 
@@ -23,7 +23,7 @@ async def test_build_sources_starts_every_parser_worker_before_the_first_poll() 
     client = httpx.AsyncClient()
     try:
         assert pool.worker_pids() == []  # nothing started by the constructor
-        build_sources([_rss(1), _rss(2)], client=client, parser=pool)
+        build_sources([rss_config(1), rss_config(2)], client=client, parser=pool)
         # No poll, no parse yet: both workers are booting (in the pool's threads).
         assert pool.wait_started(timeout=60)
         assert len(pool.worker_pids()) == 2

@@ -108,6 +108,7 @@ GATE_SHIFT_SECONDS = 1.0
 from when it ran, not from its cycle's start, so its next poll is an interval after it. Short
 waits are not shifted: a drill's simulated time is not moved by real milliseconds."""
 
+
 class Watcher:
     """Polls the sources that matter now and queues what they publish."""
 
@@ -523,10 +524,7 @@ class Watcher:
                                stats: CycleStats, catalog: Catalog, *,
                                in_crisis: bool = False, sharers: int = 1) -> None:
         try:
-            result, waited = await self._poll(src, st, now)
-            if waited >= GATE_SHIFT_SECONDS:
-                # It waited its turn behind other polls: it ran (and is counted) from then.
-                now = now + timedelta(seconds=waited)
+            result, now = await self._poll(src, st, now)  # when it ran (see _poll)
         except asyncio.CancelledError:
             # Abandoned (the watcher is stopping): give the lease back so the next watcher
             # need not wait for it to expire; nothing of this poll is recorded.
@@ -579,10 +577,10 @@ class Watcher:
         self._remember(src, theirs, now)  # the other watcher's state is the truth
 
     async def _poll(self, src: Source, st: SourceState,
-                    now: datetime) -> tuple[PollResult | SourceError, float]:
-        """The poll's result, and how many seconds it waited for its turn."""
+                    now: datetime) -> tuple[PollResult | SourceError, datetime]:
+        """The poll's result, and the instant it counts from: ``now``, or when it ran if it
+        waited ``GATE_SHIFT_SECONDS`` or more for its turn."""
         deadline = self.settings.deadline_seconds
-        waited = 0.0
         loop = asyncio.get_running_loop()
         if self._gate is None or self._gate[0] is not loop:
             self._gate = (loop, asyncio.Semaphore(self.settings.concurrency))
@@ -595,19 +593,19 @@ class Watcher:
                 waited = loop.time() - queued
                 if waited >= GATE_SHIFT_SECONDS:
                     now = now + timedelta(seconds=waited)
-                return await asyncio.wait_for(src.poll(st, now), timeout=deadline), waited
+                return await asyncio.wait_for(src.poll(st, now), timeout=deadline), now
         except TimeoutError:
             return TransientSourceError(
                 f"{src.key}: the poll did not finish within {deadline:g}s (a server answering "
                 "too slowly); abandoned, tried again later", source_id=src.key,
-                error_class="deadline"), waited
+                error_class="deadline"), now
         except SourceError as exc:
             exc.source_id = exc.source_id or src.key
-            return exc, waited
+            return exc, now
         except Exception as exc:
             log.exception("source.crashed", source=src.key)
             return SourceError(f"{src.key}: unexpected {type(exc).__name__}",
-                               source_id=src.key, error_class="internal"), waited
+                               source_id=src.key, error_class="internal"), now
 
     def _audit_refused(self, uow: UnitOfWork, src: Source, state: SourceState,
                        result: PollResult, now: datetime) -> None:
