@@ -354,7 +354,7 @@ class App:
         return Watcher(store=self.store, catalog=self.catalog, sources=sources,
                        settings=self.settings.polling, rng=self.rng, owner=self.worker_id,
                        push=self.settings.push,
-                       listeners=self.push_listeners if push else None)
+                       listeners=self.push_listeners if push else None, clock=self.clock)
 
     def push_listeners(self, catalog: Catalog) -> list[PushListener]:
         """The push connections for ``catalog`` (``adapters.sources.push``)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import zlib
 from dataclasses import dataclass
 from functools import cache
@@ -21,14 +22,21 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-RECORDED = REPO.parent / "shared" / "recorded"
+RECORDED = Path(os.environ.get("CRISISCOMMS_RECORDED_DIR")
+                or REPO.parent / "shared" / "recorded")
 
 
 def recorded_root() -> Path:
-    """The recordings folder; the suite fails loudly if it is missing (it is part of shared/)."""
+    """The recordings folder (``../shared/recorded`` beside the clone, or
+    ``$CRISISCOMMS_RECORDED_DIR``). They are not part of the repository: a clone without them
+    skips the conformance tests, saying where they were looked for; under ``CI=true`` that is a
+    failure, as for the PostgreSQL tests."""
     if not RECORDED.is_dir():
-        pytest.fail(f"recorded responses not found at {RECORDED} (shared/recorded)",
-                    pytrace=False)
+        why = (f"recorded responses not found at {RECORDED} (put shared/recorded beside the "
+               "clone or set CRISISCOMMS_RECORDED_DIR)")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(why, pytrace=False)
+        pytest.skip(why)
     return RECORDED
 
 

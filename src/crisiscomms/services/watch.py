@@ -56,7 +56,7 @@ from crisiscomms.domain.models import (
     Update,
 )
 from crisiscomms.domain.pacing import next_poll
-from crisiscomms.ports import PushListener, Source, Store, UnitOfWork
+from crisiscomms.ports import Clock, PushListener, Source, Store, UnitOfWork
 from crisiscomms.retry import backoff_delay
 from crisiscomms.services.schedule import Schedule
 from crisiscomms.settings import PollingSettings, PushSettings
@@ -105,8 +105,9 @@ class CycleStats:
 
 GATE_SHIFT_SECONDS = 1.0
 """A poll that waited at least this long for its turn (``polling.concurrency``) is recorded
-from when it ran, not from its cycle's start, so its next poll is an interval after it. Short
-waits are not shifted: a drill's simulated time is not moved by real milliseconds."""
+from when it ran (the watcher's clock then), not from its cycle's start, so its next poll is
+an interval after it. A watcher without a clock (a benchmark's, a test's), or on a drill's
+clock that stands still during a step, keeps the cycle's instant."""
 
 
 class Watcher:
@@ -115,8 +116,10 @@ class Watcher:
     def __init__(self, *, store: Store, catalog: Catalog, sources: Sequence[Source],
                  settings: PollingSettings, rng: random.Random | None = None,
                  owner: str = "watcher", push: PushSettings | None = None,
-                 listeners: Callable[[Catalog], Sequence[PushListener]] | None = None) -> None:
+                 listeners: Callable[[Catalog], Sequence[PushListener]] | None = None,
+                 clock: Clock | None = None) -> None:
         self.store = store
+        self.clock = clock  # asked only when a poll waited its turn (GATE_SHIFT_SECONDS)
         self.catalog = catalog
         self.sources = list(sources)
         self.settings = settings
@@ -578,8 +581,8 @@ class Watcher:
 
     async def _poll(self, src: Source, st: SourceState,
                     now: datetime) -> tuple[PollResult | SourceError, datetime]:
-        """The poll's result, and the instant it counts from: ``now``, or when it ran if it
-        waited ``GATE_SHIFT_SECONDS`` or more for its turn."""
+        """The poll's result, and the instant it counts from: ``now``, or the clock's time
+        when it ran if it waited ``GATE_SHIFT_SECONDS`` or more for its turn."""
         deadline = self.settings.deadline_seconds
         loop = asyncio.get_running_loop()
         if self._gate is None or self._gate[0] is not loop:
@@ -590,9 +593,8 @@ class Watcher:
             # failed as "too slow" (``benchmarks/shared_pg.py``, 20,000 sources).
             queued = loop.time()
             async with self._gate[1]:
-                waited = loop.time() - queued
-                if waited >= GATE_SHIFT_SECONDS:
-                    now = now + timedelta(seconds=waited)
+                if loop.time() - queued >= GATE_SHIFT_SECONDS and self.clock is not None:
+                    now = max(now, self.clock.now())
                 return await asyncio.wait_for(src.poll(st, now), timeout=deadline), now
         except TimeoutError:
             return TransientSourceError(
