@@ -387,3 +387,25 @@ async def test_a_slow_feed_delays_connected_no_longer_than_the_wait_and_rings_la
         later = await until(lambda: [b for b in bells[1:] if b.source_ids == ("slow",)])
         assert later[0].reason == "connected"  # its own catch-up, once push works for it
         assert conn._subs["slow"].state == "active"
+
+
+async def test_a_cancel_that_arrives_with_a_wake_up_still_ends_the_connection(
+    world: World, sim_server: RunningSimulator
+) -> None:
+    """Python 3.11's ``asyncio.wait_for`` returns the awaited result and drops the cancel when
+    both land in one turn of the loop (gh-86296): the watcher's stop then waited for ever on
+    a connection that had gone back to sleep (seen once as a hung test teardown)."""
+    conn = connection([feed("met", feed_url(sim_server.base_url, "rss", "met"))])
+    task = asyncio.create_task(conn.run(lambda bell: None))
+    try:
+        await until(connected(conn, world))
+        await asyncio.sleep(0.05)  # back in its loop, waiting for the next renewal or wake-up
+        conn._wake.set()  # a delivery or a verification in the same turn as the stop
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=WAIT)
+        assert task in done, "the cancel was lost: the connection is still running"
+        assert task.cancelled()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({task}, timeout=WAIT)

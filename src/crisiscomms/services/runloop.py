@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from crisiscomms import aio
 from crisiscomms.domain.errors import StoreError
 from crisiscomms.domain.models import WatcherInfo
 from crisiscomms.logs import get_logger
@@ -206,8 +207,7 @@ class RunLoop:
                           failures=failures, retry_in_s=round(wait, 1))
             except Exception as exc:
                 log.exception("watch.heartbeat_failed", error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ended.wait(), timeout=wait)
+            await aio.wait_event(ended, wait)
 
     def _sign_off(self) -> None:
         """Leave the heartbeat table (``status`` stops listing this watcher)."""
@@ -279,8 +279,7 @@ class RunLoop:
     async def _sleep(stop: asyncio.Event, wake: asyncio.Event | None, seconds: float) -> bool:
         """Wait ``seconds``, or until ``stop`` (or ``wake``) is set; True if woken."""
         if wake is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=seconds)
+            await aio.wait_event(stop, seconds)
             return False
         waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())}
         try:

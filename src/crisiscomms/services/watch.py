@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from crisiscomms import aio
 from crisiscomms.domain.config import Catalog
 from crisiscomms.domain.errors import (
     SourceError,
@@ -595,7 +596,7 @@ class Watcher:
             async with self._gate[1]:
                 if loop.time() - queued >= GATE_SHIFT_SECONDS and self.clock is not None:
                     now = max(now, self.clock.now())
-                return await asyncio.wait_for(src.poll(st, now), timeout=deadline), now
+                return await aio.wait_for(src.poll(st, now), deadline), now
         except TimeoutError:
             return TransientSourceError(
                 f"{src.key}: the poll did not finish within {deadline:g}s (a server answering "

@@ -42,6 +42,7 @@ from typing import Any
 
 import httpx
 
+from crisiscomms import aio
 from crisiscomms.adapters.sources.http import (
     FetchLimits,
     HttpFetcher,
@@ -230,8 +231,7 @@ class WebSubConnection(PushConnection):
             wait = min((s.due for s in self._subs.values()), default=now + 3600.0) - now
             self._wake.clear()
             if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), min(wait, 3600.0))
+                await aio.wait_event(self._wake, min(wait, 3600.0))
             await self._run_due(client, fetcher)
 
     async def _await_verifications(self, deadline: float) -> None:
@@ -240,8 +240,7 @@ class WebSubConnection(PushConnection):
             if left <= 0:
                 return
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), left)
+            await aio.wait_event(self._wake, left)
 
     async def _run_due(self, client: httpx.AsyncClient, fetcher: HttpFetcher) -> None:
         now = time.monotonic()
@@ -405,7 +404,7 @@ class WebSubConnection(PushConnection):
             s.state = "unsubscribing"
         deadline = time.monotonic() + self.unsubscribe_timeout_seconds
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(
+            await aio.wait_for(
                 asyncio.gather(*(self._request(s, client, "unsubscribe") for s in held),
                                return_exceptions=True),
                 self.unsubscribe_timeout_seconds)
@@ -415,5 +414,4 @@ class WebSubConnection(PushConnection):
             if left <= 0:
                 break
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), left)
+            await aio.wait_event(self._wake, left)
