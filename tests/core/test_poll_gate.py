@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -120,3 +121,126 @@ def test_a_poll_that_waited_for_its_turn_counts_its_interval_from_when_it_ran(
     waited = (last.last_polled_at - FRI_EVENING).total_seconds()
     assert waited >= 3 * HOLD * 0.9, f"the fourth poll is recorded {waited:.2f} s in"
     assert last.next_poll_at - last.last_polled_at >= timedelta(seconds=60)
+
+
+class TimedSource:
+    """A quiet source whose poll takes ``seconds`` of real time; notes who polled it."""
+
+    def __init__(self, key: str, seconds: float, polls: list[tuple[str, str]],
+                 who: str) -> None:
+        self.key, self.source_ids = key, (key,)
+        self.seconds, self.polls, self.who = seconds, polls, who
+
+    async def poll(self, state: SourceState, now: datetime) -> PollResult:
+        self.polls.append((self.who, self.key))
+        await asyncio.sleep(self.seconds)
+        return PollResult(not_modified=True)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_a_watcher_claims_no_more_than_it_can_start_so_no_lease_runs_out_in_its_queue(
+        tmp_path: Path) -> None:
+    # Found by benchmarks/shared_pg.py (20,000 sources, two watchers on PostgreSQL): one
+    # cycle claimed every due source although only ``concurrency`` polls run at a time, so
+    # the leases of the ones at the back of its queue ran out before their polls started; the
+    # other watcher claimed them (4,731 sources polled twice, 39,682 polls overtaken). Here
+    # 8 sources of 0.3 s each go through 2 slots (1.2 s) under a 0.6 s lease, and a second
+    # watcher on the same database looks every 50 ms: each source must be polled once.
+    n, hold = 8, 0.3
+    playbooks = bench_playbooks(tmp_path / "playbooks",
+                                [f"http://127.0.0.1:9/feed/{i}.xml" for i in range(n)])
+    catalog = load_catalog(playbooks)
+    store = open_store(str(tmp_path / "s.db"))
+    polls: list[tuple[str, str]] = []
+
+    async def run() -> int:
+        loop = asyncio.get_running_loop()
+        clock = MovingClock(loop, loop.time())
+        settings = PollingSettings(concurrency=2, deadline_seconds=0.4,
+                                   lease_margin_seconds=0.2, jitter_seconds=0)
+        watchers = [Watcher(store=store, catalog=catalog, settings=settings,
+                            sources=[TimedSource(f"bench-{i:04d}", hold, polls, who)
+                                     for i in range(n)],
+                            rng=random.Random(1), owner=who, clock=clock)
+                    for who in ("a", "b")]
+        first = await watchers[0].poll_cycle(clock.now(), wait=False)  # a looks first
+        stats = [first]
+        deadline = loop.time() + 4 * n * hold
+        while loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            for w in watchers:
+                stats.append(await w.poll_cycle(clock.now(), wait=False))
+            if (len({key for _, key in polls}) == n and not any(w.running()
+                                                              for w in watchers)):
+                break
+        for w in watchers:
+            await w.cancel_running()
+            w.flush()
+        return sum(s.overtaken for s in stats)
+
+    try:
+        overtaken = asyncio.run(run())
+    finally:
+        store.close()
+    by_key = Counter(key for _, key in polls)
+    assert set(by_key) == {f"bench-{i:04d}" for i in range(n)}, "a source was never polled"
+    twice = sorted(k for k, c in by_key.items() if c > 1)
+    assert not twice, f"polled twice: {twice} ({polls}); overtaken {overtaken}"
+
+
+class HeldSource:
+    """A quiet source whose poll waits for ``release``."""
+
+    def __init__(self, key: str, release: asyncio.Event) -> None:
+        self.key, self.source_ids, self.release = key, (key,), release
+
+    async def poll(self, state: SourceState, now: datetime) -> PollResult:
+        await self.release.wait()
+        return PollResult(not_modified=True)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_what_is_held_back_is_claimed_when_room_frees_and_the_loop_is_woken(
+        tmp_path: Path) -> None:
+    playbooks = bench_playbooks(tmp_path / "playbooks",
+                                [f"http://127.0.0.1:9/feed/{i}.xml" for i in range(6)])
+    catalog = load_catalog(playbooks)
+    store = open_store(str(tmp_path / "s.db"))
+
+    async def run() -> None:
+        releases = [asyncio.Event() for _ in range(6)]
+        watcher = Watcher(store=store, catalog=catalog,
+                          sources=[HeldSource(f"bench-{i:04d}", releases[i]) for i in range(6)],
+                          settings=PollingSettings(concurrency=2, jitter_seconds=0),
+                          rng=random.Random(1))
+        stats = await watcher.poll_cycle(FRI_EVENING, wait=False)
+        assert (watcher.running(), stats.held_back) == (2, 4)
+        assert watcher.next_due_at() is None  # nothing to wake for until a slot frees
+        leased = [s for s in store.source_states() if s.lease_until is not None]
+        assert len(leased) == 2, "claimed more than could start"
+        assert not watcher.wake.is_set()
+        releases[0].set()
+        releases[1].set()
+        for _ in range(50):
+            if watcher.wake.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert watcher.wake.is_set(), "a freed slot did not wake the loop"
+        stats = await watcher.poll_cycle(FRI_EVENING, wait=False)
+        assert (watcher.running(), stats.held_back) == (2, 2)
+        for r in releases:
+            r.set()
+        stats = await watcher.poll_cycle(FRI_EVENING + timedelta(seconds=1), wait=True)
+        await watcher.cancel_running()
+        watcher.flush()
+
+    try:
+        asyncio.run(run())
+        polled = [s for s in store.source_states() if s.last_polled_at is not None]
+    finally:
+        store.close()
+    assert len(polled) == 6

@@ -101,6 +101,7 @@ class CycleStats:
     new_updates: int = 0
     queued: int = 0
     overtaken: int = 0  # polls whose lease another watcher took over: not recorded
+    held_back: int = 0  # due, not claimed yet: more than could start within a lease
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -109,6 +110,16 @@ GATE_SHIFT_SECONDS = 1.0
 from when it ran (the watcher's clock then), not from its cycle's start, so its next poll is
 an interval after it. A watcher without a clock (a benchmark's, a test's), or on a drill's
 clock that stands still during a step, keeps the cycle's instant."""
+
+
+CLAIM_AHEAD_MAX = 4
+"""A watcher holds at most ``concurrency`` x this many claimed polls (running or waiting for
+a slot). Each waits at most one deadline per round ahead of it and then runs within its
+deadline, so a claim never outlives its lease (deadline + margin) in the queue: as many
+rounds ahead as the margin covers whole deadlines, plus the running one (the defaults, 60 s
+and 30 s: only what can start at once). Found by ``benchmarks/shared_pg.py``: claiming every
+due source let the leases at the back of the queue run out, and the other watcher polled
+those sources again."""
 
 
 class Watcher:
@@ -131,6 +142,13 @@ class Watcher:
         self.lease = timedelta(seconds=settings.deadline_seconds
                                + settings.lease_margin_seconds)
         self._running: dict[str, asyncio.Future[None]] = {}
+        # A cycle claims no more sources than can start within their lease (``_room``): the
+        # rest stay due, and a poll finishing wakes the loop once ``_refill`` slots are free.
+        ahead = min(CLAIM_AHEAD_MAX, 1 + int(settings.lease_margin_seconds
+                                             // settings.deadline_seconds))
+        self._capacity = settings.concurrency * ahead
+        self._refill = max(1, settings.concurrency // 2)
+        self._held_back = False
         # made on the loop that polls (a semaphore belongs to one event loop)
         self._gate: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self._pending: tuple[Catalog, list[Source], set[str]] | None = None
@@ -399,8 +417,15 @@ class Watcher:
             self._schedule.set(src.key, self._due_time(src, st, now, set(incident_ids)))
 
     def next_due_at(self) -> datetime | None:
-        """When the next poll is due (a loop may sleep until then)."""
+        """When the next poll is due (a loop may sleep until then); ``None`` while sources
+        wait for room to be claimed (a finishing poll sets ``wake`` when there is)."""
+        if self._held_back and self._room() < self._refill:
+            return None
         return self._schedule.next_at()
+
+    def _room(self) -> int:
+        """How many more polls may be claimed now (``CLAIM_AHEAD_MAX``)."""
+        return max(0, self._capacity - len(self._running))
 
     # -- one cycle ------------------------------------------------------------------
     async def poll_cycle(self, now: datetime, *, wait: bool = True) -> CycleStats:
@@ -433,8 +458,46 @@ class Watcher:
                 continue
             due.append((src, self._states.get(key) or SourceState(source_id=key)))
         stats = CycleStats()
-        if not due:
+        self._held_back = False
+        held: list[tuple[Source, SourceState]] = []
+        room = self._room()
+        if len(due) > room:  # the rest is claimed when there is room (CLAIM_AHEAD_MAX)
+            due, held = due[:room], due[room:]
+            stats.held_back = len(held)
+            if not wait:
+                for src, _ in held:  # still due, in the same order
+                    self._schedule.set(src.key, now)
+                self._held_back, held = True, []
+        tasks = self._claim_and_start(due, now, incidents, incident_ids, stats, catalog)
+        while held:  # wait=True: claim the rest as slots free up
+            while self._running and self._room() < min(len(held), self._refill):
+                await asyncio.wait(set(self._running.values()),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            if self.clock is not None:
+                now = max(now, self.clock.now())
+            room = self._room()
+            tasks += self._claim_and_start(held[:room], now, incidents, incident_ids, stats,
+                                           catalog)
+            held = held[room:]
+        if not tasks:
             return stats
+        if wait:
+            await asyncio.gather(*tasks)
+            self.flush()
+        else:
+            self._cycle_tasks.update(tasks)
+            for task in tasks:
+                task.add_done_callback(self._cycle_task_done)
+        return stats
+
+    def _claim_and_start(self, due: list[tuple[Source, SourceState]], now: datetime,
+                         incidents: Sequence[Incident], incident_ids: set[str],
+                         stats: CycleStats,
+                         catalog: Catalog) -> list[asyncio.Future[None]]:
+        """Claim ``due`` and start the polls of what was claimed."""
+        assert self._states is not None
+        if not due:
+            return []
         # Claim what is due: a source another watcher polls (or polled since we looked) is
         # skipped, so each due source is polled by one watcher per interval; its row is read
         # again (our copy was stale) and it is scheduled from that.
@@ -460,9 +523,9 @@ class Watcher:
             self._schedule.set(src.key, when)
         due = [(src, claimed[src.key]) for src, _ in due if src.key in claimed]
         if not due:
-            return stats
+            return []
         sharers = Counter(self._kind(src) for src, _ in due)
-        tasks = []
+        tasks: list[asyncio.Future[None]] = []
         for src, st in due:
             self._states[src.key] = st
             self._pushed_at.pop(src.key, None)  # this poll reads what was pushed before it
@@ -473,14 +536,7 @@ class Watcher:
             self._running[src.key] = task
             task.add_done_callback(functools.partial(self._finished, src.key))
             tasks.append(task)
-        if wait:
-            await asyncio.gather(*tasks)
-            self.flush()
-        else:
-            self._cycle_tasks.update(tasks)
-            for task in tasks:
-                task.add_done_callback(self._cycle_task_done)
-        return stats
+        return tasks
 
     def _cycle_task_done(self, task: asyncio.Future[None]) -> None:
         self._cycle_tasks.discard(task)
@@ -550,6 +606,9 @@ class Watcher:
 
     def _finished(self, key: str, _task: asyncio.Future[None]) -> None:
         self._running.pop(key, None)
+        if self._held_back and self._room() >= self._refill:
+            self._held_back = False
+            self.wake.set()  # sources are waiting for room: claim them now
         if key not in self._schedule and key not in self._unsaved:
             # Nothing recorded (a store failure, a cancelled poll): scheduled again from its
             # state at the next cycle, never forgotten.
