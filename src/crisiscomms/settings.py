@@ -16,9 +16,17 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, Field, SecretStr, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -77,10 +85,22 @@ class PollingSettings(BaseModel):
     read_budget_share: Annotated[float, Field(gt=0, le=1)] = 0.8
 
 
+# The shortest dispatch lease a deployment may set. A lease shorter than a send under load lets
+# a second watcher take a live send over (fencing refuses the slower watcher's writes, but its
+# request may already be out), so 5 s is the floor whatever the environment or the YAML file
+# says. Only ``dispatch.test_only_short_leases`` (test suites and drills on the loopback
+# simulator, where a send takes milliseconds) lowers it, to TEST_MIN_LEASE_SECONDS.
+MIN_LEASE_SECONDS = 5.0
+TEST_MIN_LEASE_SECONDS = 0.5
+
+
 class DispatchSettings(BaseModel):
     """How the dispatcher sends items."""
 
-    lease_seconds: Annotated[float, Field(ge=5)] = 120.0
+    lease_seconds: Annotated[float, Field(gt=0)] = 120.0
+    # Test suites and drills only (CRISISCOMMS_DISPATCH__TEST_ONLY_SHORT_LEASES=true): a lease
+    # down to 0.5 s, so a killed watcher's items are taken over in seconds. Never in production.
+    test_only_short_leases: bool = False
     batch: Annotated[int, Field(ge=1)] = 100
     max_attempts: Annotated[int, Field(ge=1)] = 8
     timeout_seconds: Annotated[float, Field(gt=0)] = 20.0
@@ -89,6 +109,20 @@ class DispatchSettings(BaseModel):
     # How long one send may go on retrying (its transient failures): with the request timeout
     # and a margin, when a send cut off by a crash can no longer land on the platform.
     send_deadline_seconds: Annotated[float, Field(gt=0)] = 30.0
+
+    @model_validator(mode="after")
+    def _lease_floor(self) -> Self:
+        if self.test_only_short_leases:
+            floor, why = TEST_MIN_LEASE_SECONDS, "with test_only_short_leases"
+        else:
+            floor, why = MIN_LEASE_SECONDS, (
+                "in a deployment: a shorter lease lets a second watcher take a live send over;"
+                " dispatch.test_only_short_leases (test suites and drills only) allows down to "
+                f"{TEST_MIN_LEASE_SECONDS:g} s")
+        if self.lease_seconds < floor:
+            raise ValueError(f"lease_seconds must be at least {floor:g} s {why} "
+                             f"(got {self.lease_seconds:g})")
+        return self
 
 
 class NotifySettings(BaseModel):
