@@ -42,6 +42,9 @@ CREDENTIALS = {
     "CRISISCOMMS_MASTODON_TOKEN": "chaos-mastodon-token",
     "CRISISCOMMS_BLUESKY_APP_PASSWORD": "chaos-app-password",
 }
+# The chaos watchers' dispatch lease (``sim_env``): below a deployment's 5 s floor, through
+# ``dispatch.test_only_short_leases``.
+LEASE_S = 2.0
 # Pending or in flight: the run is not finished while any item is in one of these.
 UNFINISHED = ("queued", "held", "needs_approval", "leased", "sending")
 
@@ -196,7 +199,10 @@ def sim_env(home: Path, playbooks: Path, sim: RunningSimulator, **extra: str) ->
         "CRISISCOMMS_POLLING__TIMEOUT_SECONDS": "2",
         "CRISISCOMMS_POLLING__DEADLINE_SECONDS": "3",
         "CRISISCOMMS_POLLING__LEASE_MARGIN_SECONDS": "1",
-        "CRISISCOMMS_DISPATCH__LEASE_SECONDS": "5",  # the shortest lease settings allow
+        # A killed watcher's claimed items wait out its lease: 2 s here, below the 5 s floor of
+        # a deployment, which only this test-only setting lowers (renewed every 0.67 s).
+        "CRISISCOMMS_DISPATCH__LEASE_SECONDS": str(LEASE_S),
+        "CRISISCOMMS_DISPATCH__TEST_ONLY_SHORT_LEASES": "true",
         "CRISISCOMMS_DISPATCH__RETRY_BASE_SECONDS": "0.5",
         # A send to the loopback simulator takes milliseconds. A send cut off by a SIGKILL is
         # believed absent only once it can no longer land: the send deadline + this timeout + a

@@ -6,8 +6,9 @@ every channel (X, Facebook, Mastodon and Bluesky) exactly once, nothing lost, an
 chain must verify; the number of kills that landed in the window is asserted.
 
 The worker is a real subprocess on the real clock (so is the simulator's world), with short
-polling intervals and the shortest lease allowed (5 s) so a killed worker's items are taken
-over quickly. Each replacement is started as a standby (``Watch(standby=True)``: interpreter
+polling intervals and a 2 s dispatch lease (``harness.LEASE_S``: below a deployment's 5 s
+floor, through the test-only ``dispatch.test_only_short_leases``) so a killed worker's items are
+taken over quickly. Each replacement is started as a standby (``Watch(standby=True)``: interpreter
 and imports done while the previous worker runs) and let go the moment its predecessor is
 killed, so the kills follow each other at the pace of the watcher, not of Python's start-up.
 """

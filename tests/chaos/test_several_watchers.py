@@ -26,6 +26,7 @@ from tests.pgserver import session_cluster
 
 from .harness import (
     ALL_CHANNELS,
+    LEASE_S,
     PLAYBOOK,
     Watch,
     baselined,
@@ -46,7 +47,6 @@ from .harness import (
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
 N_UPDATES = 300
-LEASE_S = 5
 SLOW_ACCEPT_S = LEASE_S + 2.5  # longer than the lease: a second watcher would take it over
 # About 7 of the ~1,200 creates are held (at least one is asserted). Each holds its watcher's
 # dispatch for SLOW_ACCEPT_S of real time: at 2% (about 24 holds) they were most of the run.
@@ -75,8 +75,7 @@ def test_several_watchers_publish_everything_exactly_once(tmp_path: Path,
     logs.mkdir()
     # The request timeout outlasts a held create (SLOW_ACCEPT_S): the held send must succeed
     # slowly, not time out. A send cut off by a kill settles after deadline + timeout + 5 s.
-    extra = {"CRISISCOMMS_DISPATCH__LEASE_SECONDS": str(LEASE_S),
-             "CRISISCOMMS_DISPATCH__TIMEOUT_SECONDS": str(SLOW_ACCEPT_S + 2)}
+    extra = {"CRISISCOMMS_DISPATCH__TIMEOUT_SECONDS": str(SLOW_ACCEPT_S + 2)}
     if kind == "postgres":
         extra["CRISISCOMMS_DATABASE_URL"] = where
     with serve(world) as sim:
