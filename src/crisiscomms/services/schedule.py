@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
 from datetime import datetime
 
 
@@ -56,12 +57,16 @@ class Schedule:
             heapq.heappop(self._heap)
         return None
 
-    def pop_due(self, now: datetime) -> list[str]:
-        """The keys due at ``now`` (earliest first), removed from the schedule."""
+    def pop_due(self, now: datetime, *, limit: int | None = None,
+                skip: Callable[[str], bool] | None = None) -> list[str]:
+        """The keys due at ``now`` (earliest first), removed from the schedule: at most
+        ``limit`` of them (the others stay due); a key ``skip`` names is removed but neither
+        returned nor counted."""
         out: list[str] = []
-        while self._heap and self._heap[0][0] <= now:
+        while self._heap and self._heap[0][0] <= now and (limit is None or len(out) < limit):
             at, n, key = heapq.heappop(self._heap)
             if self._due.get(key) == (at, n):
                 del self._due[key]
-                out.append(key)
+                if skip is None or not skip(key):
+                    out.append(key)
         return out

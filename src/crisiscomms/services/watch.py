@@ -25,6 +25,7 @@ import functools
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -101,7 +102,6 @@ class CycleStats:
     new_updates: int = 0
     queued: int = 0
     overtaken: int = 0  # polls whose lease another watcher took over: not recorded
-    held_back: int = 0  # due, not claimed yet: more than could start within a lease
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -149,6 +149,9 @@ class Watcher:
         self._capacity = settings.concurrency * ahead
         self._refill = max(1, settings.concurrency // 2)
         self._held_back = False
+        self._scope_cache: tuple[Catalog, tuple[tuple[str, bool], ...],
+                                 tuple[frozenset[str], frozenset[str]]] | None = None
+        self._by_key: tuple[list[Source], dict[str, Source]] | None = None
         # made on the loop that polls (a semaphore belongs to one event loop)
         self._gate: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self._pending: tuple[Catalog, list[Source], set[str]] | None = None
@@ -273,7 +276,7 @@ class Watcher:
             log.error("push.listener_crashed", connection=key, error=str(task.exception()),
                       note="its sources are polled only")
 
-    def _apply_bells(self, now: datetime, watched: set[str]) -> None:
+    def _apply_bells(self, now: datetime, watched: AbstractSet[str]) -> None:
         """Doorbells rung since the last cycle: each watched source named is due now (or as
         soon as its reset, backoff and floor allow)."""
         bells, self._bells = self._bells, []
@@ -337,7 +340,7 @@ class Watcher:
         always = {s.id for s in self.catalog.sources.values() if s.watch == "always"}
         return always | self.incident_source_ids(incidents)
 
-    def _interval(self, source: Source, incident_ids: set[str]) -> float:
+    def _interval(self, source: Source, incident_ids: AbstractSet[str]) -> float:
         in_incident = any(sid in incident_ids for sid in source.source_ids)
         base = (self.settings.incident_interval_seconds if in_incident
                 else self.settings.interval_seconds)
@@ -360,7 +363,7 @@ class Watcher:
                             self.settings.crisis_floor_seconds.get(str(cfg.kind), 0.0))
         return floor
 
-    def _crisis_interval(self, source: Source, incident_ids: set[str]) -> float:
+    def _crisis_interval(self, source: Source, incident_ids: AbstractSet[str]) -> float:
         """How soon a source of an incident may be polled again, before its answer says."""
         return max(min(self.settings.crisis_interval_seconds,
                        self._interval(source, incident_ids)), self._floor(source))
@@ -372,7 +375,7 @@ class Watcher:
 
     # -- the schedule ---------------------------------------------------------------
     def _due_time(self, src: Source, st: SourceState, now: datetime,
-                  incident_ids: set[str]) -> datetime:
+                  incident_ids: AbstractSet[str]) -> datetime:
         """When ``src`` is due: its stored next poll, or sooner for a source newly in an
         incident (the fast path: it does not wait out its long normal interval)."""
         pushed = self._pushed_at.get(src.key)
@@ -381,7 +384,7 @@ class Watcher:
         return self._stored_due(src, st, now, incident_ids)
 
     def _stored_due(self, src: Source, st: SourceState, now: datetime,
-                    incident_ids: set[str]) -> datetime:
+                    incident_ids: AbstractSet[str]) -> datetime:
         if st.next_poll_at is None:
             return now
         due = st.next_poll_at
@@ -392,7 +395,8 @@ class Watcher:
                       + timedelta(seconds=self._crisis_interval(src, incident_ids)))
         return due
 
-    def _reschedule(self, now: datetime, watched: set[str], incident_ids: set[str]) -> None:
+    def _reschedule(self, now: datetime, watched: AbstractSet[str],
+                    incident_ids: AbstractSet[str]) -> None:
         """Every watched source's due time from its state (after a load, or when what is
         watched or in an incident changed)."""
         assert self._states is not None
@@ -414,7 +418,7 @@ class Watcher:
             return
         watched, incident_ids = self._scheduled_for
         if any(sid in watched for sid in src.source_ids):
-            self._schedule.set(src.key, self._due_time(src, st, now, set(incident_ids)))
+            self._schedule.set(src.key, self._due_time(src, st, now, incident_ids))
 
     def next_due_at(self) -> datetime | None:
         """When the next poll is due (a loop may sleep until then); ``None`` while sources
@@ -422,6 +426,25 @@ class Watcher:
         if self._held_back and self._room() < self._refill:
             return None
         return self._schedule.next_at()
+
+    def _scope(self, incidents: Sequence[Incident]) -> tuple[frozenset[str], frozenset[str]]:
+        """The watched sources and those of active incidents, worked out again only when
+        the catalogue or the active incidents changed (a step need not scan every source)."""
+        key = tuple((inc.playbook, inc.active) for inc in incidents)
+        cached = self._scope_cache
+        if cached is None or cached[0] is not self.catalog or cached[1] != key:
+            cached = (self.catalog, key, (frozenset(self.watched_ids(incidents)),
+                                          frozenset(self.incident_source_ids(incidents))))
+            self._scope_cache = cached
+        return cached[2]
+
+    def _sources_by_key(self) -> dict[str, Source]:
+        cached = self._by_key
+        if cached is None or cached[0] is not self.sources or len(cached[1]) != len(
+                self.sources):
+            cached = (self.sources, {src.key: src for src in self.sources})
+            self._by_key = cached
+        return cached[1]
 
     def _room(self) -> int:
         """How many more polls may be claimed now (``CLAIM_AHEAD_MAX``)."""
@@ -439,35 +462,42 @@ class Watcher:
         self.flush()  # the previous cycle's quiet polls, before anything is claimed again
         catalog = self.catalog  # one configuration for the whole cycle, each poll included
         incidents = self.store.active_incidents()
-        watched = self.watched_ids(incidents)
-        incident_ids = self.incident_source_ids(incidents)
+        scope = self._scope(incidents)
+        watched, incident_ids = scope
         if self._states is None:
             self._states = {s.source_id: s for s in self.store.source_states()}
             self._scheduled_for = None
-        if self._scheduled_for != (frozenset(watched), frozenset(incident_ids)):
+        if self._scheduled_for is not scope and self._scheduled_for != scope:
             self._reschedule(now, watched, incident_ids)
+        self._scheduled_for = scope
         self._apply_bells(now, watched)
-        by_key = {src.key: src for src in self.sources}
+        by_key = self._sources_by_key()
         due: list[tuple[Source, SourceState]] = []
-        for key in self._schedule.pop_due(now):
+        # At most what may be claimed now (the run loop; CLAIM_AHEAD_MAX): the rest stays
+        # in the schedule, due, and a finishing poll wakes the loop when there is room.
+        limit = None if wait else self._room()
+        busy: list[str] = []  # being polled, or its poll not written yet
+
+        def in_hand(key: str) -> bool:
+            if key in self._running or key in self._unsaved:
+                busy.append(key)
+                return True
+            return False
+
+        for key in self._schedule.pop_due(now, limit=limit, skip=in_hand):
             src = by_key.get(key)
             if src is None:
                 continue
-            if key in self._running or key in self._unsaved:
-                self._scheduled_for = None  # scheduled again from its state next cycle
-                continue
             due.append((src, self._states.get(key) or SourceState(source_id=key)))
+        if busy:
+            self._scheduled_for = None  # scheduled again from their states next cycle
         stats = CycleStats()
-        self._held_back = False
+        next_at = self._schedule.next_at()
+        self._held_back = limit is not None and next_at is not None and next_at <= now
         held: list[tuple[Source, SourceState]] = []
         room = self._room()
-        if len(due) > room:  # the rest is claimed when there is room (CLAIM_AHEAD_MAX)
+        if len(due) > room:  # wait=True: the rest is claimed as slots free up
             due, held = due[:room], due[room:]
-            stats.held_back = len(held)
-            if not wait:
-                for src, _ in held:  # still due, in the same order
-                    self._schedule.set(src.key, now)
-                self._held_back, held = True, []
         tasks = self._claim_and_start(due, now, incidents, incident_ids, stats, catalog)
         while held:  # wait=True: claim the rest as slots free up
             while self._running and self._room() < min(len(held), self._refill):
@@ -491,7 +521,7 @@ class Watcher:
         return stats
 
     def _claim_and_start(self, due: list[tuple[Source, SourceState]], now: datetime,
-                         incidents: Sequence[Incident], incident_ids: set[str],
+                         incidents: Sequence[Incident], incident_ids: AbstractSet[str],
                          stats: CycleStats,
                          catalog: Catalog) -> list[asyncio.Future[None]]:
         """Claim ``due`` and start the polls of what was claimed."""
