@@ -226,11 +226,47 @@ def cli(env: Mapping[str, str], *args: str, cwd: Path, timeout: float = 60.0,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
-# A standby watcher: the interpreter and crisiscomms' imports (most of a start-up) are done
-# before the go; then exactly what ``python -m crisiscomms`` does. An end of input instead of
-# the go: exit without starting.
-_STANDBY = """\
-import sys
+# What a ``crisiscomms watch`` process has imported once it runs (its ``sys.modules`` at exit, a
+# chaos watcher on SQLite, 2026-12-02), less what these imply: the CLI imports its commands and
+# adapters on first use, so importing ``crisiscomms.cli`` alone left about 800 of its 980
+# modules to import after the go. A module missing here (renamed, new) is simply imported after
+# the go, as before: slower, never different.
+WATCH_IMPORTS = (
+    "crisiscomms.cli", "crisiscomms.cli.runtime_cmd", "crisiscomms.cli.state",
+    "crisiscomms.bootstrap", "crisiscomms.settings", "crisiscomms.logs", "crisiscomms.aio",
+    "crisiscomms.retry", "crisiscomms.ports", "crisiscomms.adapters.playbooks",
+    "crisiscomms.adapters.xhttp",
+    *(f"crisiscomms.adapters.publishers.{m}" for m in (
+        "_common", "bluesky", "dryrun", "facebook", "mastodon", "unavailable", "x")),
+    *(f"crisiscomms.adapters.sources.{m}" for m in (
+        "_feedworker", "base", "bluesky", "bodies", "dns", "hints", "http", "mastodon",
+        "parsing", "pinning", "push.base", "push.jetstream", "push.mastodon", "push.websub",
+        "push.websub_discovery", "rss", "text", "wire", "x")),
+    *(f"crisiscomms.adapters.store.{m}" for m in (
+        "memory", "migrations", "queries", "records", "sql", "sqlite")),
+    *(f"crisiscomms.domain.{m}" for m in (
+        "audit", "clock", "config", "errors", "matching", "models", "outbox", "pacing",
+        "policy", "posttext", "workcal")),
+    *(f"crisiscomms.services.{m}" for m in (
+        "dispatch", "lanes", "notices", "reload", "runloop", "schedule", "watch")),
+    # Imported inside the functions that use them.
+    "tweepy", "twitter_text", "tldextract", "holidays", "requests_oauthlib", "httpx",
+    "httpx_sse", "dateutil.parser", "defusedxml.ElementTree", "regex", "yaml", "sqlite3",
+)
+
+# A standby watcher: the interpreter and what ``crisiscomms watch`` imports (most of a
+# start-up; psycopg too when the store is PostgreSQL) are done before the go; then exactly what
+# ``python -m crisiscomms`` does. An end of input instead of the go: exit without starting.
+_STANDBY = f"""\
+import importlib, os, sys
+names = {WATCH_IMPORTS!r}
+if os.environ.get("CRISISCOMMS_DATABASE_URL", "").startswith("postgres"):
+    names += ("crisiscomms.adapters.store.postgres", "psycopg", "psycopg_pool")
+for name in names:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass
 import crisiscomms.cli
 if not sys.stdin.readline():
     sys.exit(0)
