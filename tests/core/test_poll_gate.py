@@ -244,3 +244,53 @@ def test_what_is_held_back_is_claimed_when_room_frees_and_the_loop_is_woken(
     finally:
         store.close()
     assert len(polled) == 6
+
+
+def test_claims_another_watcher_won_do_not_use_up_a_step(tmp_path: Path) -> None:
+    # Found by benchmarks/shared_pg.py once claims were held to the room: the second watcher
+    # went through its (stale) due sources a room's worth per step, lost each claim to the
+    # first, which had polled them, and polled nothing at all in five minutes. A step now
+    # goes on past the claims it lost until its room is filled (and wakes the loop for the
+    # next step at once when it has tried CLAIM_TRIES_FACTOR x its capacity).
+    n = 60
+    playbooks = bench_playbooks(tmp_path / "playbooks",
+                                [f"http://127.0.0.1:9/feed/{i}.xml" for i in range(n)])
+    catalog = load_catalog(playbooks)
+    store = open_store(str(tmp_path / "s.db"))
+    released = asyncio.Event()
+
+    async def run() -> list[str]:
+        released.set()
+        keys = [f"bench-{i:04d}" for i in range(n)]
+        a = Watcher(store=store, catalog=catalog, owner="a", rng=random.Random(1),
+                    sources=[HeldSource(k, released) for k in keys],
+                    settings=PollingSettings(concurrency=2, jitter_seconds=0))
+        b = Watcher(store=store, catalog=catalog, owner="b", rng=random.Random(1),
+                    sources=[HeldSource(k, released) for k in keys[2:42]],
+                    settings=PollingSettings(concurrency=50, jitter_seconds=0))
+        await a.poll_cycle(FRI_EVENING, wait=False)  # a claims two; the rest stay due
+        for _ in range(100):
+            if not a.running():
+                break
+            await asyncio.sleep(0.01)
+        a.flush()
+        await b.poll_cycle(FRI_EVENING, wait=True)  # b polls 40 of a's due sources
+        a.wake.clear()
+        steps = 0
+        while not a._running and steps < 5:  # as the run loop does: woken, it steps again
+            steps += 1
+            await a.poll_cycle(FRI_EVENING, wait=False)
+            if not a.wake.is_set():
+                break
+            a.wake.clear()
+        claimed = sorted(a._running)
+        per_step = watch.CLAIM_TRIES_FACTOR * 2  # tries per step at a capacity of 2
+        assert steps <= 40 // per_step + 1, f"{steps} steps to get past 40 lost claims"
+        await a.cancel_running()
+        return claimed
+
+    try:
+        claimed = asyncio.run(run())
+    finally:
+        store.close()
+    assert claimed == ["bench-0042", "bench-0043"], claimed

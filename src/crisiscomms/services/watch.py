@@ -122,6 +122,12 @@ due source let the leases at the back of the queue run out, and the other watche
 those sources again."""
 
 
+CLAIM_TRIES_FACTOR = 10
+"""A step of the run loop tries to claim at most this many times its capacity of due
+sources (claims another watcher won included) before it lets the event loop run; the next
+step follows at once."""
+
+
 class Watcher:
     """Polls the sources that matter now and queues what they publish."""
 
@@ -471,32 +477,36 @@ class Watcher:
             self._reschedule(now, watched, incident_ids)
         self._scheduled_for = scope
         self._apply_bells(now, watched)
-        by_key = self._sources_by_key()
-        due: list[tuple[Source, SourceState]] = []
-        # At most what may be claimed now (the run loop; CLAIM_AHEAD_MAX): the rest stays
-        # in the schedule, due, and a finishing poll wakes the loop when there is room.
-        limit = None if wait else self._room()
-        busy: list[str] = []  # being polled, or its poll not written yet
-
-        def in_hand(key: str) -> bool:
-            if key in self._running or key in self._unsaved:
-                busy.append(key)
-                return True
-            return False
-
-        for key in self._schedule.pop_due(now, limit=limit, skip=in_hand):
-            src = by_key.get(key)
-            if src is None:
-                continue
-            due.append((src, self._states.get(key) or SourceState(source_id=key)))
-        if busy:
-            self._scheduled_for = None  # scheduled again from their states next cycle
         stats = CycleStats()
-        next_at = self._schedule.next_at()
-        self._held_back = limit is not None and next_at is not None and next_at <= now
+        self._held_back = False
+        if not wait:
+            # The run loop claims at most what may start now (CLAIM_AHEAD_MAX): the rest
+            # stays due in the schedule, and a finishing poll wakes the loop when there is
+            # room. Claims another watcher won take no room: the step goes on to the next
+            # due sources (up to CLAIM_TRIES_FACTOR x capacity; then the next step at once).
+            tasks: list[asyncio.Future[None]] = []
+            tried = 0
+            while (room := self._room()) > 0 and tried < self._capacity * CLAIM_TRIES_FACTOR:
+                batch = self._pop_due(now, room)
+                if not batch:
+                    break
+                tried += len(batch)
+                tasks += self._claim_and_start(batch, now, incidents, incident_ids, stats,
+                                               catalog)
+            next_at = self._schedule.next_at()
+            if next_at is not None and next_at <= now:  # more is due
+                if self._room() > 0:
+                    self.wake.set()
+                else:
+                    self._held_back = True
+            self._cycle_tasks.update(tasks)
+            for task in tasks:
+                task.add_done_callback(self._cycle_task_done)
+            return stats
+        due = self._pop_due(now, None)
         held: list[tuple[Source, SourceState]] = []
         room = self._room()
-        if len(due) > room:  # wait=True: the rest is claimed as slots free up
+        if len(due) > room:  # the rest is claimed as slots free up
             due, held = due[:room], due[room:]
         tasks = self._claim_and_start(due, now, incidents, incident_ids, stats, catalog)
         while held:  # wait=True: claim the rest as slots free up
@@ -509,16 +519,29 @@ class Watcher:
             tasks += self._claim_and_start(held[:room], now, incidents, incident_ids, stats,
                                            catalog)
             held = held[room:]
-        if not tasks:
-            return stats
-        if wait:
+        if tasks:
             await asyncio.gather(*tasks)
             self.flush()
-        else:
-            self._cycle_tasks.update(tasks)
-            for task in tasks:
-                task.add_done_callback(self._cycle_task_done)
         return stats
+
+    def _pop_due(self, now: datetime, limit: int | None) -> list[tuple[Source, SourceState]]:
+        """Up to ``limit`` due sources with the states they are claimed from, taken off the
+        schedule; one being polled, or whose poll is not written yet, is scheduled again
+        from its state next cycle."""
+        assert self._states is not None
+        by_key = self._sources_by_key()
+        busy: list[str] = []
+
+        def in_hand(key: str) -> bool:
+            if key in self._running or key in self._unsaved:
+                busy.append(key)
+                return True
+            return key not in by_key
+
+        keys = self._schedule.pop_due(now, limit=limit, skip=in_hand)
+        if busy:
+            self._scheduled_for = None
+        return [(by_key[k], self._states.get(k) or SourceState(source_id=k)) for k in keys]
 
     def _claim_and_start(self, due: list[tuple[Source, SourceState]], now: datetime,
                          incidents: Sequence[Incident], incident_ids: AbstractSet[str],
