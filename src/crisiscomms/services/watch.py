@@ -484,24 +484,22 @@ class Watcher:
             # stays due in the schedule, and a finishing poll wakes the loop when there is
             # room. Claims another watcher won take no room: the step goes on to the next
             # due sources (up to CLAIM_TRIES_FACTOR x capacity; then the next step at once).
-            tasks: list[asyncio.Future[None]] = []
             tried = 0
             while (room := self._room()) > 0 and tried < self._capacity * CLAIM_TRIES_FACTOR:
                 batch = self._pop_due(now, room)
                 if not batch:
                     break
                 tried += len(batch)
-                tasks += self._claim_and_start(batch, now, incidents, incident_ids, stats,
-                                               catalog)
+                for task in self._claim_and_start(batch, now, incidents, incident_ids, stats,
+                                                  catalog):
+                    self._cycle_tasks.add(task)
+                    task.add_done_callback(self._cycle_task_done)
             next_at = self._schedule.next_at()
             if next_at is not None and next_at <= now:  # more is due
                 if self._room() > 0:
                     self.wake.set()
                 else:
                     self._held_back = True
-            self._cycle_tasks.update(tasks)
-            for task in tasks:
-                task.add_done_callback(self._cycle_task_done)
             return stats
         due = self._pop_due(now, None)
         held: list[tuple[Source, SourceState]] = []
