@@ -235,3 +235,21 @@ def test_status_says_which_watchers_page_and_warns_when_none_can(cli, home):
     data = json.loads(cli("status", "--json").out)
     assert {w["worker"]: w["pages"] for w in data["watchers"]} == {"alice-shell:7": False,
                                                                    "relay:1": True}
+
+
+def test_a_watcher_with_test_only_short_leases_says_so_at_start(cli, home, monkeypatch):
+    """The setting is for test suites and drills: an operator who finds it set on a real
+    watcher sees it in the first lines of the log (the lease and the reason)."""
+    monkeypatch.setenv("CRISISCOMMS_DISPATCH__TEST_ONLY_SHORT_LEASES", "true")
+    monkeypatch.setenv("CRISISCOMMS_DISPATCH__LEASE_SECONDS", "2")
+    r = cli("watch", "--once", "--dry-run")
+    assert r.code == 0, (r.code, r.err)
+    warned = [line for line in r.err.splitlines() if "settings.test_only_short_leases" in line]
+    assert warned and "never in production" in warned[0] and '"lease_seconds": 2' in \
+        warned[0].replace("2.0", "2"), r.err[-2000:]
+
+
+def test_a_watcher_without_it_does_not_warn(cli, home):
+    r = cli("watch", "--once", "--dry-run")
+    assert r.code == 0, (r.code, r.err)
+    assert "test_only_short_leases" not in r.err

@@ -521,6 +521,12 @@ async def run_watch(app: App, *, once: bool, dry_run: bool, tick_seconds: float 
                      audit_head=chain.head, audit_fully_checked=chain.fully_checked)
             if not chain.ok:
                 log.error("audit.chain_broken", problem=chain.problem, bad_seq=chain.bad_seq)
+            if app.settings.dispatch.test_only_short_leases:
+                log.warning("settings.test_only_short_leases",
+                            lease_seconds=app.settings.dispatch.lease_seconds,
+                            note="for test suites and drills on the simulator only, never in "
+                                 "production: a lease shorter than a send lets a second "
+                                 "watcher take over a live send")
             try:
                 result: tuple[CycleStats, DispatchStats] = await loop.run(
                     stop, once=once, tick_seconds=tick_seconds, max_ticks=max_ticks)
