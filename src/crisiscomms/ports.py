@@ -22,7 +22,7 @@ only read go through ``Store``'s own read methods (each one short read transacti
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
@@ -148,6 +148,9 @@ class IncidentRepository(Protocol):
 
 class SourceStateRepository(Protocol):
     def get(self, key: str) -> SourceState: ...
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, SourceState]:
+        """The states of ``keys`` in one read (a key never stored: its empty state)."""
 
     def list(self) -> builtins.list[SourceState]: ...
 

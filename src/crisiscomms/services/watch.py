@@ -556,8 +556,8 @@ class Watcher:
             with self.store.unit_of_work() as uow:
                 claimed = uow.sources.claim({src.key: st for src, st in due},
                                             owner=self.owner, now=now, lease=self.lease)
-                fresh = {src.key: uow.sources.get(src.key) for src, _ in due
-                         if src.key not in claimed}
+                fresh = uow.sources.get_many(src.key for src, _ in due
+                                             if src.key not in claimed)
                 uow.commit()
         except BaseException:
             self._scheduled_for = None  # the sources popped as due are scheduled again

@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -136,6 +136,9 @@ class MemIncidents(_Repo):
 class MemSources(_Repo):
     def get(self, key: str) -> SourceState:
         return self.t.sources.get(key) or SourceState(source_id=key)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, SourceState]:
+        return {k: self.get(k) for k in sorted(set(keys))}
 
     def list(self) -> builtins.list[SourceState]:
         return [s for _, s in sorted(self.t.sources.items())]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -163,6 +163,17 @@ class SqlSources:
         r = _one(self.tx, "SELECT * FROM source_state WHERE key = ?", (key,))
         return state_from_row(r) if r else SourceState(source_id=key)
 
+    def get_many(self, keys: Iterable[str]) -> dict[str, SourceState]:
+        wanted = sorted(set(keys))
+        out = {k: SourceState(source_id=k) for k in wanted}
+        for i in range(0, len(wanted), CHUNK):
+            chunk = wanted[i:i + CHUNK]
+            for r in self.tx.rows(f"SELECT * FROM source_state WHERE key IN "
+                                  f"({_marks(len(chunk))})", chunk):
+                st = state_from_row(r)
+                out[st.source_id] = st
+        return out
+
     def list(self) -> builtins.list[SourceState]:
         return [state_from_row(r) for r in
                 self.tx.rows("SELECT * FROM source_state ORDER BY key")]
@@ -185,14 +196,20 @@ class SqlSources:
                 f"SELECT * FROM source_state WHERE key IN ({_marks(len(chunk))}) AND "
                 f"(lease_until IS NULL OR lease_until < ?) ORDER BY key "
                 f"{self.tx.dialect.skip_locked}", (*chunk, self.ts(now)))
-            for r in rows:
-                st = state_from_row(r)
-                if not _as_seen(st, seen[st.source_id]):
-                    continue  # another watcher polled it since we looked
-                until = now + lease
-                self.tx.run("UPDATE source_state SET lease_owner = ?, lease_until = ?, "
-                            "fence = fence + 1 WHERE key = ? AND fence = ?",
-                            (owner, self.ts(until), st.source_id, st.fence))
+            until = now + lease
+            mine = [st for st in map(state_from_row, rows)
+                    if _as_seen(st, seen[st.source_id])]  # else polled since we looked
+            if not mine:
+                continue
+            # One statement for the chunk: the rows read are held (PostgreSQL's row locks;
+            # SQLite's write transaction) until the commit, so none changed meanwhile.
+            n = self.tx.run(
+                f"UPDATE source_state SET lease_owner = ?, lease_until = ?, fence = fence + 1 "
+                f"WHERE key IN ({_marks(len(mine))})",
+                (owner, self.ts(until), *(st.source_id for st in mine)))
+            if n != len(mine):  # pragma: no cover - the rows are locked
+                raise StoreError(f"claiming sources: {n} of {len(mine)} rows changed")
+            for st in mine:
                 out[st.source_id] = replace(st, lease_owner=owner, lease_until=until,
                                             fence=st.fence + 1)
         return out
