@@ -109,6 +109,9 @@ class DispatchSettings(BaseModel):
     # How long one send may go on retrying (its transient failures): with the request timeout
     # and a margin, when a send cut off by a crash can no longer land on the platform.
     send_deadline_seconds: Annotated[float, Field(gt=0)] = 30.0
+    # ... and the margin after both: a request cut off by a crash that long ago is taken as
+    # unable to land (at least 5 s; test suites and drills: test_only_short_leases).
+    settle_margin_seconds: Annotated[float, Field(gt=0)] = 5.0
 
     @model_validator(mode="after")
     def _lease_floor(self) -> Self:
@@ -119,9 +122,10 @@ class DispatchSettings(BaseModel):
                 "in a deployment: a shorter lease lets a second watcher take a live send over;"
                 " dispatch.test_only_short_leases (test suites and drills only) allows down to "
                 f"{TEST_MIN_LEASE_SECONDS:g} s")
-        if self.lease_seconds < floor:
-            raise ValueError(f"lease_seconds must be at least {floor:g} s {why} "
-                             f"(got {self.lease_seconds:g})")
+        for name in ("lease_seconds", "settle_margin_seconds"):
+            value = getattr(self, name)
+            if value < floor:
+                raise ValueError(f"{name} must be at least {floor:g} s {why} (got {value:g})")
         return self
 
 

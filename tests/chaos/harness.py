@@ -206,11 +206,12 @@ def sim_env(home: Path, playbooks: Path, sim: RunningSimulator, **extra: str) ->
         "CRISISCOMMS_DISPATCH__RETRY_BASE_SECONDS": "0.5",
         # A send to the loopback simulator takes milliseconds. A send cut off by a SIGKILL is
         # believed absent only once it can no longer land: the send deadline + this timeout + a
-        # margin after it was sent (30 + 20 + 5 s by default; 2 + 3 + 5 s here: a send that
+        # margin after it was sent (30 + 20 + 5 s by default; 2 + 3 + 1 s here: a send that
         # times out under load is looked up on the platform before any resend, as in
         # production).
         "CRISISCOMMS_DISPATCH__TIMEOUT_SECONDS": "3",
         "CRISISCOMMS_DISPATCH__SEND_DEADLINE_SECONDS": "2",
+        "CRISISCOMMS_DISPATCH__SETTLE_MARGIN_SECONDS": "1",
         "CRISISCOMMS_LOG_LEVEL": "warning",
         "CRISISCOMMS_LOG_FORMAT": "json",
         "PYTHONDONTWRITEBYTECODE": "1",

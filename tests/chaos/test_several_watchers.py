@@ -74,7 +74,8 @@ def test_several_watchers_publish_everything_exactly_once(tmp_path: Path,
     home, logs = tmp_path / "home", tmp_path / "logs"
     logs.mkdir()
     # The request timeout outlasts a held create (SLOW_ACCEPT_S): the held send must succeed
-    # slowly, not time out. A send cut off by a kill settles after deadline + timeout + 5 s.
+    # slowly, not time out. A send cut off by a kill settles after deadline + timeout +
+    # settle margin.
     extra = {"CRISISCOMMS_DISPATCH__TIMEOUT_SECONDS": str(SLOW_ACCEPT_S + 2)}
     if kind == "postgres":
         extra["CRISISCOMMS_DATABASE_URL"] = where

@@ -49,3 +49,33 @@ def test_the_test_only_setting_allows_short_leases_down_to_its_own_floor(
         DispatchSettings(lease_seconds=0.4, test_only_short_leases=True)
     with pytest.raises(ValidationError):
         DispatchSettings(lease_seconds=0, test_only_short_leases=True)
+
+
+def test_the_settle_margin_has_the_same_floor_and_the_dispatcher_uses_it() -> None:
+    # How long after a send's deadline and time-out a request cut off by a crash is taken as
+    # unable to land: 5 s in a deployment; the suite's kill tests settle in 1 s.
+    assert DispatchSettings().settle_margin_seconds == 5
+    with pytest.raises(ValidationError, match="settle_margin_seconds must be at least 5 s"):
+        DispatchSettings(settle_margin_seconds=1)
+    short = DispatchSettings(test_only_short_leases=True, lease_seconds=2,
+                             settle_margin_seconds=1, send_deadline_seconds=2,
+                             timeout_seconds=3)
+    from datetime import UTC, datetime, timedelta
+    from pathlib import Path
+
+    from crisiscomms.adapters.playbooks import load_catalog
+    from crisiscomms.adapters.store import open_store
+    from crisiscomms.domain.models import ActionKind, ItemState, OutboxItem
+    from crisiscomms.services.dispatch import Dispatcher
+
+    sent = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
+    item = OutboxItem(id=1, dedupe_key="k", channel_id="x", action=ActionKind.POST, text="t",
+                      state=ItemState.SENDING, created_at=sent, sent_at=sent)
+    store = open_store("memory://")
+    catalog = load_catalog(Path(__file__).resolve().parents[2] / "playbooks")
+    try:
+        d = Dispatcher(store=store, catalog=catalog, publishers={}, settings=short,
+                       worker_id="w")
+        assert d._settled_at(item) == sent + timedelta(seconds=2 + 3 + 1)
+    finally:
+        store.close()

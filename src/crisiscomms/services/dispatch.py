@@ -67,10 +67,9 @@ log = structlog.get_logger(__name__)
 
 # ``settings.send_deadline_seconds``: how long one send may take, all retries included
 # (``call_with_retry``'s deadline): a request started less than this (plus its own time-out and
-# a margin) ago may still land on the platform, so its absence there is not yet proof that it
-# failed.
+# ``settings.settle_margin_seconds``) ago may still land on the platform, so its absence there
+# is not yet proof that it failed.
 LOOKUP_ATTEMPTS = 3  # a lookup answered 5xx is asked again at once, this many times in all
-SETTLE_MARGIN_S = 5.0
 # Items of one channel decided and claimed per unit of work (one ``next_due`` query). Small: a
 # worker that dies holds at most this many claimed, unsent items per channel until its lease
 # runs out (they then go back to the queue, nothing sent).
@@ -762,7 +761,8 @@ class Dispatcher:
         if item.sent_at is None:
             return None
         return item.sent_at + timedelta(seconds=self.settings.send_deadline_seconds
-                                        + self.settings.timeout_seconds + SETTLE_MARGIN_S)
+                                        + self.settings.timeout_seconds
+                                        + self.settings.settle_margin_seconds)
 
     def recover(self, now: datetime, stats: DispatchStats | None = None) -> None:
         """Take up items whose worker's lease expired (it crashed or stalled): a leased one
