@@ -115,15 +115,17 @@ class DispatchSettings(BaseModel):
 
     @model_validator(mode="after")
     def _lease_floor(self) -> Self:
-        if self.test_only_short_leases:
-            floor, why = TEST_MIN_LEASE_SECONDS, "with test_only_short_leases"
-        else:
-            floor, why = MIN_LEASE_SECONDS, (
-                "in a deployment: a shorter lease lets a second watcher take a live send over;"
-                " dispatch.test_only_short_leases (test suites and drills only) allows down to "
-                f"{TEST_MIN_LEASE_SECONDS:g} s")
-        for name in ("lease_seconds", "settle_margin_seconds"):
+        risks = {"lease_seconds": "a shorter lease lets a second watcher take a live send over",
+                 "settle_margin_seconds": "a shorter margin may take a send cut off by a crash "
+                                          "as lost while it can still land, and send it again"}
+        for name, risk in risks.items():
             value = getattr(self, name)
+            if self.test_only_short_leases:
+                floor, why = TEST_MIN_LEASE_SECONDS, "with test_only_short_leases"
+            else:
+                floor, why = MIN_LEASE_SECONDS, (
+                    f"in a deployment: {risk}; dispatch.test_only_short_leases (test suites "
+                    f"and drills only) allows down to {TEST_MIN_LEASE_SECONDS:g} s")
             if value < floor:
                 raise ValueError(f"{name} must be at least {floor:g} s {why} (got {value:g})")
         return self
