@@ -15,6 +15,7 @@ import random
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from benchmarks.loop import bench_playbooks
@@ -294,3 +295,44 @@ def test_claims_another_watcher_won_do_not_use_up_a_step(tmp_path: Path) -> None
     assert claimed == ["bench-0042", "bench-0043"], claimed
     per_step = watch.CLAIM_TRIES_FACTOR * 2  # tries per step at a capacity of 2
     assert steps <= 40 // per_step + 1, f"{steps} steps to get past 40 lost claims"
+
+
+def test_a_lease_that_ends_at_this_instant_is_not_claimed_again_and_again(
+        tmp_path: Path) -> None:
+    # The store holds a lease until the instant it names (free only after it); the watcher
+    # took one ending now as free, scheduled the source at now, and the step claimed it again
+    # and again (up to CLAIM_TRIES_FACTOR x capacity claims of one source).
+    playbooks = bench_playbooks(tmp_path / "playbooks", ["http://127.0.0.1:9/feed/0.xml"])
+    catalog = load_catalog(playbooks)
+    store = open_store(str(tmp_path / "s.db"))
+    released = asyncio.Event()
+    released.set()
+    key = "bench-0000"
+    with store.unit_of_work() as uow:
+        uow.sources.claim({key: SourceState(source_id=key)}, owner="other",
+                          now=FRI_EVENING - timedelta(seconds=90), lease=timedelta(seconds=90))
+        uow.commit()
+    claims = [0]
+
+    async def run() -> None:
+        w = Watcher(store=store, catalog=catalog, owner="w", rng=random.Random(1),
+                    sources=[HeldSource(key, released)],
+                    settings=PollingSettings(concurrency=2, jitter_seconds=0))
+        real = store.unit_of_work
+
+        def counted() -> Any:
+            claims[0] += 1
+            return real()
+        store.unit_of_work = counted  # type: ignore[method-assign]
+        try:
+            await w.poll_cycle(FRI_EVENING, wait=False)
+        finally:
+            store.unit_of_work = real  # type: ignore[method-assign]
+        assert not w._running  # still the other watcher's at this instant
+        await w.cancel_running()
+
+    try:
+        asyncio.run(run())
+    finally:
+        store.close()
+    assert claims[0] <= 2, f"{claims[0]} units of work for one source held until now"

@@ -568,9 +568,12 @@ class Watcher:
                 continue
             self._states[src.key] = st
             when = self._due_time(src, st, now, incident_ids)
-            if st.lease_until is not None and st.lease_until > now:  # another is polling it
-                when = max(when, min(st.lease_until, now + timedelta(
-                    seconds=self._interval(src, incident_ids))))
+            if st.lease_until is not None and st.lease_until >= now:  # another is polling it
+                # Held up to and including the instant it names (the store's rule): free just
+                # after it, not at it, or this step would claim it again and again.
+                when = max(when, min(st.lease_until + timedelta(microseconds=1),
+                                     now + timedelta(seconds=self._interval(src,
+                                                                            incident_ids))))
             self._schedule.set(src.key, when)
         due = [(src, claimed[src.key]) for src, _ in due if src.key in claimed]
         if not due:
