@@ -51,7 +51,13 @@ NOT_FOR_RSS = ("crisiscomms.adapters.sources.x", "crisiscomms.adapters.sources.b
                # CAP's XML reader: these feeds carry no CAP fields
                "crisiscomms.adapters.sources.capxml", "defusedxml",
                # structlog is loaded without rich (crisiscomms.logs), nothing else wants it
-               "rich")
+               "rich",
+               # the Public Suffix List is read only when a feed redirects (none here)
+               "tldextract",
+               # a dry run builds no platform's publisher, so no platform SDK is loaded
+               "crisiscomms.adapters.publishers.x", "crisiscomms.adapters.publishers.facebook",
+               "crisiscomms.adapters.publishers.mastodon",
+               "crisiscomms.adapters.publishers.bluesky", "tweepy", "requests")
 # ... nor, when nothing is new, the parser (it runs in the workers) or the post text rules.
 NOT_WHEN_UNCHANGED = ("feedparser", "twitter_text")
 

@@ -23,26 +23,48 @@ at a staging proxy or the loopback simulator.
 
 from __future__ import annotations
 
-import httpx
+import importlib
+from typing import TYPE_CHECKING, Any
+
 import structlog
 from pydantic import SecretStr
 
-from crisiscomms.adapters.publishers.bluesky import DEFAULT_BASE_URL as BLUESKY_BASE_URL
-from crisiscomms.adapters.publishers.bluesky import BlueskyPublisher
 from crisiscomms.adapters.publishers.dryrun import DryRunPublisher, DryRunRecord
-from crisiscomms.adapters.publishers.facebook import DEFAULT_BASE_URL as FACEBOOK_BASE_URL
-from crisiscomms.adapters.publishers.facebook import (
-    DEFAULT_GRAPH_VERSION as FACEBOOK_GRAPH_VERSION,
-)
-from crisiscomms.adapters.publishers.facebook import FacebookPublisher
-from crisiscomms.adapters.publishers.mastodon import MastodonPublisher, instance_url
-from crisiscomms.adapters.publishers.x import DEFAULT_BASE_URL as X_BASE_URL
-from crisiscomms.adapters.publishers.x import XPublisher
-from crisiscomms.adapters.xhttp import mount_base_url
-from crisiscomms.domain.config import ChannelConfig
 from crisiscomms.domain.errors import ConfigError
 from crisiscomms.domain.models import Platform
-from crisiscomms.ports import Clock, Publisher
+
+if TYPE_CHECKING:
+    import httpx
+
+    from crisiscomms.adapters.publishers.bluesky import BlueskyPublisher
+    from crisiscomms.adapters.publishers.facebook import FacebookPublisher
+    from crisiscomms.adapters.publishers.mastodon import MastodonPublisher
+    from crisiscomms.adapters.publishers.x import XPublisher
+    from crisiscomms.adapters.xhttp import mount_base_url
+    from crisiscomms.domain.config import ChannelConfig
+    from crisiscomms.ports import Clock, Publisher
+
+# Each platform's adapter (and its SDK: tweepy and requests for X) is imported when a publisher
+# of that platform is built or one of these names is first used, not with the package: a dry
+# run, a command that only checks credentials, or a channel whose credentials are missing
+# loads none of them.
+_LAZY = {
+    "BlueskyPublisher": "crisiscomms.adapters.publishers.bluesky",
+    "FacebookPublisher": "crisiscomms.adapters.publishers.facebook",
+    "MastodonPublisher": "crisiscomms.adapters.publishers.mastodon",
+    "XPublisher": "crisiscomms.adapters.publishers.x",
+    "mount_base_url": "crisiscomms.adapters.xhttp",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "OPTIONAL_CREDENTIALS",
@@ -117,6 +139,9 @@ def build_publisher(
         return DryRunPublisher(channel.id, clock)
     base = channel.base_url
     if channel.platform is Platform.X:
+        from crisiscomms.adapters.publishers.x import DEFAULT_BASE_URL as X_BASE_URL
+        from crisiscomms.adapters.publishers.x import XPublisher
+
         if timeout:
             return XPublisher(channel.id, credentials=credentials, clock=clock,
                               account=channel.account, base_url=base or X_BASE_URL,
@@ -124,18 +149,22 @@ def build_publisher(
         return XPublisher(channel.id, credentials=credentials, clock=clock,
                           account=channel.account, base_url=base or X_BASE_URL)
     if channel.platform is Platform.FACEBOOK:
+        from crisiscomms.adapters.publishers import facebook
+
         page = credentials.get("page_id")
         page_id = page.get_secret_value() if page is not None else channel.account
-        return FacebookPublisher(
+        return facebook.FacebookPublisher(
             channel.id,
             page_id=page_id,
             credentials=credentials,
             clock=clock,
             client=http_client,
-            base_url=base or FACEBOOK_BASE_URL,
-            graph_version=facebook_graph_version or FACEBOOK_GRAPH_VERSION,
+            base_url=base or facebook.DEFAULT_BASE_URL,
+            graph_version=facebook_graph_version or facebook.DEFAULT_GRAPH_VERSION,
         )
     if channel.platform is Platform.MASTODON:
+        from crisiscomms.adapters.publishers.mastodon import MastodonPublisher, instance_url
+
         instance = base or instance_url(channel.account)
         if not instance:
             raise ConfigError(
@@ -144,13 +173,15 @@ def build_publisher(
         return MastodonPublisher(
             channel.id, base_url=instance, credentials=credentials, clock=clock, client=http_client
         )
+    from crisiscomms.adapters.publishers import bluesky
+
     ident = credentials.get("identifier")
     identifier = ident.get_secret_value() if ident is not None else channel.account.lstrip("@")
-    return BlueskyPublisher(
+    return bluesky.BlueskyPublisher(
         channel.id,
         identifier=identifier,
         credentials=credentials,
         clock=clock,
         client=http_client,
-        base_url=base or BLUESKY_BASE_URL,
+        base_url=base or bluesky.DEFAULT_BASE_URL,
     )

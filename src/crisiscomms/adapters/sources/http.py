@@ -46,12 +46,11 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache, lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpcore
 import httpx
 import structlog
-import tldextract
 from pydantic import SecretStr
 
 from crisiscomms.adapters.sources.base import SourceRateLimitedError
@@ -75,6 +74,9 @@ from crisiscomms.adapters.sources.pinning import (
 from crisiscomms.adapters.sources.wire import MAX_ORIGINS
 from crisiscomms.domain.errors import FeedTooLargeError, PermanentSourceError, TransientSourceError
 from crisiscomms.domain.models import PollHints
+
+if TYPE_CHECKING:
+    import tldextract
 
 log = structlog.get_logger(__name__)
 
@@ -237,6 +239,10 @@ def record_move(extra: dict[str, Any], response: FetchResponse) -> dict[str, Any
 @cache
 def _suffix_list() -> tldextract.TLDExtract:
     # The snapshot bundled with the package only: no download at run time, nothing on disk.
+    # Imported here, when a redirect is first checked: it brings requests and filelock, about
+    # a tenth of a `watch --once` over unchanged feeds, which never redirect.
+    import tldextract
+
     return tldextract.TLDExtract(
         suffix_list_urls=(), cache_dir=None, include_psl_private_domains=True
     )
