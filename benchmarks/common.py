@@ -4,6 +4,7 @@ format."""
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import json
 import os
@@ -19,6 +20,17 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def compile_package() -> None:
+    """Compile crisiscomms's bytecode as an install does: pip compiles a package's ``.pyc``
+    files when it installs it, an editable install does not, and under
+    ``PYTHONDONTWRITEBYTECODE`` (or after an edit) every benchmark subprocess would otherwise
+    compile crisiscomms from source again (``make bytecode`` does the same before ``make
+    bench``). Unchanged modules are skipped."""
+    import crisiscomms
+
+    compileall.compile_dir(Path(crisiscomms.__file__).parent, quiet=1)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -43,7 +43,6 @@ fake Mastodon really receives its posts (so the measured runs were doing real wo
 from __future__ import annotations
 
 import argparse
-import compileall
 import os
 import subprocess
 import sys
@@ -56,6 +55,7 @@ from benchmarks.common import (
     REPO,
     FeedServer,
     children_cpu_seconds,
+    compile_package,
     feed_server,
     proc_tree_cpu_seconds,
     stop_process,
@@ -163,13 +163,6 @@ def _python_cpu(env: dict[str, str], tmp: Path, code: str) -> float:
     subprocess.run([sys.executable, "-c", code], cwd=tmp, env=env, check=True,  # noqa: S603
                    capture_output=True, timeout=120)
     return children_cpu_seconds() - c0
-
-
-def compile_package() -> None:
-    """Compile crisiscomms's bytecode as an install does (see the module docstring)."""
-    import crisiscomms
-
-    compileall.compile_dir(Path(crisiscomms.__file__).parent, quiet=1)
 
 
 def _polls(server: FeedServer) -> tuple[int, int]:
