@@ -118,16 +118,16 @@ class DispatchSettings(BaseModel):
         risks = {"lease_seconds": "a shorter lease lets a second watcher take a live send over",
                  "settle_margin_seconds": "a shorter margin may take a send cut off by a crash "
                                           "as lost while it can still land, and send it again"}
+        test = self.test_only_short_leases
+        floor = TEST_MIN_LEASE_SECONDS if test else MIN_LEASE_SECONDS
         for name, risk in risks.items():
             value = getattr(self, name)
-            if self.test_only_short_leases:
-                floor, why = TEST_MIN_LEASE_SECONDS, "with test_only_short_leases"
-            else:
-                floor, why = MIN_LEASE_SECONDS, (
-                    f"in a deployment: {risk}; dispatch.test_only_short_leases (test suites "
-                    f"and drills only) allows down to {TEST_MIN_LEASE_SECONDS:g} s")
-            if value < floor:
-                raise ValueError(f"{name} must be at least {floor:g} s {why} (got {value:g})")
+            if value >= floor:
+                continue
+            why = "with test_only_short_leases" if test else (
+                f"in a deployment: {risk}; dispatch.test_only_short_leases (test suites and "
+                f"drills only) allows down to {TEST_MIN_LEASE_SECONDS:g} s")
+            raise ValueError(f"{name} must be at least {floor:g} s {why} (got {value:g})")
         return self
 
 

@@ -139,15 +139,14 @@ def build_publisher(
         return DryRunPublisher(channel.id, clock)
     base = channel.base_url
     if channel.platform is Platform.X:
-        from crisiscomms.adapters.publishers.x import DEFAULT_BASE_URL as X_BASE_URL
-        from crisiscomms.adapters.publishers.x import XPublisher
+        from crisiscomms.adapters.publishers import x
 
         if timeout:
-            return XPublisher(channel.id, credentials=credentials, clock=clock,
-                              account=channel.account, base_url=base or X_BASE_URL,
-                              timeout=(min(5.0, timeout), timeout))
-        return XPublisher(channel.id, credentials=credentials, clock=clock,
-                          account=channel.account, base_url=base or X_BASE_URL)
+            return x.XPublisher(channel.id, credentials=credentials, clock=clock,
+                                account=channel.account, base_url=base or x.DEFAULT_BASE_URL,
+                                timeout=(min(5.0, timeout), timeout))
+        return x.XPublisher(channel.id, credentials=credentials, clock=clock,
+                            account=channel.account, base_url=base or x.DEFAULT_BASE_URL)
     if channel.platform is Platform.FACEBOOK:
         from crisiscomms.adapters.publishers import facebook
 
@@ -163,14 +162,14 @@ def build_publisher(
             graph_version=facebook_graph_version or facebook.DEFAULT_GRAPH_VERSION,
         )
     if channel.platform is Platform.MASTODON:
-        from crisiscomms.adapters.publishers.mastodon import MastodonPublisher, instance_url
+        from crisiscomms.adapters.publishers import mastodon
 
-        instance = base or instance_url(channel.account)
+        instance = base or mastodon.instance_url(channel.account)
         if not instance:
             raise ConfigError(
                 f"channel {channel.id}: mastodon needs base_url or an account like @name@host"
             )
-        return MastodonPublisher(
+        return mastodon.MastodonPublisher(
             channel.id, base_url=instance, credentials=credentials, clock=clock, client=http_client
         )
     from crisiscomms.adapters.publishers import bluesky

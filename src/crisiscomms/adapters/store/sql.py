@@ -96,6 +96,12 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+def _chunks(keys: Sequence[str]) -> Iterator[Sequence[str]]:
+    """``keys`` in runs of at most ``CHUNK``, one ``IN (...)`` list each."""
+    for i in range(0, len(keys), CHUNK):
+        yield keys[i:i + CHUNK]
+
+
 ITEM_COLUMNS = ("state", "reason", "edited_text", "approved_by", "approved_at", "not_before",
                 "lease_owner", "lease_until", "attempts", "lookups", "last_error",
                 "platform_post_id", "platform_url", "sent_at", "done_at", "out_of_hours",
@@ -166,8 +172,7 @@ class SqlSources:
     def get_many(self, keys: Iterable[str]) -> dict[str, SourceState]:
         wanted = sorted(set(keys))
         out = {k: SourceState(source_id=k) for k in wanted}
-        for i in range(0, len(wanted), CHUNK):
-            chunk = wanted[i:i + CHUNK]
+        for chunk in _chunks(wanted):
             for r in self.tx.rows(f"SELECT * FROM source_state WHERE key IN "
                                   f"({_marks(len(chunk))})", chunk):
                 st = state_from_row(r)
@@ -186,8 +191,7 @@ class SqlSources:
               lease: timedelta) -> dict[str, SourceState]:
         keys = sorted(seen)
         out: dict[str, SourceState] = {}
-        for i in range(0, len(keys), CHUNK):
-            chunk = keys[i:i + CHUNK]
+        for chunk in _chunks(keys):
             for key in chunk:
                 if seen[key].fence == 0:  # never stored: make a row to lock
                     self.tx.run("INSERT INTO source_state (key) VALUES (?) ON CONFLICT (key) "
